@@ -1,0 +1,105 @@
+"""Config checks that fail before any data is built or anything compiles.
+
+ml_collections' locked configs already reject unknown keys (with a "did you mean"); these
+checks reject bad values and name the allowed choices.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import ml_collections
+
+from mtl_jax import balancing
+from mtl_jax.data import DATASETS, MultiTaskDataset
+from mtl_jax.models import TRUNKS
+from mtl_jax.optim import EMBEDDING_OPTIMIZERS
+from mtl_jax.tasks import METRICS
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the key and what is allowed."""
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config.{key}: {message}")
+
+
+def _positive_ints(key: str, values: Any) -> None:
+    _require(
+        all(isinstance(v, int) and v > 0 for v in values),
+        key,
+        f"every width must be a positive int, got {tuple(values)}",
+    )
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks values that would otherwise fail late (or silently train something else)."""
+    m, o, t = config.model, config.optim, config.train
+    _require(config.data.name in DATASETS, "data.name", f"{config.data.name!r}; valid: {DATASETS}")
+    _require(m.trunk in TRUNKS, "model.trunk", f"unknown trunk {m.trunk!r}; valid: {TRUNKS}")
+    _require(m.num_experts >= 1, "model.num_experts", f"must be >= 1, got {m.num_experts}")
+    _require(m.embed_dim >= 1, "model.embed_dim", f"must be >= 1, got {m.embed_dim}")
+    _positive_ints("model.trunk_hidden", m.trunk_hidden)
+    _require(len(m.trunk_hidden) >= 1, "model.trunk_hidden", "needs at least one layer")
+    _positive_ints("model.tower_hidden", m.tower_hidden)
+    _require(0.0 <= m.dropout < 1.0, "model.dropout", f"must lie in [0, 1), got {m.dropout}")
+    for key in ("learning_rate", "embedding_learning_rate"):
+        _require(o[key] > 0, f"optim.{key}", f"must be > 0, got {o[key]}")
+    _require(
+        o.embedding_optimizer in EMBEDDING_OPTIMIZERS,
+        "optim.embedding_optimizer",
+        f"{o.embedding_optimizer!r}; valid: {EMBEDDING_OPTIMIZERS}",
+    )
+    _require(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
+    _require(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
+    _require(o.grad_clip_norm >= 0, "optim.grad_clip_norm", "must be >= 0 (0 disables)")
+    for key in ("batch_size", "eval_batch_size", "num_steps", "eval_every", "log_every"):
+        _require(t[key] >= 1, f"train.{key}", f"must be >= 1, got {t[key]}")
+    _require(
+        t.checkpoint_every >= 1 and t.checkpoint_every % t.eval_every == 0,
+        "train.checkpoint_every",
+        f"must be a positive multiple of train.eval_every={t.eval_every} (checkpoints are "
+        f"written after validation), got {t.checkpoint_every}",
+    )
+    _require(t.patience >= 1, "train.patience", f"must be >= 1, got {t.patience}")
+    _require(
+        config.balancing.method in balancing.names(),
+        "balancing.method",
+        f"unknown method {config.balancing.method!r}; valid: {balancing.names()}",
+    )
+    _require(len(config.tasks) >= 1, "tasks", "needs at least one task")
+    _require(len(set(config.tasks)) == len(config.tasks), "tasks", f"duplicates in {config.tasks}")
+
+
+def validate_against_dataset(config: ml_collections.ConfigDict, dataset: MultiTaskDataset) -> None:
+    """Checks the names in the config against what the dataset provides."""
+    task_kinds = {task.name: task.kind for task in dataset.tasks}
+    feature_names = [f.name for f in dataset.features]
+    for name in config.tasks:
+        _require(name in task_kinds, "tasks", f"unknown task {name!r}; valid: {list(task_kinds)}")
+    for name in config.input_features:
+        _require(
+            name in feature_names,
+            "input_features",
+            f"unknown feature {name!r}; valid: {feature_names}",
+        )
+        _require(
+            name not in config.tasks,
+            "input_features",
+            f"{name!r} is also a prediction target; withhold it from the inputs",
+        )
+    metric = config.train.early_stopping_metric
+    task, _, name = metric.partition("/")
+    valid = [f"{t}/{m}" for t in config.tasks for m in METRICS[task_kinds[t]]]
+    _require(metric in valid, "train.early_stopping_metric", f"{metric!r}; valid: {valid}")
+    balancing.loss_weights(
+        config.balancing.method, list(config.tasks), dict(config.balancing.weights)
+    )
+
+
+def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """A JSON-compatible dict (tuples become lists) for config.json and checkpoints."""
+    return json.loads(config.to_json_best_effort())

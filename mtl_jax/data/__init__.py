@@ -1,0 +1,25 @@
+"""Datasets by name, built from a config's ``data`` section."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mtl_jax.data.ecommerce import simulate_ecommerce
+from mtl_jax.data.schema import FeatureSpec, MultiTaskDataset, Split
+
+_BUILDERS = {"ecommerce": simulate_ecommerce}
+
+DATASETS = tuple(_BUILDERS)
+
+
+def load_dataset(data_config: Any, seed: int) -> MultiTaskDataset:
+    """Builds the dataset named by ``data_config.name``; its other keys are the builder's kwargs."""
+    kwargs = dict(data_config)
+    name = kwargs.pop("name")
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown dataset {name!r}; valid: {DATASETS}")
+    kwargs.pop("input_features", None)
+    return _BUILDERS[name](seed=seed, **kwargs)
+
+
+__all__ = ["DATASETS", "FeatureSpec", "MultiTaskDataset", "Split", "load_dataset"]

@@ -1,0 +1,84 @@
+"""Column-oriented datasets: every feature, label and mask is one numpy array per split.
+
+Columns (not per-example records) let the input pipeline gather a whole batch with one
+numpy fancy-indexing call per column, which is what keeps a small model fed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from mtl_jax.tasks import TaskSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+    """A categorical input feature with ids in ``[0, vocab_size)``."""
+
+    name: str
+    vocab_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One split's columns. ``oracle`` holds ground-truth expectations where a simulator knows
+    them (the probability of a click, the expected rating), for the report's oracle metrics."""
+
+    features: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+    masks: dict[str, np.ndarray]
+    oracle: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        lengths = {
+            f"{group}/{name}": len(col)
+            for group in ("features", "labels", "masks", "oracle")
+            for name, col in getattr(self, group).items()
+        }
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"columns of one split differ in length: {lengths}")
+
+    def __len__(self) -> int:
+        return len(next(iter(self.features.values())))
+
+    def columns(self) -> dict[str, dict[str, np.ndarray]]:
+        """The arrays a model batch is gathered from (no oracle: the model never sees it)."""
+        return {"features": self.features, "labels": self.labels, "masks": self.masks}
+
+    def take(self, index: np.ndarray) -> Split:
+        pick = lambda d: {k: v[index] for k, v in d.items()}
+        return Split(pick(self.features), pick(self.labels), pick(self.masks), pick(self.oracle))
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiTaskDataset:
+    """Feature and task schema plus the train / validation / test splits."""
+
+    name: str
+    features: tuple[FeatureSpec, ...]
+    tasks: tuple[TaskSpec, ...]
+    train: Split
+    validation: Split
+    test: Split
+    item_text: tuple[str, ...] = ()
+
+    def split(self, name: str) -> Split:
+        if name not in ("train", "validation", "test"):
+            raise ValueError(f"unknown split {name!r}; valid: train, validation, test")
+        return getattr(self, name)
+
+    def sizes(self) -> dict[str, int]:
+        return {s: len(self.split(s)) for s in ("train", "validation", "test")}
+
+
+def random_split(
+    n: int, val_fraction: float, test_fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Disjoint sorted index arrays for train, validation and test."""
+    perm = rng.permutation(n)
+    n_test = int(round(n * test_fraction))
+    n_val = int(round(n * val_fraction))
+    test, val, train = perm[:n_test], perm[n_test : n_test + n_val], perm[n_test + n_val :]
+    return np.sort(train), np.sort(val), np.sort(test)

@@ -1,0 +1,51 @@
+"""Small building blocks shared by trunks and heads."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class MLP(nn.Module):
+    """Dense -> ReLU (-> dropout) stack; an empty ``hidden`` is the identity."""
+
+    hidden: Sequence[int]
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        for i, width in enumerate(self.hidden):
+            x = nn.relu(nn.Dense(width, name=f"dense_{i}")(x))
+            if self.dropout > 0:
+                x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        return x
+
+
+class ExpertMLPs(nn.Module):
+    """``num_experts`` independent MLPs evaluated as one batched einsum per layer.
+
+    One (E, in, out) kernel per layer instead of E separate Dense modules: the experts run
+    as a single matmul, which is what makes MMoE cheap on accelerators.
+    Input (B, D) -> output (B, E, H).
+    """
+
+    num_experts: int
+    hidden: Sequence[int]
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        init = nn.initializers.variance_scaling(
+            1.0, "fan_in", "truncated_normal", in_axis=-2, out_axis=-1, batch_axis=(0,)
+        )
+        h = jnp.broadcast_to(x[:, None, :], (x.shape[0], self.num_experts, x.shape[-1]))
+        for i, width in enumerate(self.hidden):
+            kernel = self.param(f"kernel_{i}", init, (self.num_experts, h.shape[-1], width))
+            bias = self.param(f"bias_{i}", nn.initializers.zeros, (self.num_experts, width))
+            h = nn.relu(jnp.einsum("bei,eio->beo", h, kernel) + bias)
+            if self.dropout > 0:
+                h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        return h

@@ -1,0 +1,81 @@
+"""Learning-rate schedules, parameter-group labels and the partitioned optimizer.
+
+Parameters are grouped by the top-level module that owns them, so each group gets the
+optimizer that suits it: embedding tables (sparse rows, no weight decay) and dense layers
+(adamw). Later capabilities (gradient combiners on the shared trunk, frozen groups) plug
+into the same partition.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+
+GROUPS = ("embeddings", "trunk", "heads")
+
+
+def group_of(path: tuple[Any, ...]) -> str:
+    """Parameter group of a parameter path like ``('trunk', 'experts', 'kernel_0')``."""
+    top = path[0].key if hasattr(path[0], "key") else str(path[0])
+    if top == "embedding":
+        return "embeddings"
+    if top == "trunk":
+        return "trunk"
+    if top.startswith("tower_"):
+        return "heads"
+    raise ValueError(f"parameter {'/'.join(map(str, path))} belongs to no group; groups: {GROUPS}")
+
+
+def param_labels(params: Any) -> Any:
+    """A pytree like ``params`` with each leaf replaced by its group name."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: group_of(path), params)
+
+
+def schedule(peak: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
+    """Linear warmup to ``peak`` then cosine decay to 1% of it at ``total_steps``."""
+    warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=peak,
+        warmup_steps=warmup_steps,
+        decay_steps=max(total_steps, warmup_steps + 1),
+        end_value=peak * 0.01,
+    )
+
+
+EMBEDDING_OPTIMIZERS = ("adagrad", "adam")
+
+
+def make_embedding_optimizer(
+    name: str, learning_rate: optax.Schedule, c: Any
+) -> optax.GradientTransformation:
+    """Adagrad by default: a row absent from a batch has zero gradient and stays put, while
+    Adam's momentum keeps moving rare ids' rows for many steps after they were last seen,
+    which overfits long-tail ids."""
+    if name == "adagrad":
+        return optax.adagrad(learning_rate, initial_accumulator_value=0.1)
+    if name == "adam":
+        return optax.adam(learning_rate, b1=c.b1, b2=c.b2)
+    raise ValueError(f"unknown embedding optimizer {name!r}; valid: {EMBEDDING_OPTIMIZERS}")
+
+
+def make_optimizer(optim_config: Any, total_steps: int) -> optax.GradientTransformation:
+    """Global-norm clipping, then a per-group optimizer through ``optax.partition``."""
+    c = optim_config
+    dense = optax.adamw(
+        schedule(c.learning_rate, c.warmup_steps, total_steps),
+        b1=c.b1,
+        b2=c.b2,
+        weight_decay=c.weight_decay,
+    )
+    embeddings = make_embedding_optimizer(
+        c.embedding_optimizer, schedule(c.embedding_learning_rate, c.warmup_steps, total_steps), c
+    )
+    partitioned = optax.partition(
+        {"embeddings": embeddings, "trunk": dense, "heads": dense}, param_labels
+    )
+    if c.grad_clip_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(c.grad_clip_norm), partitioned)
+    return partitioned

@@ -1,0 +1,140 @@
+"""What a run writes for people and tools: console progress, metrics.jsonl, JSON files.
+
+Only process 0 writes; every record carries its step so a resumed run can drop the records
+that its restored checkpoint predates.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import pathlib
+import resource
+import subprocess
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def is_lead_process() -> bool:
+    return jax.process_index() == 0
+
+
+def git_commit() -> str:
+    """The commit the code runs from, suffixed ``-dirty`` when the tree has changes."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray | jax.Array):
+        return _jsonable(np.asarray(x).tolist())
+    if isinstance(x, np.generic):
+        return _jsonable(x.item())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None if math.isnan(x) else str(x)
+    return x
+
+
+def write_json(path: str | pathlib.Path, obj: Any) -> None:
+    """Writes atomically (temp file + rename) so a kill never leaves half a file."""
+    path = pathlib.Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+class MetricsLog:
+    """Appends one JSON record per line to ``metrics.jsonl``."""
+
+    def __init__(self, path: str | pathlib.Path):
+        self.path = pathlib.Path(path)
+
+    def truncate_after(self, step: int) -> None:
+        """Drops records newer than ``step``: a resumed run will write them again."""
+        if not self.path.exists() or not is_lead_process():
+            return
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    keep.append(line)
+            except json.JSONDecodeError:  # a line cut by a kill
+                continue
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, self.path)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if is_lead_process():
+            with self.path.open("a") as f:
+                f.write(json.dumps(_jsonable(record)) + "\n")
+
+
+class Throughput:
+    """Steps/s and ETA over log intervals; the first interval (compilation) is excluded."""
+
+    def __init__(self, start_step: int, total_steps: int, batch_size: int):
+        self.total_steps = total_steps
+        self.batch_size = batch_size
+        self._last_step = start_step
+        self._last_time: float | None = None
+        self.timed_steps = 0
+        self.timed_seconds = 0.0
+
+    def mark(self, step: int) -> dict[str, float]:
+        now = time.perf_counter()
+        out = {}
+        if self._last_time is not None and step > self._last_step:
+            dt = now - self._last_time
+            steps = step - self._last_step
+            self.timed_steps += steps
+            self.timed_seconds += dt
+            rate = steps / dt
+            out = {
+                "steps_per_s": rate,
+                "examples_per_s": rate * self.batch_size,
+                "eta_s": (self.total_steps - step) / rate,
+            }
+        self._last_step, self._last_time = step, now
+        return out
+
+    def restart(self, step: int) -> None:
+        """Starts a new interval at ``step``, so evaluation and checkpoint time is not counted."""
+        self._last_step, self._last_time = step, time.perf_counter()
+
+    @property
+    def examples_per_s(self) -> float:
+        if self.timed_seconds == 0:
+            return float("nan")
+        return self.timed_steps * self.batch_size / self.timed_seconds
+
+
+def format_eta(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=round(seconds)))

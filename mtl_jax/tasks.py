@@ -1,0 +1,104 @@
+"""Task kinds: their output sizes, masked losses, predictions and host-side metrics.
+
+A task's loss on a batch travels as a mergeable ``(sum, count)`` pair over the examples that
+carry its label, so examples without a label (a rating exists only for a purchase) add
+nothing, and partial sums from many devices or batches merge exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mtl_jax import metrics as metrics_lib
+
+TASK_KINDS = ("binary", "regression", "multiclass")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """One prediction target.
+
+    Attributes:
+      name: key of the task's labels, masks and outputs.
+      kind: one of ``TASK_KINDS``.
+      num_classes: number of classes for ``multiclass``; ignored otherwise.
+    """
+
+    name: str
+    kind: str
+    num_classes: int = 0
+
+    def __post_init__(self):
+        if self.kind not in TASK_KINDS:
+            raise ValueError(f"task {self.name!r}: unknown kind {self.kind!r}; valid: {TASK_KINDS}")
+        if self.kind == "multiclass" and self.num_classes < 2:
+            raise ValueError(f"task {self.name!r}: multiclass needs num_classes >= 2")
+
+    @property
+    def output_dim(self) -> int:
+        return self.num_classes if self.kind == "multiclass" else 1
+
+    @property
+    def higher_is_better(self) -> dict[str, bool]:
+        return {name: hib for name, (_, hib) in METRICS[self.kind].items()}
+
+
+def per_example_loss(task: TaskSpec, logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Loss of each example, shape (B,). ``logits`` are (B,) or (B, C) for multiclass."""
+    if task.kind == "binary":
+        return optax.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype))
+    if task.kind == "regression":
+        return jnp.square(logits - labels.astype(logits.dtype))
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels.astype(jnp.int32))
+
+
+def masked_loss_sum(
+    task: TaskSpec, logits: jax.Array, labels: jax.Array, mask: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """``(sum of losses over labelled examples, number of labelled examples)``."""
+    mask = mask.astype(jnp.float32)
+    loss = per_example_loss(task, logits, labels).astype(jnp.float32)
+    # where() rather than multiply: an unlabelled example may carry any placeholder label.
+    return jnp.sum(jnp.where(mask > 0, loss * mask, 0.0)), jnp.sum(mask)
+
+
+def predict(task: TaskSpec, logits: jax.Array) -> jax.Array:
+    """What a user reads off the head: a probability, a value, or class probabilities."""
+    if task.kind == "binary":
+        return jax.nn.sigmoid(logits)
+    if task.kind == "regression":
+        return logits
+    return jax.nn.softmax(logits, axis=-1)
+
+
+# name -> (function(labels, predictions), higher is better)
+METRICS: dict[str, dict[str, tuple[Callable[[np.ndarray, np.ndarray], float], bool]]] = {
+    "binary": {"auc": (metrics_lib.auc, True), "logloss": (metrics_lib.logloss, False)},
+    "regression": {"rmse": (metrics_lib.rmse, False), "mae": (metrics_lib.mae, False)},
+    "multiclass": {
+        "accuracy": (metrics_lib.accuracy, True),
+        "logloss": (metrics_lib.logloss, False),
+    },
+}
+
+
+def evaluate(task: TaskSpec, labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+    """All metrics of the task's kind over the labelled examples given."""
+    if len(labels) == 0:
+        return {name: float("nan") for name in METRICS[task.kind]}
+    return {name: fn(labels, predictions) for name, (fn, _) in METRICS[task.kind].items()}
+
+
+def trivial_predictions(task: TaskSpec, train_labels: np.ndarray, n: int) -> np.ndarray:
+    """The best label-blind predictor fitted on train: global rate, mean, or class prior."""
+    if task.kind == "multiclass":
+        prior = np.bincount(train_labels.astype(np.int64), minlength=task.num_classes)
+        prior = prior / max(prior.sum(), 1)
+        return np.tile(prior, (n, 1))
+    return np.full(n, float(np.mean(train_labels)) if len(train_labels) else 0.0)

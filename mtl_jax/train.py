@@ -1,0 +1,416 @@
+"""Training and evaluation: a pure jitted train step, and the loop that drives it.
+
+``train_and_evaluate(config, workdir)`` builds the data, model and optimizer, resumes from
+the workdir's latest checkpoint if there is one, trains with periodic validation and early
+stopping, and reports test metrics of the best-on-validation parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import pathlib
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from mtl_jax import balancing, configlib, parallel, reporting
+from mtl_jax import tasks as tasks_lib
+from mtl_jax.checkpoint import Checkpointer
+from mtl_jax.data import MultiTaskDataset, Split, load_dataset
+from mtl_jax.data.pipeline import check_batch_divides, eval_batches, train_iterator
+from mtl_jax.models import MultiTaskModel
+from mtl_jax.optim import make_optimizer
+from mtl_jax.tasks import TaskSpec
+
+log = logging.getLogger("mtl_jax")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training and is checkpointed."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array  # base key; each step's key is fold_in(rng, step)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training diverged; the last good checkpoint in the workdir is left untouched."""
+
+
+def output_biases(tasks: Sequence[TaskSpec], train: Split) -> tuple[tuple[float, ...], ...]:
+    """Initial output biases that make the untrained model predict the train prior.
+
+    Without them a rating head starts near 0 while ratings average ~4, and its huge early
+    loss swamps the other tasks' gradients for the first few hundred steps.
+    """
+    out = []
+    for task in tasks:
+        mask = train.masks[task.name] > 0
+        labels = train.labels[task.name][mask]
+        prior = tasks_lib.trivial_predictions(task, labels, 1)[0]
+        if task.kind == "binary":
+            p = float(np.clip(prior, 1e-4, 1 - 1e-4))
+            out.append((math.log(p / (1 - p)),))
+        elif task.kind == "regression":
+            out.append((float(prior),))
+        else:
+            out.append(tuple(np.log(np.clip(prior, 1e-6, 1.0)).tolist()))
+    return tuple(out)
+
+
+def task_loss_sums(
+    tasks: Sequence[TaskSpec], logits: dict[str, jax.Array], batch: dict[str, Any]
+) -> tuple[jax.Array, jax.Array]:
+    """Per-task masked loss sums and label counts, each (T,)."""
+    pairs = [
+        tasks_lib.masked_loss_sum(
+            t, logits[t.name], batch["labels"][t.name], batch["masks"][t.name]
+        )
+        for t in tasks
+    ]
+    return jnp.stack([s for s, _ in pairs]), jnp.stack([c for _, c in pairs])
+
+
+def make_train_step(
+    model: MultiTaskModel,
+    tasks: Sequence[TaskSpec],
+    tx: optax.GradientTransformation,
+    loss_weights: np.ndarray,
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """A pure ``(state, batch) -> (state, metrics)``; jit it with the shardings you need."""
+    weights = jnp.asarray(loss_weights)
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        dropout_key = jax.random.fold_in(state.rng, state.step)
+
+        def loss_fn(params):
+            logits = model.apply(
+                {"params": params}, batch["features"], train=True, rngs={"dropout": dropout_key}
+            )
+            sums, counts = task_loss_sums(tasks, logits, batch)
+            task_losses = sums / jnp.maximum(counts, 1.0)
+            return balancing.combine(task_losses, weights), task_losses
+
+        (loss, task_losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "task_losses": task_losses, "grad_norm": optax.global_norm(grads)}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def make_eval_step(model: MultiTaskModel, tasks: Sequence[TaskSpec]) -> Callable:
+    """``(params, batch) -> (predictions per task, loss sums (T,), label counts (T,))``."""
+
+    def eval_step(params: Any, batch: dict):
+        logits = model.apply({"params": params}, batch["features"], train=False)
+        predictions = {t.name: tasks_lib.predict(t, logits[t.name]) for t in tasks}
+        sums, counts = task_loss_sums(tasks, logits, batch)
+        return predictions, sums, counts
+
+    return eval_step
+
+
+class Trainer:
+    """Holds the compiled steps and shardings of one configured run."""
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        dataset: MultiTaskDataset,
+        mesh: jax.sharding.Mesh | None = None,
+    ):
+        configlib.validate(config)
+        configlib.validate_against_dataset(config, dataset)
+        self.config = config
+        self.dataset = dataset
+        self.mesh = (
+            mesh if mesh is not None else parallel.make_mesh(config.mesh.num_devices or None)
+        )
+        n_data = parallel.data_axis_size(self.mesh)
+        check_batch_divides(config.train.batch_size, n_data, "train.batch_size")
+        check_batch_divides(config.train.eval_batch_size, n_data, "train.eval_batch_size")
+
+        task_by_name = {t.name: t for t in dataset.tasks}
+        self.tasks = tuple(task_by_name[name] for name in config.tasks)
+        feature_by_name = {f.name: f for f in dataset.features}
+        features = tuple(feature_by_name[name] for name in config.input_features)
+        self.model = MultiTaskModel(
+            features, self.tasks, config.model, output_biases(self.tasks, dataset.train)
+        )
+        self.tx = make_optimizer(config.optim, config.train.num_steps)
+        self.loss_weights = balancing.loss_weights(
+            config.balancing.method, config.tasks, dict(config.balancing.weights)
+        )
+
+        # Shapes first: derive the state's shardings from an abstract init, then init under jit.
+        sample = {f.name: jnp.zeros((1,), jnp.int32) for f in features}
+        key = jax.random.PRNGKey(config.seed)
+        self._init_fn = lambda k: self._init_state(k, sample)
+        abstract = jax.eval_shape(self._init_fn, key)
+        replicated = parallel.replicated(self.mesh)
+        self.state_sharding = jax.tree.map(lambda _: replicated, abstract)
+        self.abstract_state = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            abstract,
+            self.state_sharding,
+        )
+        self._key = key
+        batch_sharding = parallel.batch_sharding(self.mesh)
+        self.train_step = jax.jit(
+            make_train_step(self.model, self.tasks, self.tx, self.loss_weights),
+            in_shardings=(self.state_sharding, batch_sharding),
+            out_shardings=(self.state_sharding, replicated),
+            donate_argnums=(0,),
+        )
+        self.eval_step = jax.jit(
+            make_eval_step(self.model, self.tasks),
+            in_shardings=(self.state_sharding.params, batch_sharding),
+            out_shardings=(batch_sharding, replicated, replicated),
+        )
+
+    def _init_state(self, key: jax.Array, sample: dict) -> TrainState:
+        params = self.model.init({"params": key}, sample, train=False)["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=self.tx.init(params),
+            rng=jax.random.fold_in(key, 1),
+        )
+
+    def init_state(self) -> TrainState:
+        return jax.jit(self._init_fn, out_shardings=self.state_sharding)(self._key)
+
+    def train_iterator(self, num_steps: int | None = None):
+        t = self.config.train
+        return train_iterator(
+            self.dataset.train,
+            batch_size=t.batch_size,
+            num_steps=num_steps or t.num_steps,
+            seed=self.config.seed,
+        )
+
+    def predict(self, params: Any, split: Split) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Predictions for every example of ``split`` and the mean loss per task (T,)."""
+        outputs, sums, counts = [], 0.0, 0.0
+        for local in eval_batches(split, self.config.train.eval_batch_size):
+            batch = parallel.to_global_batch(local, self.mesh)
+            preds, s, c = self.eval_step(params, batch)
+            outputs.append(preds)
+            sums, counts = sums + s, counts + c
+        host = parallel.to_host(outputs)
+        n = len(split)
+        predictions = {t.name: np.concatenate([o[t.name] for o in host])[:n] for t in self.tasks}
+        return predictions, np.asarray(sums) / np.maximum(np.asarray(counts), 1.0)
+
+    def evaluate(self, params: Any, split: Split) -> dict[str, dict[str, float]]:
+        """``{task: {metric: value}}`` on the labelled examples of ``split``."""
+        predictions, losses = self.predict(params, split)
+        return {
+            t.name: {**score_task(t, split, predictions[t.name]), "loss": float(losses[i])}
+            for i, t in enumerate(self.tasks)
+        }
+
+
+def score_task(task: TaskSpec, split: Split, predictions: np.ndarray) -> dict[str, float]:
+    mask = split.masks[task.name] > 0
+    return tasks_lib.evaluate(task, split.labels[task.name][mask], predictions[mask])
+
+
+def reference_metrics(
+    tasks: Sequence[TaskSpec], dataset: MultiTaskDataset, split: Split
+) -> tuple[dict, dict]:
+    """Metrics of the simulator's oracle and of the trivial (train-prior) predictor."""
+    oracle = {
+        t.name: score_task(t, split, split.oracle[t.name]) for t in tasks if t.name in split.oracle
+    }
+    trivial = {}
+    for t in tasks:
+        train_mask = dataset.train.masks[t.name] > 0
+        preds = tasks_lib.trivial_predictions(
+            t, dataset.train.labels[t.name][train_mask], len(split)
+        )
+        trivial[t.name] = score_task(t, split, preds)
+    return oracle, trivial
+
+
+def _is_better(value: float, best: float | None, higher_is_better: bool) -> bool:
+    if not math.isfinite(value):
+        return False
+    if best is None:
+        return True
+    return value > best if higher_is_better else value < best
+
+
+def _format_task_metrics(metrics: dict[str, dict[str, float]]) -> str:
+    return " | ".join(
+        f"{task} " + " ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "loss")
+        for task, m in metrics.items()
+    )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains (or resumes) the configured run in ``workdir`` and returns its results dict.
+
+    Writes ``config.json``, ``metrics.jsonl``, ``results.json`` and Orbax checkpoints into
+    ``workdir``. Running again on a finished workdir re-reports without training.
+    """
+    start_time = time.perf_counter()
+    configlib.validate(config)
+    workdir_path = pathlib.Path(workdir)
+    workdir_path.mkdir(parents=True, exist_ok=True)
+    config_dict = configlib.to_dict(config)
+    t = config.train
+
+    ckpt = Checkpointer(workdir_path, config.checkpoint.max_to_keep, config.checkpoint.async_save)
+    latest = ckpt.latest_step()
+    meta = ckpt.check_compatible(latest, config_dict) if latest is not None else None
+
+    log.info("building dataset %s", config.data.name)
+    dataset = load_dataset(config.data, config.seed)
+    trainer = Trainer(config, dataset)
+    log.info(
+        "dataset sizes %s; mesh %s; %d tasks %s",
+        dataset.sizes(),
+        dict(trainer.mesh.shape),
+        len(trainer.tasks),
+        [task.name for task in trainer.tasks],
+    )
+    data_iter = trainer.train_iterator()
+    metrics_log = reporting.MetricsLog(workdir_path / "metrics.jsonl")
+    if meta is not None:
+        state, meta = ckpt.restore(latest, trainer.abstract_state, data_iter)
+        metrics_log.truncate_after(latest)
+        log.info("resumed from step %d in %s", latest, workdir_path)
+    else:
+        state = trainer.init_state()
+        meta = {
+            "step": 0,
+            "best_value": None,
+            "best_step": None,
+            "evals_without_improvement": 0,
+            "finished": False,
+            "config": config_dict,
+        }
+        if reporting.is_lead_process():
+            reporting.write_json(workdir_path / "config.json", config_dict)
+            if metrics_log.path.exists():
+                metrics_log.path.unlink()
+
+    task_name, _, metric_name = t.early_stopping_metric.partition("/")
+    higher_is_better = {tk.name: tk for tk in trainer.tasks}[task_name].higher_is_better[
+        metric_name
+    ]
+    step = int(meta["step"])
+    throughput = reporting.Throughput(step, t.num_steps, t.batch_size)
+    if not meta["finished"]:
+        log.info("training from step %d to %d", step, t.num_steps)
+    while not meta["finished"]:
+        batch = parallel.to_global_batch(next(data_iter), trainer.mesh)
+        state, train_metrics = trainer.train_step(state, batch)
+        step += 1
+        last = step >= t.num_steps
+        if step % t.log_every == 0 or last:
+            host = jax.device_get(train_metrics)
+            if not np.isfinite(host["loss"]):
+                ckpt.wait()
+                raise NonFiniteLossError(
+                    f"loss became {host['loss']} at step {step} (task losses "
+                    f"{dict(zip(config.tasks, host['task_losses'].tolist(), strict=True))}); "
+                    f"the last good checkpoint (step {ckpt.latest_step()}) is intact in "
+                    f"{workdir_path}. Lower optim.learning_rate or check the data."
+                )
+            speed = throughput.mark(step)
+            record = {
+                "step": step,
+                "split": "train",
+                "loss": host["loss"],
+                "grad_norm": host["grad_norm"],
+                **{f"{n}/loss": v for n, v in zip(config.tasks, host["task_losses"], strict=True)},
+                **speed,
+            }
+            metrics_log.write(record)
+            speed_text = (
+                f" | {speed['steps_per_s']:.1f} steps/s {speed['examples_per_s']:,.0f} ex/s "
+                f"ETA {reporting.format_eta(speed['eta_s'])}"
+                if speed
+                else ""
+            )
+            log.info("step %d/%d | loss %.4f%s", step, t.num_steps, host["loss"], speed_text)
+
+        if step % t.eval_every == 0 or last:
+            val = trainer.evaluate(state.params, dataset.validation)
+            value = val[task_name][metric_name]
+            improved = _is_better(value, meta["best_value"], higher_is_better)
+            if improved:
+                meta.update(best_value=value, best_step=step, evals_without_improvement=0)
+                ckpt.save_best(step, state.params)
+            else:
+                meta["evals_without_improvement"] += 1
+            stop = meta["evals_without_improvement"] >= t.patience
+            meta.update(step=step, finished=last or stop)
+            metrics_log.write({"step": step, "split": "validation", "metrics": val})
+            log.info(
+                "validation step %d: %s%s",
+                step,
+                _format_task_metrics(val),
+                " (best)" if improved else "",
+            )
+            if step % t.checkpoint_every == 0 or meta["finished"]:
+                ckpt.save(step, state, data_iter, meta)
+            if stop and not last:
+                log.info(
+                    "early stopping at step %d: %s has not improved for %d evaluations "
+                    "(best %.4f at step %d)",
+                    step,
+                    t.early_stopping_metric,
+                    t.patience,
+                    meta["best_value"],
+                    meta["best_step"],
+                )
+            throughput.restart(step)
+    ckpt.wait()
+
+    best_params = ckpt.restore_best(trainer.abstract_state.params)
+    test = trainer.evaluate(best_params, dataset.test)
+    oracle, trivial = reference_metrics(trainer.tasks, dataset, dataset.test)
+    results = {
+        "config": config_dict,
+        "commit": reporting.git_commit(),
+        "dataset_sizes": dataset.sizes(),
+        "best_step": meta["best_step"],
+        "best_validation": {t.early_stopping_metric: meta["best_value"]},
+        "steps_trained": meta["step"],
+        "early_stopped": meta["step"] < t.num_steps,
+        "test": test,
+        "oracle": oracle,
+        "trivial": trivial,
+        "train_examples_per_s": throughput.examples_per_s,
+        "wall_time_s": time.perf_counter() - start_time,
+        "peak_rss_mb": reporting.peak_rss_mb(),
+        "num_devices": trainer.mesh.size,
+    }
+    if reporting.is_lead_process():
+        reporting.write_json(workdir_path / "results.json", results)
+    log.info("test metrics (best validation step %s):", meta["best_step"])
+    for task in trainer.tasks:
+        name = task.name
+        ref = f"  oracle {_fmt(oracle[name])}" if name in oracle else ""
+        log.info("  %-9s %s  | trivial %s%s", name, _fmt(test[name]), _fmt(trivial[name]), ref)
+    ckpt.close()
+    return results
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "loss")

@@ -1,0 +1,48 @@
+"""Trains and evaluates a configured multi-task recommender.
+
+  python run.py --config=configs/ecommerce.py --workdir=runs/ecommerce
+
+Running again with the same --workdir resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from mtl_jax.train import train_and_evaluate
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/ecommerce.py")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 for multi-process runs."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    absl_logging.get_absl_handler().setFormatter(
+        logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    )
+    # Our progress at INFO; library chatter (Orbax logs every save) only from WARNING up.
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger("mtl_jax").setLevel(logging.INFO)
+    if _COORDINATOR.value:
+        jax.distributed.initialize(
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+        )
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,71 @@
+"""Metrics against brute-force references on random data."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from mtl_jax import metrics
+
+
+def brute_force_auc(labels, scores):
+    """P(score_pos > score_neg) + 0.5 P(tie), over every positive/negative pair."""
+    pos = [s for y, s in zip(labels, scores, strict=True) if y]
+    neg = [s for y, s in zip(labels, scores, strict=True) if not y]
+    total = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(pos, neg))
+    return total / (len(pos) * len(neg))
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("num_distinct", [3, 20, 10_000])  # heavy ties, some ties, no ties
+def test_auc_matches_brute_force(seed, num_distinct):
+    rng = np.random.default_rng(seed)
+    n = 300
+    labels = rng.random(n) < 0.3
+    scores = rng.integers(num_distinct, size=n) / num_distinct + 0.2 * labels
+    assert metrics.auc(labels, scores) == pytest.approx(brute_force_auc(labels, scores), abs=1e-12)
+
+
+def test_auc_edge_cases():
+    assert metrics.auc(np.array([0, 1]), np.array([0.1, 0.9])) == 1.0
+    assert metrics.auc(np.array([1, 0]), np.array([0.1, 0.9])) == 0.0
+    assert metrics.auc(np.array([1, 0, 1, 0]), np.full(4, 0.3)) == 0.5
+    assert np.isnan(metrics.auc(np.ones(5), np.arange(5.0)))
+
+
+def test_logloss_matches_definition():
+    rng = np.random.default_rng(0)
+    y = (rng.random(100) < 0.4).astype(float)
+    p = rng.uniform(0.01, 0.99, 100)
+    expected = -np.mean([np.log(pi) if yi else np.log(1 - pi) for yi, pi in zip(y, p, strict=True)])
+    assert metrics.logloss(y, p) == pytest.approx(expected, rel=1e-12)
+    # Multiclass: 2-D probabilities and integer labels.
+    probs = rng.dirichlet(np.ones(4), size=50)
+    labels = rng.integers(4, size=50)
+    expected = -np.mean([np.log(probs[i, labels[i]]) for i in range(50)])
+    assert metrics.logloss(labels, probs) == pytest.approx(expected, rel=1e-12)
+
+
+def test_regression_metrics_match_definition():
+    rng = np.random.default_rng(1)
+    y, p = rng.normal(size=200), rng.normal(size=200)
+    assert metrics.rmse(y, p) == pytest.approx(
+        np.sqrt(sum((a - b) ** 2 for a, b in zip(y, p, strict=True)) / 200)
+    )
+    assert metrics.mae(y, p) == pytest.approx(
+        sum(abs(a - b) for a, b in zip(y, p, strict=True)) / 200
+    )
+
+
+def test_accuracy_from_ids_and_scores():
+    labels = np.array([0, 1, 2, 2])
+    assert metrics.accuracy(labels, np.array([0, 1, 1, 2])) == 0.75
+    scores = np.eye(3)[[0, 2, 2, 2]]
+    assert metrics.accuracy(labels, scores) == 0.75
+
+
+def test_shape_errors_name_both_shapes():
+    with pytest.raises(ValueError, match=r"\(3,\) vs \(4,\)"):
+        metrics.rmse(np.zeros(3), np.zeros(4))
+    with pytest.raises(ValueError, match="1-D"):
+        metrics.auc(np.zeros((2, 2)), np.zeros((2, 2)))
