@@ -63,9 +63,11 @@ def masked_loss_sum(
 ) -> tuple[jax.Array, jax.Array]:
     """``(sum of losses over labelled examples, number of labelled examples)``."""
     mask = mask.astype(jnp.float32)
+    # An unlabelled example may carry any placeholder (even NaN): replace it before the loss,
+    # since a NaN there would leak into the gradient even through a zero mask.
+    labels = jnp.where(mask > 0, labels, jnp.zeros_like(labels))
     loss = per_example_loss(task, logits, labels).astype(jnp.float32)
-    # where() rather than multiply: an unlabelled example may carry any placeholder label.
-    return jnp.sum(jnp.where(mask > 0, loss * mask, 0.0)), jnp.sum(mask)
+    return jnp.sum(loss * mask), jnp.sum(mask)
 
 
 def predict(task: TaskSpec, logits: jax.Array) -> jax.Array:

@@ -104,7 +104,7 @@ def make_train_step(
         (loss, task_losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "task_losses": task_losses, "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": loss, "task_losses": task_losses, "grad_norm": optax.tree.norm(grads)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
@@ -260,11 +260,19 @@ def _format_task_metrics(metrics: dict[str, dict[str, float]]) -> str:
     )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, max_steps_this_run: int | None = None
+) -> dict[str, Any] | None:
     """Trains (or resumes) the configured run in ``workdir`` and returns its results dict.
 
     Writes ``config.json``, ``metrics.jsonl``, ``results.json`` and Orbax checkpoints into
     ``workdir``. Running again on a finished workdir re-reports without training.
+
+    Args:
+      config: a validated, locked config (see ``configs/``).
+      workdir: where checkpoints, metrics and results go; resumed from if it holds a run.
+      max_steps_this_run: train at most this many steps in this call, then checkpoint and
+        return None; a later call resumes. For time-sliced queues (and resume tests).
     """
     start_time = time.perf_counter()
     configlib.validate(config)
@@ -312,7 +320,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     higher_is_better = {tk.name: tk for tk in trainer.tasks}[task_name].higher_is_better[
         metric_name
     ]
-    step = int(meta["step"])
+    step = start_step = int(meta["step"])
     throughput = reporting.Throughput(step, t.num_steps, t.batch_size)
     if not meta["finished"]:
         log.info("training from step %d to %d", step, t.num_steps)
@@ -380,6 +388,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     meta["best_step"],
                 )
             throughput.restart(step)
+        if (
+            max_steps_this_run is not None
+            and step - start_step >= max_steps_this_run
+            and not meta["finished"]
+        ):
+            if ckpt.latest_step() != step:
+                ckpt.save(step, state, data_iter, {**meta, "step": step})
+            ckpt.wait()
+            ckpt.close()
+            log.info(
+                "stopping after %d steps this run; rerun to resume at step %d",
+                step - start_step,
+                step,
+            )
+            return None
     ckpt.wait()
 
     best_params = ckpt.restore_best(trainer.abstract_state.params)

@@ -32,8 +32,8 @@ class MMoE(nn.Module):
     """Multi-gate mixture of experts (Ma et al., KDD 2018).
 
     Experts are shared; each task has its own softmax gate over them, so tasks that disagree
-    can draw on different experts. The gates' mixture weights are sown as ``intermediates``
-    for diagnostics (gate entropy, expert utilisation).
+    can draw on different experts. The gates' mixture weights are sown as
+    ``intermediates/gate_weights`` (B, T, E) for diagnostics (gate entropy, utilisation).
     """
 
     num_tasks: int
@@ -51,7 +51,7 @@ class MMoE(nn.Module):
         gates_bte = jax.nn.softmax(
             gate_logits.reshape(x.shape[0], self.num_tasks, self.num_experts), axis=-1
         )
-        self.sow("intermediates", "gates", gates_bte)
+        self.sow("intermediates", "gate_weights", gates_bte)
         mixed_bth = jnp.einsum("bte,beh->bth", gates_bte, experts_beh)
         return [mixed_bth[:, t] for t in range(self.num_tasks)]
 

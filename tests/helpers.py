@@ -1,0 +1,24 @@
+"""Small configs and datasets shared by tests."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import ecommerce
+
+
+def tiny_config(**train_overrides) -> ml_collections.ConfigDict:
+    """The smoke config shrunk further: a few thousand impressions, batches of 64."""
+    config = ecommerce.get_config("smoke")
+    config.data.update(num_users=120, num_items=80, num_impressions=4000, num_brands=10)
+    config.train.update(
+        batch_size=64,
+        eval_batch_size=256,
+        num_steps=20,
+        eval_every=10,
+        checkpoint_every=10,
+        log_every=5,
+    )
+    config.optim.warmup_steps = 4
+    config.train.update(**train_overrides)
+    return config

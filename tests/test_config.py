@@ -1,0 +1,60 @@
+"""Locked configs: typos and bad values fail early with messages naming the valid choices."""
+
+import pytest
+
+from configs import ecommerce
+from mtl_jax import configlib
+from mtl_jax.data import load_dataset
+from tests.helpers import tiny_config
+
+
+def test_configs_validate():
+    for variant in (None, "smoke"):
+        configlib.validate(ecommerce.get_config(variant))
+
+
+def test_unknown_key_names_the_valid_keys():
+    config = ecommerce.get_config()
+    with pytest.raises(AttributeError, match=r"num_expert.*num_experts"):
+        config.model.num_expert = 8
+
+
+def test_unknown_variant():
+    with pytest.raises(ValueError, match="smoke"):
+        ecommerce.get_config("tiny")
+
+
+@pytest.mark.parametrize(
+    "key, value, match",
+    [
+        ("model.trunk", "transformer", r"model.trunk.*valid: \('shared_bottom', 'mmoe'"),
+        ("model.num_experts", 0, r"model.num_experts: must be >= 1"),
+        ("optim.learning_rate", -1e-3, r"optim.learning_rate: must be > 0"),
+        ("balancing.method", "magic", r"balancing.method.*valid: \('ew', 'static'\)"),
+        ("train.checkpoint_every", 15, r"multiple of train.eval_every=10"),
+        ("optim.embedding_optimizer", "sgd", r"valid: \('adagrad', 'adam'\)"),
+    ],
+)
+def test_bad_values_fail_with_choices(key, value, match):
+    config = tiny_config()
+    section, name = key.split(".")
+    config[section][name] = value
+    with pytest.raises(configlib.ConfigError, match=match):
+        configlib.validate(config)
+
+
+def test_dataset_names_checked():
+    config = tiny_config()
+    dataset = load_dataset(config.data, config.seed)
+    configlib.validate_against_dataset(config, dataset)
+    config.tasks = ("click", "dwell")
+    with pytest.raises(configlib.ConfigError, match=r"unknown task 'dwell'; valid: \['click'"):
+        configlib.validate_against_dataset(config, dataset)
+    config = tiny_config()
+    config.input_features = ("user_id", "category")
+    with pytest.raises(configlib.ConfigError, match="'category' is also a prediction target"):
+        configlib.validate_against_dataset(config, dataset)
+    config = tiny_config()
+    config.train.early_stopping_metric = "click/rmse"
+    with pytest.raises(configlib.ConfigError, match="click/auc"):
+        configlib.validate_against_dataset(config, dataset)

@@ -1,0 +1,145 @@
+"""Simulator properties and the grain pipeline's batching, sharding and resumability."""
+
+import grain
+import numpy as np
+import pytest
+
+from mtl_jax import metrics
+from mtl_jax.data.ecommerce import expected_rounded_rating, simulate_ecommerce
+from mtl_jax.data.pipeline import eval_batches, train_iterator
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return simulate_ecommerce(num_users=2000, num_items=500, num_impressions=60_000, seed=3)
+
+
+def test_deterministic_from_seed(dataset):
+    again = simulate_ecommerce(num_users=2000, num_items=500, num_impressions=60_000, seed=3)
+    for col in ("user_id", "item_id"):
+        np.testing.assert_array_equal(again.train.features[col], dataset.train.features[col])
+    np.testing.assert_array_equal(again.test.labels["click"], dataset.test.labels["click"])
+    other = simulate_ecommerce(num_users=2000, num_items=500, num_impressions=60_000, seed=4)
+    assert not np.array_equal(other.train.labels["click"], dataset.train.labels["click"])
+
+
+def test_funnel(dataset):
+    s = dataset.train
+    click, purchase = s.labels["click"], s.labels["purchase"]
+    assert 0.05 <= click.mean() <= 0.10
+    assert 0.005 <= purchase.mean() <= 0.02
+    assert np.all(purchase <= click), "a purchase happens only after a click"
+    # Ratings exist exactly for purchases and lie in 1..5.
+    np.testing.assert_array_equal(s.masks["rating"], purchase)
+    rated = s.labels["rating"][s.masks["rating"] > 0]
+    assert set(np.unique(rated)) <= {1.0, 2.0, 3.0, 4.0, 5.0}
+    # The category label is the item's category.
+    np.testing.assert_array_equal(s.labels["category"], s.features["category"])
+
+
+def test_long_tail(dataset):
+    counts = np.bincount(dataset.train.features["item_id"], minlength=500)
+    top = np.sort(counts)[::-1]
+    assert top[: 500 // 5].sum() / top.sum() > 0.6, "the top 20% of items get most impressions"
+
+
+def test_oracle_is_calibrated_and_beats_trivial(dataset):
+    s = dataset.test
+    for task in ("click", "purchase"):
+        assert s.oracle[task].mean() == pytest.approx(s.labels[task].mean(), rel=0.15)
+        assert metrics.auc(s.labels[task], s.oracle[task]) > 0.75
+    m = s.masks["rating"] > 0
+    trivial = np.full(
+        m.sum(), dataset.train.labels["rating"][dataset.train.masks["rating"] > 0].mean()
+    )
+    assert metrics.rmse(s.labels["rating"][m], s.oracle["rating"][m]) < metrics.rmse(
+        s.labels["rating"][m], trivial
+    )
+
+
+def test_task_correlation_knob():
+    def click_purchase_oracle_corr(rho):
+        d = simulate_ecommerce(
+            num_users=500, num_items=200, num_impressions=20_000, task_correlation=rho, seed=0
+        )
+        return np.corrcoef(d.train.oracle["click"], d.train.oracle["purchase"])[0, 1]
+
+    assert click_purchase_oracle_corr(0.95) > click_purchase_oracle_corr(0.0) + 0.1
+
+
+def test_expected_rounded_rating_matches_monte_carlo():
+    rng = np.random.default_rng(0)
+    means = np.array([0.2, 2.7, 3.5, 4.9, 6.0])
+    samples = np.clip(np.round(means[:, None] + rng.normal(0, 0.6, (5, 200_000))), 1, 5)
+    np.testing.assert_allclose(expected_rounded_rating(means, 0.6), samples.mean(1), atol=0.01)
+
+
+def test_bad_knob_is_rejected():
+    with pytest.raises(ValueError, match="task_correlation"):
+        simulate_ecommerce(num_impressions=100, task_correlation=1.5)
+
+
+def _collect(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+def test_train_batches_cover_each_epoch_once(dataset):
+    split = dataset.validation  # 6000 rows
+    it = train_iterator(split, batch_size=1000, num_steps=12, seed=0)
+    batches = _collect(it, 12)
+    ids = lambda bs: np.sort(np.concatenate([b["features"]["user_id"] for b in bs]))
+    # 6 full batches per epoch, so each epoch is a permutation of the split.
+    np.testing.assert_array_equal(ids(batches[:6]), np.sort(split.features["user_id"]))
+    np.testing.assert_array_equal(ids(batches[6:]), np.sort(split.features["user_id"]))
+    # A new epoch reshuffles.
+    assert not np.array_equal(batches[0]["labels"]["click"], batches[6]["labels"]["click"])
+
+
+def test_train_iterator_resumes_exactly(dataset):
+    split = dataset.validation
+    straight = _collect(train_iterator(split, batch_size=500, num_steps=30, seed=1), 30)
+    first = train_iterator(split, batch_size=500, num_steps=30, seed=1)
+    _collect(first, 13)
+    state = first.get_state()
+    resumed = train_iterator(split, batch_size=500, num_steps=30, seed=1)
+    resumed.set_state(state)
+    for expect, got in zip(straight[13:], _collect(resumed, 17), strict=True):
+        np.testing.assert_array_equal(expect["features"]["item_id"], got["features"]["item_id"])
+
+
+def test_eval_batches_pad_with_zero_masks(dataset):
+    split = dataset.test
+    batches = list(eval_batches(split, 4096))
+    assert len(batches) == 2 and all(len(b["labels"]["click"]) == 4096 for b in batches)
+    tail = len(split) - 4096
+    assert batches[1]["masks"]["click"][tail:].sum() == 0
+    np.testing.assert_array_equal(
+        np.concatenate([b["features"]["item_id"] for b in batches])[: len(split)],
+        split.features["item_id"],
+    )
+
+
+def test_batch_larger_than_split_is_an_error(dataset):
+    with pytest.raises(ValueError, match="exceeds"):
+        train_iterator(dataset.test.take(np.arange(10)), batch_size=64, num_steps=1, seed=0)
+
+
+def test_process_sharding_uses_grain_options(monkeypatch, dataset):
+    """Two processes each get their own contiguous half of every global batch."""
+    from mtl_jax.data import pipeline
+
+    full = _collect(train_iterator(dataset.test, batch_size=100, num_steps=3, seed=0), 3)
+    halves = []
+    for index in (0, 1):
+        monkeypatch.setattr(
+            pipeline.grain.sharding,
+            "ShardByJaxProcess",
+            lambda drop_remainder, i=index: grain.sharding.ShardOptions(i, 2, drop_remainder),
+        )
+        halves.append(
+            _collect(train_iterator(dataset.test, batch_size=100, num_steps=3, seed=0), 3)
+        )
+    for step in range(3):
+        joined = np.sort(np.concatenate([h[step]["features"]["user_id"] for h in halves]))
+        np.testing.assert_array_equal(joined, np.sort(full[step]["features"]["user_id"]))
+        assert len(halves[0][step]["features"]["user_id"]) == 50

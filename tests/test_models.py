@@ -1,0 +1,106 @@
+"""Trunk structure, tower shapes and parameter-group labels."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from mtl_jax.data.schema import FeatureSpec
+from mtl_jax.models import MMoE, MultiTaskModel, SharedBottom
+from mtl_jax.models.layers import MLP, ExpertMLPs
+from mtl_jax.optim import param_labels
+from mtl_jax.tasks import TaskSpec
+
+
+def test_experts_equal_independent_mlps():
+    """The batched-einsum experts compute exactly what E separate MLPs would."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (5, 7))
+    experts = ExpertMLPs(num_experts=3, hidden=(6, 4))
+    params = experts.init(jax.random.PRNGKey(1), x)["params"]
+    out = experts.apply({"params": params}, x)
+    assert out.shape == (5, 3, 4)
+    for e in range(3):
+        mlp_params = {
+            f"dense_{i}": {"kernel": params[f"kernel_{i}"][e], "bias": params[f"bias_{i}"][e]}
+            for i in range(2)
+        }
+        ref = MLP((6, 4)).apply({"params": mlp_params}, x)
+        np.testing.assert_allclose(out[:, e], ref, rtol=1e-5, atol=1e-6)
+
+
+def test_mmoe_with_one_expert_is_shared_bottom():
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 6))
+    mmoe = MMoE(num_tasks=2, num_experts=1, hidden=(8, 5))
+    params = mmoe.init(jax.random.PRNGKey(1), x)["params"]
+    bottom = {
+        "bottom": {
+            f"dense_{i}": {
+                "kernel": params["experts"][f"kernel_{i}"][0],
+                "bias": params["experts"][f"bias_{i}"][0],
+            }
+            for i in range(2)
+        }
+    }
+    ref = SharedBottom(num_tasks=2, hidden=(8, 5)).apply({"params": bottom}, x)
+    for got, want in zip(mmoe.apply({"params": params}, x), ref, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_mmoe_gates_are_per_task_distributions():
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 6))
+    mmoe = MMoE(num_tasks=3, num_experts=5, hidden=(8,))
+    params = mmoe.init(jax.random.PRNGKey(1), x)["params"]
+    _, state = mmoe.apply({"params": params}, x, mutable=["intermediates"])
+    gates = state["intermediates"]["gate_weights"][0]
+    assert gates.shape == (4, 3, 5)
+    np.testing.assert_allclose(gates.sum(-1), 1.0, rtol=1e-6)
+    assert not np.allclose(gates[:, 0], gates[:, 1]), "each task has its own gate"
+
+
+def _model(trunk="mmoe", biases=None):
+    config = ml_collections.ConfigDict(
+        dict(
+            trunk=trunk,
+            embed_dim=4,
+            num_experts=2,
+            trunk_hidden=(8,),
+            tower_hidden=(4,),
+            dropout=0.0,
+        )
+    )
+    features = (FeatureSpec("user_id", 10), FeatureSpec("item_id", 7))
+    task_specs = (
+        TaskSpec("click", "binary"),
+        TaskSpec("rating", "regression"),
+        TaskSpec("category", "multiclass", 3),
+    )
+    return MultiTaskModel(features, task_specs, config, biases)
+
+
+@pytest.mark.parametrize("trunk", ["shared_bottom", "mmoe"])
+def test_model_outputs_and_param_groups(trunk):
+    biases = ((-2.0,), (3.5,), (0.1, 0.2, 0.3))
+    model = _model(trunk, biases)
+    feats = {"user_id": jnp.array([0, 9, 3]), "item_id": jnp.array([6, 0, 1])}
+    params = model.init(jax.random.PRNGKey(0), feats)["params"]
+    out = model.apply({"params": params}, feats)
+    assert out["click"].shape == (3,) and out["rating"].shape == (3,)
+    assert out["category"].shape == (3, 3)
+    np.testing.assert_allclose(params["tower_rating"]["out"]["bias"], [3.5])
+    np.testing.assert_allclose(params["tower_category"]["out"]["bias"], [0.1, 0.2, 0.3])
+
+    labels = param_labels(params)
+    assert labels["embedding"] == {
+        "user_id": {"embedding": "embeddings"},
+        "item_id": {"embedding": "embeddings"},
+    }
+    assert set(jax.tree.leaves(labels["trunk"])) == {"trunk"}
+    for task in ("click", "rating", "category"):
+        assert set(jax.tree.leaves(labels[f"tower_{task}"])) == {"heads"}
+
+
+def test_missing_feature_is_named():
+    model = _model()
+    with pytest.raises(KeyError, match=r"lacks input features \['item_id'\]"):
+        model.init(jax.random.PRNGKey(0), {"user_id": jnp.array([0])})
