@@ -8,12 +8,14 @@ Running again with the same --workdir resumes from its latest checkpoint.
 from __future__ import annotations
 
 import logging
+import sys
 
 import jax
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from mtl_jax import configlib
 from mtl_jax.train import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/ecommerce.py")
@@ -44,5 +46,17 @@ def main(argv: list[str]) -> None:
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
+def _check_overrides(argv: list[str]) -> None:
+    """Rejects misspelt ``--config.*`` keys before absl's parser would, with a clearer message."""
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if spec is None:
+        return
+    try:
+        configlib.check_override_keys(configlib.load_config_file(spec), argv)
+    except configlib.ConfigError as e:
+        sys.exit(f"error: {e}")
+
+
 if __name__ == "__main__":
+    _check_overrides(sys.argv)
     app.run(main)

@@ -33,10 +33,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             num_impressions=200_000,
             num_categories=20,
             num_brands=100,
+            num_age_buckets=7,
+            num_regions=10,
+            num_price_buckets=5,
             latent_dim=8,
             task_correlation=0.5,
+            zipf_exponent=1.0,
             click_rate=0.07,
             purchase_given_click=0.15,
+            signal_scale=2.0,
+            user_id_noise=0.2,
+            item_id_noise=0.5,
+            rating_noise=0.6,
             val_fraction=0.1,
             test_fraction=0.1,
         )
@@ -47,8 +55,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         dict(
             trunk="mmoe",
             embed_dim=16,
+            pairwise_dots=True,
             num_experts=4,
-            trunk_hidden=(128, 64),
+            trunk_hidden=(64, 32),
             tower_hidden=(32,),
             dropout=0.0,
         )
@@ -58,9 +67,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     c.optim = ml_collections.ConfigDict(
         dict(
-            learning_rate=2e-3,
+            learning_rate=3e-3,
             embedding_optimizer="adagrad",
             embedding_learning_rate=0.2,
+            embedding_l2=0.0,
             warmup_steps=100,
             weight_decay=1e-4,
             b1=0.9,

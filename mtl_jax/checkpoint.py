@@ -57,6 +57,7 @@ class Checkpointer:
 
     def __init__(self, workdir: str | pathlib.Path, max_to_keep: int = 2, async_save: bool = True):
         root = pathlib.Path(workdir).absolute()
+        self.directory = root
 
         def options(keep: int) -> ocp.CheckpointManagerOptions:
             return ocp.CheckpointManagerOptions(

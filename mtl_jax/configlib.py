@@ -6,7 +6,10 @@ checks reject bad values and name the allowed choices.
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
 import json
+import pathlib
 from typing import Any
 
 import ml_collections
@@ -98,6 +101,37 @@ def validate_against_dataset(config: ml_collections.ConfigDict, dataset: MultiTa
     balancing.loss_weights(
         config.balancing.method, list(config.tasks), dict(config.balancing.weights)
     )
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """Loads ``path/to/config.py[:arg]`` the way ``--config`` does."""
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("_mtl_jax_config", path)
+    if module_spec is None or not pathlib.Path(path).is_file():
+        raise ConfigError(f"--config: no config file at {path!r}")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
+def check_override_keys(config: ml_collections.ConfigDict, argv: list[str]) -> None:
+    """Fails on ``--config.a.b=...`` overrides whose key the config lacks, listing the keys
+    that do exist at that level (the flag parser's own error only guesses one near match)."""
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        path = arg[len("--config.") :].split("=", 1)[0].split(".")
+        node, walked = config, "config"
+        for part in path:
+            keys = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+            if part not in keys:
+                near = difflib.get_close_matches(part, keys, n=1)
+                hint = f" Did you mean {near[0]!r}?" if near else ""
+                raise ConfigError(
+                    f"unknown config key {walked}.{part} (from {arg.split('=', 1)[0]}).{hint} "
+                    f"Valid keys of {walked}: {sorted(keys) or '(none: it is a value)'}"
+                )
+            node, walked = node[part], f"{walked}.{part}"
 
 
 def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -55,10 +55,16 @@ def make_embedding_optimizer(
     Adam's momentum keeps moving rare ids' rows for many steps after they were last seen,
     which overfits long-tail ids."""
     if name == "adagrad":
-        return optax.adagrad(learning_rate, initial_accumulator_value=0.1)
-    if name == "adam":
-        return optax.adam(learning_rate, b1=c.b1, b2=c.b2)
-    raise ValueError(f"unknown embedding optimizer {name!r}; valid: {EMBEDDING_OPTIMIZERS}")
+        tx = optax.adagrad(learning_rate, initial_accumulator_value=0.1)
+    elif name == "adam":
+        tx = optax.adam(learning_rate, b1=c.b1, b2=c.b2)
+    else:
+        raise ValueError(f"unknown embedding optimizer {name!r}; valid: {EMBEDDING_OPTIMIZERS}")
+    if c.embedding_l2 > 0:
+        # An L2 penalty's gradient, added before the optimizer sees it (not decoupled decay):
+        # rows of rarely seen ids shrink toward zero, the prior for an id we know little of.
+        tx = optax.chain(optax.add_decayed_weights(c.embedding_l2), tx)
+    return tx
 
 
 def make_optimizer(optim_config: Any, total_steps: int) -> optax.GradientTransformation:

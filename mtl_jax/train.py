@@ -330,15 +330,7 @@ def train_and_evaluate(
         step += 1
         last = step >= t.num_steps
         if step % t.log_every == 0 or last:
-            host = jax.device_get(train_metrics)
-            if not np.isfinite(host["loss"]):
-                ckpt.wait()
-                raise NonFiniteLossError(
-                    f"loss became {host['loss']} at step {step} (task losses "
-                    f"{dict(zip(config.tasks, host['task_losses'].tolist(), strict=True))}); "
-                    f"the last good checkpoint (step {ckpt.latest_step()}) is intact in "
-                    f"{workdir_path}. Lower optim.learning_rate or check the data."
-                )
+            host = _fetch_finite(train_metrics, step, config.tasks, ckpt)
             speed = throughput.mark(step)
             record = {
                 "step": step,
@@ -376,6 +368,7 @@ def train_and_evaluate(
                 " (best)" if improved else "",
             )
             if step % t.checkpoint_every == 0 or meta["finished"]:
+                _fetch_finite(train_metrics, step, config.tasks, ckpt)  # never save NaN params
                 ckpt.save(step, state, data_iter, meta)
             if stop and not last:
                 log.info(
@@ -394,6 +387,7 @@ def train_and_evaluate(
             and not meta["finished"]
         ):
             if ckpt.latest_step() != step:
+                _fetch_finite(train_metrics, step, config.tasks, ckpt)
                 ckpt.save(step, state, data_iter, {**meta, "step": step})
             ckpt.wait()
             ckpt.close()
@@ -433,6 +427,23 @@ def train_and_evaluate(
         log.info("  %-9s %s  | trivial %s%s", name, _fmt(test[name]), _fmt(trivial[name]), ref)
     ckpt.close()
     return results
+
+
+def _fetch_finite(
+    train_metrics: dict, step: int, task_names: Sequence[str], ckpt: Checkpointer
+) -> dict:
+    """Host copy of a step's metrics; raises if the loss diverged (NaN params stay NaN, so a
+    finite loss at a save step means the state being saved is good)."""
+    host = jax.device_get(train_metrics)
+    if not np.isfinite(host["loss"]):
+        ckpt.wait()
+        losses = dict(zip(task_names, host["task_losses"].tolist(), strict=True))
+        raise NonFiniteLossError(
+            f"loss became {host['loss']} at step {step} (task losses {losses}); the last good "
+            f"checkpoint (step {ckpt.latest_step()}) is intact in {ckpt.directory}. Lower "
+            "optim.learning_rate or check the data."
+        )
+    return host
 
 
 def _fmt(metrics: dict[str, float]) -> str:

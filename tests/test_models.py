@@ -63,6 +63,7 @@ def _model(trunk="mmoe", biases=None):
         dict(
             trunk=trunk,
             embed_dim=4,
+            pairwise_dots=True,
             num_experts=2,
             trunk_hidden=(8,),
             tower_hidden=(4,),
@@ -104,3 +105,16 @@ def test_missing_feature_is_named():
     model = _model()
     with pytest.raises(KeyError, match=r"lacks input features \['item_id'\]"):
         model.init(jax.random.PRNGKey(0), {"user_id": jnp.array([0])})
+
+
+def test_pairwise_dots_match_reference():
+    from mtl_jax.models.embedding import FeatureEmbedding
+
+    specs = (FeatureSpec("a", 5), FeatureSpec("b", 6), FeatureSpec("c", 7))
+    feats = {"a": jnp.array([1, 4]), "b": jnp.array([0, 5]), "c": jnp.array([6, 2])}
+    module = FeatureEmbedding(specs, embed_dim=3, pairwise_dots=True)
+    params = module.init(jax.random.PRNGKey(0), feats)["params"]
+    out = np.asarray(module.apply({"params": params}, feats))
+    rows = [np.asarray(params[n]["embedding"])[np.asarray(feats[n])] for n in "abc"]
+    dots = [np.sum(rows[i] * rows[j], axis=-1) for i, j in ((0, 1), (0, 2), (1, 2))]
+    np.testing.assert_allclose(out, np.concatenate([*rows, np.stack(dots, -1)], -1), rtol=1e-6)

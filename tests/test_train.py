@@ -7,10 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from mtl_jax import parallel
+from mtl_jax import checkpoint, parallel
 from mtl_jax.checkpoint import IncompatibleCheckpointError
 from mtl_jax.data import load_dataset
-from mtl_jax.train import Trainer, train_and_evaluate
+from mtl_jax.train import NonFiniteLossError, Trainer, train_and_evaluate
 from tests.helpers import tiny_config
 
 
@@ -85,10 +85,9 @@ def test_resume_is_exact(tmp_path):
     assert train_losses(tmp_path / "split") == train_losses(tmp_path / "straight")
 
     trainer = Trainer(config, load_dataset(config.data, config.seed), mesh=parallel.make_mesh(1))
-    from mtl_jax.checkpoint import Checkpointer
 
     def final_params(workdir):
-        ckpt = Checkpointer(workdir)
+        ckpt = checkpoint.Checkpointer(workdir)
         state, _ = ckpt.restore(
             ckpt.latest_step(), trainer.abstract_state, trainer.train_iterator()
         )
@@ -109,3 +108,21 @@ def test_incompatible_checkpoint_is_refused(tmp_path):
         IncompatibleCheckpointError, match=r"model.trunk_hidden: checkpoint=\[32\] now=\[16\]"
     ):
         train_and_evaluate(config, str(tmp_path))
+
+
+@pytest.mark.slow
+def test_divergence_stops_with_last_good_checkpoint_intact(tmp_path, monkeypatch):
+    config = tiny_config(num_steps=20, eval_every=5, checkpoint_every=5)
+    assert train_and_evaluate(config, str(tmp_path), max_steps_this_run=10) is None
+    # Resume with a learning rate that sends the parameters to infinity.
+    config.optim.learning_rate = 1e30
+    monkeypatch.setattr(
+        checkpoint,
+        "RESUMABLE_KEYS",
+        (*checkpoint.RESUMABLE_KEYS, "optim.learning_rate"),
+    )
+    with pytest.raises(NonFiniteLossError, match=r"last good checkpoint \(step 10\) is intact"):
+        train_and_evaluate(config, str(tmp_path))
+    ckpt = checkpoint.Checkpointer(tmp_path)
+    assert ckpt.latest_step() == 10
+    ckpt.close()

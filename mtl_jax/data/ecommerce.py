@@ -48,12 +48,12 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def _calibrate_bias(z: np.ndarray, target_rate: float) -> float:
-    """The offset b with mean(sigmoid(z + b)) == target_rate, by bisection."""
+def _calibrate_bias(z: np.ndarray, target_rate: float, weights: np.ndarray | None = None) -> float:
+    """The offset b with weighted-mean(sigmoid(z + b)) == target_rate, by bisection."""
     lo, hi = -30.0, 30.0
     for _ in range(60):
         mid = 0.5 * (lo + hi)
-        if _sigmoid(z + mid).mean() < target_rate:
+        if np.average(_sigmoid(z + mid), weights=weights) < target_rate:
             lo = mid
         else:
             hi = mid
@@ -96,7 +96,7 @@ def simulate_ecommerce(
     zipf_exponent: float = 1.0,
     click_rate: float = 0.07,
     purchase_given_click: float = 0.15,
-    signal_scale: float = 1.5,
+    signal_scale: float = 2.0,
     user_id_noise: float = 0.2,
     item_id_noise: float = 0.5,
     rating_noise: float = 0.6,
@@ -181,7 +181,9 @@ def simulate_ecommerce(
     click_logit += _calibrate_bias(click_logit, click_rate)
     p_click = _sigmoid(click_logit)
     cvr_logit = signal_scale * z_purchase + quality
-    cvr_logit += _calibrate_bias(cvr_logit, purchase_given_click)
+    # Calibrated over clicks (weights p_click): clicked impressions skew to high z_click and,
+    # through task_correlation, to high purchase scores.
+    cvr_logit += _calibrate_bias(cvr_logit, purchase_given_click, weights=p_click)
     p_cvr = _sigmoid(cvr_logit)
 
     click = rng.random(num_impressions) < p_click

@@ -12,10 +12,16 @@ from mtl_jax.data.schema import FeatureSpec
 
 
 class FeatureEmbedding(nn.Module):
-    """Looks up every feature's id in its own table; (B,) ids per feature -> (B, F * dim)."""
+    """Looks up every feature's id in its own table; (B,) ids per feature -> (B, F * dim).
+
+    With ``pairwise_dots`` the F * (F - 1) / 2 dot products between feature embeddings are
+    appended (as in DLRM): user-item affinity is largely bilinear, which an MLP over
+    concatenated embeddings approximates poorly from little data.
+    """
 
     features: Sequence[FeatureSpec]
     embed_dim: int
+    pairwise_dots: bool = False
 
     @nn.compact
     def __call__(self, features: dict[str, jax.Array]) -> jax.Array:
@@ -29,4 +35,10 @@ class FeatureEmbedding(nn.Module):
             )
             for spec in self.features
         ]
-        return jnp.concatenate(vectors, axis=-1)
+        out = jnp.concatenate(vectors, axis=-1)
+        if self.pairwise_dots and len(vectors) > 1:
+            stacked_bfd = jnp.stack(vectors, axis=1)
+            dots_bff = jnp.einsum("bfd,bgd->bfg", stacked_bfd, stacked_bfd)
+            i, j = jnp.triu_indices(len(vectors), k=1)
+            out = jnp.concatenate([out, dots_bff[:, i, j]], axis=-1)
+        return out

@@ -48,7 +48,9 @@ class MultiTaskModel(nn.Module):
 
     @nn.compact
     def __call__(self, features: dict[str, jax.Array], *, train: bool = False):
-        x = FeatureEmbedding(self.features, self.config.embed_dim, name="embedding")(features)
+        x = FeatureEmbedding(
+            self.features, self.config.embed_dim, self.config.pairwise_dots, name="embedding"
+        )(features)
         reps = make_trunk(self.config.trunk, len(self.tasks), self.config)(x, train=train)
         return {
             task.name: Tower(
