@@ -45,6 +45,9 @@ def data_axis_size(mesh: Mesh) -> int:
 def to_global_batch(local_batch: Any, mesh: Mesh) -> Any:
     """Assembles this process's numpy rows into global arrays sharded over ``data``."""
     sharding = batch_sharding(mesh)
+    if jax.process_count() == 1:
+        # Same result; one batched transfer is about twice as fast for a tree of columns.
+        return jax.device_put(local_batch, sharding)
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch
     )
