@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from mtl_jax.balancing import config as balancing_config
+
 TASKS = ("click", "purchase", "rating", "category")
 INPUT_FEATURES = ("user_id", "age", "gender", "region", "item_id", "brand", "price")
 
@@ -62,9 +64,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             dropout=0.0,
         )
     )
-    c.balancing = ml_collections.ConfigDict(
-        dict(method="ew", weights=ml_collections.ConfigDict({t: 1.0 for t in TASKS}))
-    )
+    # Any method in mtl_jax.balancing.names(), with its kwargs, e.g.
+    # --config.balancing.method=cagrad --config.balancing.c=0.4
+    c.balancing = balancing_config.default_config(TASKS, method="ew")
     c.optim = ml_collections.ConfigDict(
         dict(
             learning_rate=3e-3,

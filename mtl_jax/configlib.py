@@ -15,6 +15,7 @@ from typing import Any
 import ml_collections
 
 from mtl_jax import balancing
+from mtl_jax.balancing.config import rule_from_config
 from mtl_jax.data import DATASETS, MultiTaskDataset
 from mtl_jax.models import TRUNKS
 from mtl_jax.optim import EMBEDDING_OPTIMIZERS
@@ -98,9 +99,10 @@ def validate_against_dataset(config: ml_collections.ConfigDict, dataset: MultiTa
     task, _, name = metric.partition("/")
     valid = [f"{t}/{m}" for t in config.tasks for m in METRICS[task_kinds[t]]]
     _require(metric in valid, "train.early_stopping_metric", f"{metric!r}; valid: {valid}")
-    balancing.loss_weights(
-        config.balancing.method, list(config.tasks), dict(config.balancing.weights)
-    )
+    try:
+        rule_from_config(config.balancing, list(config.tasks))
+    except ValueError as e:
+        raise ConfigError(f"config.balancing: {e}") from e
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:

@@ -23,7 +23,7 @@ def group_of(path: tuple[Any, ...]) -> str:
         return "embeddings"
     if top == "trunk":
         return "trunk"
-    if top.startswith("tower_"):
+    if top.startswith("towers_"):
         return "heads"
     raise ValueError(f"parameter {'/'.join(map(str, path))} belongs to no group; groups: {GROUPS}")
 

@@ -23,6 +23,7 @@ import optax
 
 from mtl_jax import balancing, configlib, parallel, reporting
 from mtl_jax import tasks as tasks_lib
+from mtl_jax.balancing.config import rule_from_config
 from mtl_jax.checkpoint import Checkpointer
 from mtl_jax.data import MultiTaskDataset, Split, load_dataset
 from mtl_jax.data.pipeline import check_batch_divides, eval_batches, train_iterator
@@ -40,6 +41,7 @@ class TrainState:
     step: jax.Array
     params: Any
     opt_state: Any
+    balancer: balancing.CombinerState  # the balancing method's state (weights, history ...)
     rng: jax.Array  # base key; each step's key is fold_in(rng, step)
 
 
@@ -81,33 +83,128 @@ def task_loss_sums(
     return jnp.stack([s for s, _ in pairs]), jnp.stack([c for _, c in pairs])
 
 
+def _split_params(params: dict) -> tuple[Any, Any, dict]:
+    """(embedding, trunk, the rest): the three ways a gradient method treats parameters."""
+    rest = {k: v for k, v in params.items() if k not in ("embedding", "trunk")}
+    return params["embedding"], params["trunk"], rest
+
+
 def make_train_step(
     model: MultiTaskModel,
     tasks: Sequence[TaskSpec],
     tx: optax.GradientTransformation,
-    loss_weights: np.ndarray,
+    rule: balancing.WeightingRule,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """A pure ``(state, batch) -> (state, metrics)``; jit it with the shardings you need."""
-    weights = jnp.asarray(loss_weights)
+    """A pure ``(state, batch) -> (state, metrics)``; jit it with the shardings you need.
+
+    Loss-weighting rules: one forward, the rule's weights from the task losses, one backward
+    of the weighted sum. Gradient rules: per-task gradients of the shared trunk only (a vmap
+    over T cotangents of the trunk's vjp), their Gramian -> weights -> one combined trunk
+    gradient; embeddings and heads get the plain sum of task gradients from one more vjp of
+    the same forward pass, so no per-task gradient of an embedding table or head is formed.
+    """
+    num_tasks = len(tasks)
+
+    def task_losses_from(logits, batch):
+        sums, counts = task_loss_sums(tasks, logits, batch)
+        return sums / jnp.maximum(counts, 1.0)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        dropout_key = jax.random.fold_in(state.rng, state.step)
+        rngs = {"dropout": jax.random.fold_in(state.rng, state.step)}
 
-        def loss_fn(params):
-            logits = model.apply(
-                {"params": params}, batch["features"], train=True, rngs={"dropout": dropout_key}
+        def losses_of_params(params):
+            logits = model.apply({"params": params}, batch["features"], train=True, rngs=rngs)
+            return task_losses_from(logits, batch)
+
+        metrics = {}
+        if not rule.needs_gramian:
+            task_losses, vjp_fn = jax.vjp(losses_of_params, state.params)
+            weights, balancer = balancing.compute_weights(rule, state.balancer, task_losses, None)
+            (grads,) = vjp_fn(weights)
+        else:
+            embedding, trunk, rest = _split_params(state.params)
+            x, embed_vjp = jax.vjp(
+                lambda e: model.apply(
+                    {"params": {"embedding": e}}, batch["features"], method=MultiTaskModel.embed
+                ),
+                embedding,
             )
-            sums, counts = task_loss_sums(tasks, logits, batch)
-            task_losses = sums / jnp.maximum(counts, 1.0)
-            return balancing.combine(task_losses, weights), task_losses
 
-        (loss, task_losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+            def losses_of_trunk(trunk, rest, x):
+                logits = model.apply(
+                    {"params": {"trunk": trunk, **rest}},
+                    x,
+                    train=True,
+                    rngs=rngs,
+                    method=MultiTaskModel.from_embedded,
+                )
+                return task_losses_from(logits, batch)
+
+            task_losses, vjp_fn = jax.vjp(losses_of_trunk, trunk, rest, x)
+            trunk_task_grads = jax.vmap(lambda ct: vjp_fn(ct)[0])(jnp.eye(num_tasks))
+            gram = balancing.gramian(trunk_task_grads)
+            weights, balancer = balancing.compute_weights(rule, state.balancer, task_losses, gram)
+            _, rest_grads, x_grad = vjp_fn(jnp.ones((num_tasks,)))
+            (embedding_grads,) = embed_vjp(x_grad)
+            grads = {
+                "embedding": embedding_grads,
+                "trunk": balancing.weighted_sum(trunk_task_grads, weights),
+                **rest_grads,
+            }
+            metrics["gram"] = gram
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "task_losses": task_losses, "grad_norm": optax.tree.norm(grads)}
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        metrics.update(
+            loss=jnp.sum(weights * task_losses),
+            task_losses=task_losses,
+            weights=weights,
+            grad_norm=optax.tree.norm(grads),
+        )
+        new_state = state.replace(
+            step=state.step + 1, params=params, opt_state=opt_state, balancer=balancer
+        )
+        return new_state, metrics
 
     return train_step
+
+
+def make_trunk_gramian(model: MultiTaskModel, tasks: Sequence[TaskSpec]) -> Callable:
+    """``(params, batch) -> (T, T)`` Gramian of per-task trunk gradients, for diagnostics of
+    loss-weighting runs (gradient methods get it from their train step for free)."""
+
+    def fn(params, batch):
+        embedding, trunk, rest = _split_params(params)
+        x = model.apply(
+            {"params": {"embedding": embedding}}, batch["features"], method=MultiTaskModel.embed
+        )
+
+        def losses_of_trunk(trunk):
+            logits = model.apply(
+                {"params": {"trunk": trunk, **rest}},
+                x,
+                train=False,
+                method=MultiTaskModel.from_embedded,
+            )
+            sums, counts = task_loss_sums(tasks, logits, batch)
+            return sums / jnp.maximum(counts, 1.0)
+
+        _, vjp_fn = jax.vjp(losses_of_trunk, trunk)
+        grads = jax.vmap(lambda ct: vjp_fn(ct)[0])(jnp.eye(len(tasks)))
+        return balancing.gramian(grads)
+
+    return fn
+
+
+def gradient_diagnostics(gram: np.ndarray, weights: np.ndarray, names: Sequence[str]) -> dict:
+    """Per-task trunk gradient norms, pairwise cosines and the effective task weights."""
+    norms = np.sqrt(np.maximum(np.diag(gram), 0.0))
+    cos = gram / np.maximum(np.outer(norms, norms), 1e-30)
+    out = {f"{n}/grad_norm": float(norms[i]) for i, n in enumerate(names)}
+    out.update({f"{n}/weight": float(weights[i]) for i, n in enumerate(names)})
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            out[f"cos/{names[i]}-{names[j]}"] = float(cos[i, j])
+    return out
 
 
 def make_eval_step(model: MultiTaskModel, tasks: Sequence[TaskSpec]) -> Callable:
@@ -150,9 +247,7 @@ class Trainer:
             features, self.tasks, config.model, output_biases(self.tasks, dataset.train)
         )
         self.tx = make_optimizer(config.optim, config.train.num_steps)
-        self.loss_weights = balancing.loss_weights(
-            config.balancing.method, config.tasks, dict(config.balancing.weights)
-        )
+        self.rule = rule_from_config(config.balancing, config.tasks)
 
         # Shapes first: derive the state's shardings from an abstract init, then init under jit.
         sample = {f.name: jnp.zeros((1,), jnp.int32) for f in features}
@@ -169,7 +264,7 @@ class Trainer:
         self._key = key
         batch_sharding = parallel.batch_sharding(self.mesh)
         self.train_step = jax.jit(
-            make_train_step(self.model, self.tasks, self.tx, self.loss_weights),
+            make_train_step(self.model, self.tasks, self.tx, self.rule),
             in_shardings=(self.state_sharding, batch_sharding),
             out_shardings=(self.state_sharding, replicated),
             donate_argnums=(0,),
@@ -180,12 +275,19 @@ class Trainer:
             out_shardings=(batch_sharding, replicated, replicated),
         )
 
+        self.trunk_gramian = jax.jit(
+            make_trunk_gramian(self.model, self.tasks),
+            in_shardings=(self.state_sharding.params, batch_sharding),
+            out_shardings=replicated,
+        )
+
     def _init_state(self, key: jax.Array, sample: dict) -> TrainState:
         params = self.model.init({"params": key}, sample, train=False)["params"]
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
             opt_state=self.tx.init(params),
+            balancer=balancing.init_state(self.rule, len(self.tasks), self.config.seed),
             rng=jax.random.fold_in(key, 1),
         )
 
@@ -331,6 +433,10 @@ def train_and_evaluate(
         last = step >= t.num_steps
         if step % t.log_every == 0 or last:
             host = _fetch_finite(train_metrics, step, config.tasks, ckpt)
+            gram = host.get("gram")
+            if gram is None:  # loss-weighting methods: one extra backward, on log steps only
+                gram = jax.device_get(trainer.trunk_gramian(state.params, batch))
+            diagnostics = gradient_diagnostics(gram, host["weights"], config.tasks)
             speed = throughput.mark(step)
             record = {
                 "step": step,
@@ -338,6 +444,7 @@ def train_and_evaluate(
                 "loss": host["loss"],
                 "grad_norm": host["grad_norm"],
                 **{f"{n}/loss": v for n, v in zip(config.tasks, host["task_losses"], strict=True)},
+                **diagnostics,
                 **speed,
             }
             metrics_log.write(record)
@@ -348,6 +455,8 @@ def train_and_evaluate(
                 else ""
             )
             log.info("step %d/%d | loss %.4f%s", step, t.num_steps, host["loss"], speed_text)
+            if step % (t.log_every * 10) == 0 or last:
+                log.info("  %s", _format_diagnostics(diagnostics, config.tasks))
 
         if step % t.eval_every == 0 or last:
             val = trainer.evaluate(state.params, dataset.validation)
@@ -427,6 +536,14 @@ def train_and_evaluate(
         log.info("  %-9s %s  | trivial %s%s", name, _fmt(test[name]), _fmt(trivial[name]), ref)
     ckpt.close()
     return results
+
+
+def _format_diagnostics(diagnostics: dict, names: Sequence[str]) -> str:
+    weights = " ".join(f"{n}={diagnostics[f'{n}/weight']:.3g}" for n in names)
+    norms = " ".join(f"{n}={diagnostics[f'{n}/grad_norm']:.3g}" for n in names)
+    cosines = [v for k, v in diagnostics.items() if k.startswith("cos/")]
+    worst = min(cosines) if cosines else float("nan")
+    return f"weights {weights} | trunk grad norms {norms} | min pairwise cos {worst:+.3f}"
 
 
 def _fetch_finite(

@@ -88,8 +88,8 @@ def test_model_outputs_and_param_groups(trunk):
     out = model.apply({"params": params}, feats)
     assert out["click"].shape == (3,) and out["rating"].shape == (3,)
     assert out["category"].shape == (3, 3)
-    np.testing.assert_allclose(params["tower_rating"]["out"]["bias"], [3.5])
-    np.testing.assert_allclose(params["tower_category"]["out"]["bias"], [0.1, 0.2, 0.3])
+    np.testing.assert_allclose(params["towers_rating"]["out"]["bias"], [3.5])
+    np.testing.assert_allclose(params["towers_category"]["out"]["bias"], [0.1, 0.2, 0.3])
 
     labels = param_labels(params)
     assert labels["embedding"] == {
@@ -98,7 +98,7 @@ def test_model_outputs_and_param_groups(trunk):
     }
     assert set(jax.tree.leaves(labels["trunk"])) == {"trunk"}
     for task in ("click", "rating", "category"):
-        assert set(jax.tree.leaves(labels[f"tower_{task}"])) == {"heads"}
+        assert set(jax.tree.leaves(labels[f"towers_{task}"])) == {"heads"}
 
 
 def test_missing_feature_is_named():

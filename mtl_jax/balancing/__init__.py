@@ -1,48 +1,98 @@
-"""How T task losses become one training objective.
+"""Task balancing: how T task losses and task gradients become one update.
 
-This is the seam where task balancing plugs in. For now: equal weighting (``ew``) and fixed
-per-task weights (``static``); both reweight losses and so cost one backward pass.
+  make(name, num_tasks, **kwargs) -> optax.GradientTransformationExtraArgs
+  make_rule(name, **kwargs)       -> WeightingRule (what the trainer uses)
+  names()                         -> every method's name
+
+See ``core`` for the contract. Loss-weighting methods (``LOSS_METHODS``) never need per-task
+gradients; gradient methods (``GRADIENT_METHODS``) read their Gramian.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import inspect
+from collections.abc import Callable
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+import optax
 
-METHODS = ("ew", "static")
+from mtl_jax.balancing import gradient_methods, loss_weighting
+from mtl_jax.balancing.core import (
+    CombinerState,
+    WeightingRule,
+    as_transform,
+    compute_weights,
+    gramian,
+    init_state,
+    weighted_sum,
+)
+
+_FACTORIES: dict[str, Callable[..., WeightingRule]] = {
+    "ew": loss_weighting.ew,
+    "static": loss_weighting.static,
+    "uw": loss_weighting.uw,
+    "dwa": loss_weighting.dwa,
+    "rlw": loss_weighting.rlw,
+    "famo": loss_weighting.famo,
+    "pcgrad": gradient_methods.pcgrad,
+    "gradvac": gradient_methods.gradvac,
+    "cagrad": gradient_methods.cagrad,
+    "mgda": gradient_methods.mgda,
+    "imtl_g": gradient_methods.imtl_g,
+    "aligned_mtl": gradient_methods.aligned_mtl,
+    "nash_mtl": gradient_methods.nash_mtl,
+    "upgrad": gradient_methods.upgrad,
+}
+LOSS_METHODS = ("ew", "static", "uw", "dwa", "rlw", "famo")
+GRADIENT_METHODS = tuple(n for n in _FACTORIES if n not in LOSS_METHODS)
 
 
 def names() -> tuple[str, ...]:
-    """Names accepted by ``loss_weights``."""
-    return METHODS
+    """Every method ``make`` accepts."""
+    return tuple(_FACTORIES)
 
 
-def loss_weights(
-    method: str, task_names: Sequence[str], weights: Mapping[str, float] | None = None
-) -> np.ndarray:
-    """Per-task loss weights (T,) for a loss-weighting method.
-
-    ``static`` reads ``weights[task]`` (tasks not listed keep weight 1).
-    """
-    if method == "ew":
-        return np.ones(len(task_names), np.float32)
-    if method == "static":
-        weights = dict(weights or {})
-        unknown = sorted(set(weights) - set(task_names))
-        if unknown:
-            raise ValueError(
-                f"static weights name unknown tasks {unknown}; tasks: {list(task_names)}"
-            )
-        bad = {k: v for k, v in weights.items() if not v >= 0}
-        if bad:
-            raise ValueError(f"static weights must be >= 0, got {bad}")
-        return np.array([weights.get(t, 1.0) for t in task_names], np.float32)
-    raise ValueError(f"unknown balancing method {method!r}; valid: {METHODS}")
+def method_kwargs(name: str) -> dict[str, object]:
+    """A method's keyword arguments and their defaults (``inspect.Parameter.empty`` if none)."""
+    _check_name(name)
+    return {p.name: p.default for p in inspect.signature(_FACTORIES[name]).parameters.values()}
 
 
-def combine(task_losses: jax.Array, weights: jax.Array) -> jax.Array:
-    """The scalar objective: weighted sum of the (T,) task losses."""
-    return jnp.sum(task_losses * weights)
+def _check_name(name: str) -> None:
+    if name not in _FACTORIES:
+        raise ValueError(f"unknown balancing method {name!r}; valid: {names()}")
+
+
+def make_rule(name: str, **kwargs) -> WeightingRule:
+    """The weighting rule of method ``name``; unknown kwargs fail, naming the valid ones."""
+    _check_name(name)
+    valid = method_kwargs(name)
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"balancing method {name!r} takes {sorted(valid) or 'no'} kwargs, not {unknown}"
+        )
+    return _FACTORIES[name](**kwargs)
+
+
+def make(
+    name: str, num_tasks: int, *, seed: int = 0, **kwargs
+) -> optax.GradientTransformationExtraArgs:
+    """Method ``name`` as an optax transform over task-leading gradient pytrees."""
+    return as_transform(make_rule(name, **kwargs), num_tasks, seed)
+
+
+__all__ = [
+    "GRADIENT_METHODS",
+    "LOSS_METHODS",
+    "CombinerState",
+    "WeightingRule",
+    "as_transform",
+    "compute_weights",
+    "gramian",
+    "init_state",
+    "make",
+    "make_rule",
+    "method_kwargs",
+    "names",
+    "weighted_sum",
+]

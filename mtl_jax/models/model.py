@@ -38,7 +38,10 @@ class Tower(nn.Module):
 class MultiTaskModel(nn.Module):
     """Maps a batch's feature ids to one logit array per task: ``{task: (B,) or (B, C)}``.
 
-    Top-level module names are the parameter groups: ``embedding``, ``trunk``, ``towers``.
+    Top-level submodules are the parameter groups: ``embedding``, ``trunk`` and one
+    ``towers_<task>`` per task. ``embed`` and ``from_embedded`` split the forward pass at the
+    embedding output, so a trainer can take per-task gradients of the trunk without ever
+    forming per-task gradients of the (large) embedding tables.
     """
 
     features: Sequence[FeatureSpec]
@@ -46,19 +49,29 @@ class MultiTaskModel(nn.Module):
     config: Any  # the config's ``model`` section
     output_biases: Sequence[Sequence[float]] | None = None  # per task, see Tower
 
-    @nn.compact
-    def __call__(self, features: dict[str, jax.Array], *, train: bool = False):
-        x = FeatureEmbedding(
-            self.features, self.config.embed_dim, self.config.pairwise_dots, name="embedding"
-        )(features)
-        reps = make_trunk(self.config.trunk, len(self.tasks), self.config)(x, train=train)
-        return {
+    def setup(self):
+        c = self.config
+        self.embedding = FeatureEmbedding(self.features, c.embed_dim, c.pairwise_dots)
+        self.trunk = make_trunk(c.trunk, len(self.tasks), c)
+        self.towers = {
             task.name: Tower(
                 task.output_dim,
-                tuple(self.config.tower_hidden),
-                self.config.dropout,
+                tuple(c.tower_hidden),
+                c.dropout,
                 None if self.output_biases is None else self.output_biases[i],
-                name=f"tower_{task.name}",
-            )(rep, train=train)
-            for i, (task, rep) in enumerate(zip(self.tasks, reps, strict=True))
+            )
+            for i, task in enumerate(self.tasks)
         }
+
+    def embed(self, features: dict[str, jax.Array]) -> jax.Array:
+        return self.embedding(features)
+
+    def from_embedded(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
+        reps = self.trunk(x, train=train)
+        return {
+            task.name: self.towers[task.name](rep, train=train)
+            for task, rep in zip(self.tasks, reps, strict=True)
+        }
+
+    def __call__(self, features: dict[str, jax.Array], *, train: bool = False):
+        return self.from_embedded(self.embed(features), train=train)

@@ -62,7 +62,7 @@ TRUNKS = ("shared_bottom", "mmoe")
 def make_trunk(name: str, num_tasks: int, model_config) -> nn.Module:
     hidden = tuple(model_config.trunk_hidden)
     if name == "shared_bottom":
-        return SharedBottom(num_tasks, hidden, model_config.dropout, name="trunk")
+        return SharedBottom(num_tasks, hidden, model_config.dropout)
     if name == "mmoe":
-        return MMoE(num_tasks, model_config.num_experts, hidden, model_config.dropout, name="trunk")
+        return MMoE(num_tasks, model_config.num_experts, hidden, model_config.dropout)
     raise ValueError(f"unknown trunk {name!r}; valid: {TRUNKS}")

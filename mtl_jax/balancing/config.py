@@ -1,0 +1,54 @@
+"""The ``balancing`` section of a config: a method name plus every method's keyword arguments.
+
+Each kwarg defaults to None ("the method's own default"), so the locked config knows every
+key (typos fail) and ``--config.balancing.c=0.4`` sets CAGrad's ``c`` from the command line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import ml_collections
+
+from mtl_jax.balancing import make_rule, method_kwargs, names
+from mtl_jax.balancing.core import WeightingRule
+
+
+def _all_kwargs() -> dict[str, type]:
+    types: dict[str, type] = {}
+    for name in names():
+        for kwarg, default in method_kwargs(name).items():
+            if kwarg == "weights":  # static's weights live in their own per-task section
+                continue
+            types.setdefault(kwarg, float if isinstance(default, float) else int)
+    return types
+
+
+def default_config(task_names: Sequence[str], method: str = "ew") -> ml_collections.ConfigDict:
+    """``method``, per-task ``weights`` (for ``static``), and every method kwarg set to None."""
+    c = ml_collections.ConfigDict()
+    c.method = method
+    c.weights = ml_collections.ConfigDict({t: 1.0 for t in task_names})
+    for kwarg, kind in sorted(_all_kwargs().items()):
+        c[kwarg] = ml_collections.FieldReference(None, field_type=kind)
+    return c
+
+
+def rule_from_config(c: ml_collections.ConfigDict, task_names: Sequence[str]) -> WeightingRule:
+    """The configured rule; a kwarg set for a method that does not take it is an error."""
+    accepted = method_kwargs(c.method)
+    given = {k: c[k] for k in _all_kwargs() if c.get(k) is not None}
+    foreign = sorted(set(given) - set(accepted))
+    if foreign:
+        raise ValueError(
+            f"balancing.{foreign[0]} is set, but method {c.method!r} takes "
+            f"{sorted(k for k in accepted if k != 'weights') or 'no kwargs'}"
+        )
+    if c.method == "static":
+        unknown = sorted(set(c.weights) - set(task_names))
+        if unknown:
+            raise ValueError(
+                f"balancing.weights names unknown tasks {unknown}; tasks: {list(task_names)}"
+            )
+        given["weights"] = [float(c.weights.get(t, 1.0)) for t in task_names]
+    return make_rule(c.method, **given)

@@ -1,0 +1,135 @@
+"""The combiner contract: task gradients with a leading task axis in, one update out.
+
+Every method here is a *weighting rule*: from the task losses, the T x T Gramian of task
+gradients (for gradient methods) and its own state, it picks weights ``w`` (T,), and the
+update is ``sum_t w_t g_t``. Loss-weighting methods never look at the Gramian, so a trainer
+can apply their weights to the losses and take one backward pass; gradient methods see only
+the Gramian, so under data parallelism (where the Gramian is that of the global batch) every
+device takes the same step.
+
+``as_transform`` wraps a rule as an ``optax.GradientTransformationExtraArgs`` whose
+``update(task_grads, state, params, task_losses=...)`` accepts any pytree whose leaves carry
+the task axis first, so ``optax.chain(make('pcgrad', num_tasks=3), optax.adam(1e-3))`` works
+on a raw (T, d) task-gradient matrix as well as on a network's parameter tree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+class CombinerState(NamedTuple):
+    """What a combiner carries between steps (and checkpoints)."""
+
+    weights: jax.Array  # (T,) the weights used at the last step, for diagnostics
+    inner: Any  # the method's own state (moving averages, loss history, logits ...)
+    key: jax.Array  # PRNG key for randomised methods (RLW, PCGrad's task order)
+    step: jax.Array
+
+
+# (inner state, task losses (T,) or None, Gramian (T, T) or None, key) -> (weights, inner)
+WeightsFn = Callable[[Any, jax.Array | None, jax.Array | None, jax.Array], tuple[jax.Array, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightingRule:
+    """One balancing method.
+
+    Attributes:
+      name: the method's name in ``make``.
+      needs_gramian: whether ``weights`` reads the Gramian of task gradients (a gradient
+        method: per-task gradients of the routed parameter group are needed).
+      needs_losses: whether ``weights`` reads the task losses.
+      init: ``num_tasks -> inner state``.
+      weights: see ``WeightsFn``.
+    """
+
+    name: str
+    needs_gramian: bool
+    needs_losses: bool
+    init: Callable[[int], Any]
+    weights: WeightsFn
+
+
+def gramian(task_grads: Any) -> jax.Array:
+    """``G[s, t] = <g_s, g_t>`` summed over every leaf of a task-leading pytree, (T, T)."""
+    leaves = jax.tree.leaves(task_grads)
+    flat = [leaf.reshape(leaf.shape[0], -1).astype(jnp.float32) for leaf in leaves]
+    return sum(f @ f.T for f in flat)
+
+
+def weighted_sum(task_grads: Any, weights: jax.Array) -> Any:
+    """``sum_t w_t g_t`` for every leaf; the task axis disappears."""
+    return jax.tree.map(lambda g: jnp.tensordot(weights.astype(g.dtype), g, axes=1), task_grads)
+
+
+def num_tasks_of(task_grads: Any) -> int:
+    sizes = {leaf.shape[0] if leaf.ndim else None for leaf in jax.tree.leaves(task_grads)}
+    if len(sizes) != 1 or None in sizes:
+        shapes = [leaf.shape for leaf in jax.tree.leaves(task_grads)]
+        raise ValueError(f"every task-gradient leaf needs the same leading task axis; got {shapes}")
+    return sizes.pop()
+
+
+def init_state(rule: WeightingRule, num_tasks: int, seed: int = 0) -> CombinerState:
+    return CombinerState(
+        weights=jnp.ones((num_tasks,), jnp.float32),
+        inner=rule.init(num_tasks),
+        key=jax.random.PRNGKey(seed),
+        step=jnp.zeros((), jnp.int32),
+    )
+
+
+def compute_weights(
+    rule: WeightingRule,
+    state: CombinerState,
+    task_losses: jax.Array | None,
+    gram: jax.Array | None,
+) -> tuple[jax.Array, CombinerState]:
+    """One step of the rule: the weights to apply now, and the next state."""
+    if rule.needs_losses and task_losses is None:
+        raise ValueError(f"balancing method {rule.name!r} needs task_losses=... in update()")
+    if rule.needs_gramian and gram is None:
+        raise ValueError(f"balancing method {rule.name!r} needs task gradients (a Gramian)")
+    key, sub = jax.random.split(state.key)
+    if task_losses is not None:
+        task_losses = jax.lax.stop_gradient(jnp.asarray(task_losses, jnp.float32))
+    weights, inner = rule.weights(state.inner, task_losses, gram, sub)
+    weights = weights.astype(jnp.float32)
+    return weights, CombinerState(weights, inner, key, state.step + 1)
+
+
+def as_transform(
+    rule: WeightingRule, num_tasks: int, seed: int = 0
+) -> optax.GradientTransformationExtraArgs:
+    """The rule as an optax transform over task-leading gradient pytrees."""
+
+    def init_fn(params: Any) -> CombinerState:
+        del params
+        return init_state(rule, num_tasks, seed)
+
+    def update_fn(task_grads, state, params=None, *, task_losses=None, **extra_args):
+        del params, extra_args
+        t = num_tasks_of(task_grads)
+        if t != num_tasks:
+            raise ValueError(
+                f"{rule.name}: task gradients have {t} tasks on their leading axis, but the "
+                f"combiner was made for num_tasks={num_tasks}"
+            )
+        gram = gramian(task_grads) if rule.needs_gramian else None
+        weights, state = compute_weights(rule, state, task_losses, gram)
+        return weighted_sum(task_grads, weights), state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def normalized(gram: jax.Array) -> jax.Array:
+    """The Gramian divided by its mean diagonal: same argmins, better conditioned solvers."""
+    scale = jnp.maximum(jnp.mean(jnp.diag(gram)), 1e-20)
+    return gram / scale

@@ -1,0 +1,199 @@
+"""Methods that read the Gramian of task gradients: PCGrad, GradVac, CAGrad, MGDA, IMTL-G,
+Aligned-MTL, Nash-MTL and UPGrad.
+
+Each method's combined update is a linear combination ``sum_t w_t g_t`` of the task
+gradients whose coefficients depend on the gradients only through inner products, so each is
+written as "Gramian -> weights". That is what makes them cheap (T x T work after the
+gradients exist) and exact under data parallelism (the Gramian of the global batch).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from mtl_jax.balancing import solvers
+from mtl_jax.balancing.core import WeightingRule, normalized
+
+_EPS = 1e-12
+
+
+def _stateless(t: int) -> jax.Array:
+    return jnp.zeros((t,), jnp.float32)
+
+
+def pcgrad() -> WeightingRule:
+    """Projecting conflicting gradients (Yu et al., NeurIPS 2020).
+
+    For each task i, its gradient is projected, in a random order over the other tasks j, onto
+    the normal plane of every ``g_j`` it conflicts with (``<g_i^pc, g_j> < 0``); the update is
+    the sum of the projected gradients. Each projected gradient is tracked as coefficients
+    over the original gradients, so only the Gramian is needed.
+    """
+
+    def weights(state, losses, gram, key):
+        t = gram.shape[0]
+        eye = jnp.eye(t, dtype=gram.dtype)
+        orders = jax.vmap(lambda k: jax.random.permutation(k, t))(jax.random.split(key, t))
+
+        def project_task(i, order):
+            def step(coef, j):
+                dot = coef @ gram[:, j]
+                conflict = (dot < 0) & (j != i)
+                scale = jnp.where(conflict, dot / jnp.maximum(gram[j, j], _EPS), 0.0)
+                return coef - scale * eye[j], None
+
+            coef, _ = jax.lax.scan(step, eye[i], order)
+            return coef
+
+        coefs = jax.vmap(project_task)(jnp.arange(t), orders)
+        return coefs.sum(axis=0), state
+
+    return WeightingRule("pcgrad", True, False, _stateless, weights)
+
+
+def gradvac(beta: float = 0.01) -> WeightingRule:
+    """Gradient vaccine (Wang et al., ICLR 2021).
+
+    Like PCGrad, but each pair (i, j) has an adaptive target cosine similarity
+    ``phi_hat_ij``, an EMA (rate ``beta``) of the observed ones; whenever
+    ``cos(g_i^pc, g_j) < phi_hat_ij``, ``g_i^pc`` gains the multiple of ``g_j`` that lifts the
+    cosine exactly to the target. The state holds the T x T targets.
+    """
+
+    def init(t):
+        return jnp.zeros((t, t), jnp.float32)
+
+    def weights(target, losses, gram, key):
+        t = gram.shape[0]
+        eye = jnp.eye(t, dtype=gram.dtype)
+        norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), _EPS))
+
+        def task(i, carry):
+            total, target, key = carry
+            key, sub = jax.random.split(key)
+            order = jax.random.permutation(sub, t)
+
+            def step(c, j):
+                coef, target = c
+                pc_norm = jnp.sqrt(jnp.maximum(coef @ gram @ coef, _EPS))
+                cos = (coef @ gram[:, j]) / (pc_norm * norms[j])
+                goal = target[i, j]
+                lift = (
+                    pc_norm
+                    * (goal * jnp.sqrt(1 - cos**2) - cos * jnp.sqrt(1 - goal**2))
+                    / (norms[j] * jnp.sqrt(jnp.maximum(1 - goal**2, _EPS)))
+                )
+                active = (j != i) & (cos < goal)
+                coef = coef + jnp.where(active, lift, 0.0) * eye[j]
+                new_goal = jnp.where(j != i, (1 - beta) * goal + beta * cos, goal)
+                return (coef, target.at[i, j].set(new_goal)), None
+
+            (coef, target), _ = jax.lax.scan(step, (eye[i], target), order)
+            return total + coef, target, key
+
+        total, target, _ = jax.lax.fori_loop(0, t, task, (jnp.zeros((t,), gram.dtype), target, key))
+        return total, target
+
+    return WeightingRule("gradvac", True, False, init, weights)
+
+
+def mgda(iterations: int = 300) -> WeightingRule:
+    """Multiple-gradient descent (Desideri 2012; Sener & Koltun, NeurIPS 2018): the
+    min-norm point of the convex hull of the task gradients, whose negative is a descent
+    direction for every task unless the point is Pareto-stationary."""
+
+    def weights(state, losses, gram, key):
+        return solvers.min_norm_weights(normalized(gram), iterations), state
+
+    return WeightingRule("mgda", True, False, _stateless, weights)
+
+
+def cagrad(c: float = 0.4, rescale: int = 1, iterations: int = 500) -> WeightingRule:
+    """Conflict-averse gradient descent (Liu et al., NeurIPS 2021).
+
+    ``d = g0 + c ||g0|| g_w / ||g_w||`` where ``g0`` is the mean gradient and ``w`` solves the
+    dual on the simplex (``solvers.cagrad_weights``); ``rescale=1`` divides by ``1 + c^2`` as
+    the paper's code does by default (0: no rescaling, 2: divide by ``1 + c``).
+    """
+    if c < 0 or rescale not in (0, 1, 2):
+        raise ValueError(f"cagrad needs c >= 0 and rescale in (0, 1, 2), got {c}, {rescale}")
+    divisor = {0: 1.0, 1: 1.0 + c * c, 2: 1.0 + c}[rescale]
+
+    def weights(state, losses, gram, key):
+        t = gram.shape[0]
+        g = normalized(gram)
+        w = solvers.cagrad_weights(g, c, iterations)
+        g0_norm = jnp.sqrt(jnp.maximum(jnp.mean(g), 0.0) + _EPS)
+        gw_norm = jnp.sqrt(jnp.maximum(w @ g @ w, 0.0) + _EPS)
+        combined = jnp.full((t,), 1.0 / t) + (c * g0_norm / gw_norm) * w
+        return combined / divisor, state
+
+    return WeightingRule("cagrad", True, False, _stateless, weights)
+
+
+def imtl_g() -> WeightingRule:
+    """Gradient part of impartial MTL (Liu et al., ICLR 2021): the weights (summing to 1) whose
+    combined gradient has equal projections on every task's unit gradient."""
+
+    def weights(state, losses, gram, key):
+        t = gram.shape[0]
+        if t == 1:
+            return jnp.ones((1,)), state
+        norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), _EPS))
+        cross = gram / norms[None, :]  # cross[i, j] = <g_i, u_j>
+        # D rows: g_1 - g_k; U rows: u_1 - u_k, for k = 2..T.
+        d_u = cross[0, 0] - cross[0:1, 1:] - cross[1:, 0:1] + cross[1:, 1:]
+        g1_u = cross[0, 0] - cross[0, 1:]
+        rest = jnp.linalg.solve(d_u.T, g1_u)  # alpha_{2:T} = g_1 U^T (D U^T)^-1
+        return jnp.concatenate([1.0 - rest.sum(keepdims=True), rest]), state
+
+    return WeightingRule("imtl_g", True, False, _stateless, weights)
+
+
+def aligned_mtl() -> WeightingRule:
+    """Aligned-MTL (Senushkin et al., CVPR 2023): align the task gradients into an orthogonal
+    system of equal norms (condition number 1) by ``B = sigma_min V Sigma^-1 V^T`` from the
+    Gramian's eigendecomposition, then sum the aligned gradients: weights ``B 1``."""
+
+    def weights(state, losses, gram, key):
+        t = gram.shape[0]
+        eigvals, eigvecs = jnp.linalg.eigh(gram)
+        tol = jnp.max(eigvals) * t * jnp.finfo(gram.dtype).eps
+        keep = eigvals > tol
+        sigma = jnp.sqrt(jnp.where(keep, eigvals, 1.0))
+        sigma_min = jnp.min(jnp.where(keep, sigma, jnp.inf))
+        inv = jnp.where(keep, 1.0 / sigma, 0.0)
+        b = sigma_min * (eigvecs * inv[None, :]) @ eigvecs.T
+        return b.sum(axis=1), state
+
+    return WeightingRule("aligned_mtl", True, False, _stateless, weights)
+
+
+def nash_mtl(iterations: int = 30) -> WeightingRule:
+    """Nash-MTL (Navon et al., ICML 2022): the bargaining solution ``G alpha = 1 / alpha`` on
+    the Gramian normalised by its Frobenius norm (as the paper's code does)."""
+
+    def weights(state, losses, gram, key):
+        g = gram / jnp.maximum(jnp.linalg.norm(gram), _EPS)
+        return solvers.nash_weights(g, iterations), state
+
+    return WeightingRule("nash_mtl", True, False, _stateless, weights)
+
+
+def upgrad(sweeps: int = 100) -> WeightingRule:
+    """Unconflicting projection of gradients (Quinton & Rey, 2024; torchjd).
+
+    Each task gradient is projected onto the dual cone of all of them,
+    ``{x : <g_k, x> >= 0 for all k}``; the update is the mean of the projections. The
+    projection of ``g_i`` is ``J^T u_i`` with ``u_i = argmin_{u >= e_i} u^T G u``, a small
+    box-constrained QP solved by coordinate descent.
+    """
+
+    def weights(state, losses, gram, key):
+        t = gram.shape[0]
+        g = normalized(gram)
+        u = jax.vmap(lambda e: solvers.box_qp_weights(g, e, sweeps))(jnp.eye(t, dtype=g.dtype))
+        return u.mean(axis=0), state
+
+    return WeightingRule("upgrad", True, False, _stateless, weights)

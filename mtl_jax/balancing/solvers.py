@@ -1,0 +1,106 @@
+"""Small fixed-budget solvers that run inside ``jit``: no scipy or cvxpy in the train step.
+
+All work on T x T matrices (T = number of tasks), so even hundreds of iterations cost
+microseconds next to a backward pass.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def project_to_simplex(v: jax.Array) -> jax.Array:
+    """Euclidean projection onto {w >= 0, sum w = 1} (sort-based, Duchi et al. 2008)."""
+    n = v.shape[0]
+    u = jnp.sort(v)[::-1]
+    css = jnp.cumsum(u) - 1.0
+    idx = jnp.arange(1, n + 1)
+    cond = u - css / idx > 0
+    rho = jnp.max(jnp.where(cond, idx, 0))
+    theta = css[rho - 1] / rho
+    return jnp.maximum(v - theta, 0.0)
+
+
+def _simplex_minimize(grad_fn, init: jax.Array, step: jax.Array, iterations: int) -> jax.Array:
+    """Accelerated projected gradient (FISTA) over the probability simplex."""
+
+    def body(_, carry):
+        w, y, t = carry
+        w_next = project_to_simplex(y - step * grad_fn(y))
+        t_next = (1.0 + jnp.sqrt(1.0 + 4.0 * t * t)) / 2.0
+        y_next = w_next + ((t - 1.0) / t_next) * (w_next - w)
+        return w_next, y_next, t_next
+
+    w, _, _ = jax.lax.fori_loop(0, iterations, body, (init, init, jnp.float32(1.0)))
+    return w
+
+
+def min_norm_weights(gram: jax.Array, iterations: int = 300) -> jax.Array:
+    """argmin over the simplex of ``w^T G w``: the min-norm point of the gradients' hull (MGDA)."""
+    t = gram.shape[0]
+    lipschitz = 2.0 * jnp.maximum(jnp.linalg.eigvalsh(gram)[-1], 1e-12)
+    init = jnp.full((t,), 1.0 / t, gram.dtype)
+    return _simplex_minimize(lambda w: 2.0 * gram @ w, init, 1.0 / lipschitz, iterations)
+
+
+def cagrad_weights(gram: jax.Array, c: float, iterations: int = 500) -> jax.Array:
+    """CAGrad's dual: argmin over the simplex of ``w^T G 1/T + c ||g0|| sqrt(w^T G w)``.
+
+    ``||g0||`` is the norm of the mean gradient. The objective is convex but only
+    Lipschitz-smooth away from ``G w = 0``; a small floor inside the square root keeps the
+    projected-gradient steps finite.
+    """
+    t = gram.shape[0]
+    mean_dir = gram @ jnp.full((t,), 1.0 / t, gram.dtype)
+    g0_norm = jnp.sqrt(jnp.maximum(jnp.mean(gram), 0.0) + 1e-12)
+    floor = 1e-6 * jnp.maximum(jnp.trace(gram) / t, 1e-12)
+
+    def grad_fn(w):
+        gw_norm = jnp.sqrt(jnp.maximum(w @ gram @ w, 0.0) + floor)
+        return mean_dir + c * g0_norm * (gram @ w) / gw_norm
+
+    lipschitz = jnp.maximum(jnp.linalg.eigvalsh(gram)[-1], 1e-12) * (1.0 + c * 10.0)
+    init = jnp.full((t,), 1.0 / t, gram.dtype)
+    return _simplex_minimize(grad_fn, init, 1.0 / lipschitz, iterations)
+
+
+def box_qp_weights(gram: jax.Array, lower: jax.Array, sweeps: int = 100) -> jax.Array:
+    """argmin over ``u >= lower`` of ``u^T G u``, by exact cyclic coordinate descent.
+
+    Each coordinate step solves its one-dimensional box-constrained quadratic in closed form,
+    so the iteration is monotone and converges for positive semi-definite ``G``.
+    """
+    t = gram.shape[0]
+    diag = jnp.maximum(jnp.diag(gram), 1e-12)
+
+    def coordinate(k, u):
+        grad_k = gram[k] @ u
+        return u.at[k].set(jnp.maximum(lower[k], u[k] - grad_k / diag[k]))
+
+    def sweep(_, u):
+        return jax.lax.fori_loop(0, t, coordinate, u)
+
+    return jax.lax.fori_loop(0, sweeps, sweep, lower.astype(gram.dtype))
+
+
+def nash_weights(gram: jax.Array, iterations: int = 30, ridge: float = 1e-6) -> jax.Array:
+    """The Nash bargaining solution: ``alpha > 0`` with ``G alpha = 1 / alpha``.
+
+    It is the unique minimiser of the strictly convex ``1/2 a^T G a - sum log a``; Newton's
+    method with a fraction-to-the-boundary step keeps ``alpha`` positive and converges
+    quadratically. A tiny ridge keeps the problem bounded when gradients are dependent.
+    """
+    t = gram.shape[0]
+    g = gram + ridge * jnp.maximum(jnp.trace(gram) / t, 1e-12) * jnp.eye(t, dtype=gram.dtype)
+    alpha = 1.0 / jnp.sqrt(jnp.maximum(jnp.diag(g), 1e-12))
+
+    def body(_, a):
+        grad = g @ a - 1.0 / a
+        hess = g + jnp.diag(1.0 / (a * a))
+        step = jnp.linalg.solve(hess, grad)
+        ratio = jnp.where(step > 0, a / jnp.where(step > 0, step, 1.0), jnp.inf)
+        size = jnp.minimum(1.0, 0.99 * jnp.min(ratio))
+        return a - size * step
+
+    return jax.lax.fori_loop(0, iterations, body, alpha)

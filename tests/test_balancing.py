@@ -1,0 +1,350 @@
+"""Balancing methods against hand-worked examples from the papers and independent references."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from scipy import optimize
+
+from mtl_jax import balancing
+from mtl_jax.balancing import solvers
+
+
+def combine(name, grads, losses=None, steps=1, **kwargs):
+    """Runs the transform ``steps`` times on the same (T, d) matrix; returns update, state."""
+    grads = jnp.asarray(grads, jnp.float32)
+    tx = balancing.make(name, grads.shape[0], **kwargs)
+    state = tx.init(None)
+    for _ in range(steps):
+        update, state = tx.update(grads, state, task_losses=losses)
+    return np.asarray(update), state
+
+
+def random_grads(seed, t, d=7, conflict=True):
+    rng = np.random.default_rng(seed)
+    g = rng.normal(size=(t, d))
+    if not conflict:
+        g = np.abs(g)  # all pairwise inner products positive
+    return g.astype(np.float32)
+
+
+# --- hand-worked examples -------------------------------------------------------------------
+
+
+def test_pcgrad_two_conflicting_vectors():
+    # g1.g2 = -1 < 0: g1 -> g1 - (-1/2) g2 = (0.5, 0.5); g2 -> g2 - (-1/1) g1 = (0, 1).
+    update, _ = combine("pcgrad", [[1.0, 0.0], [-1.0, 1.0]])
+    np.testing.assert_allclose(update, [0.5, 1.5], atol=1e-6)
+    # No conflict: the plain sum.
+    update, _ = combine("pcgrad", [[1.0, 0.0], [1.0, 1.0]])
+    np.testing.assert_allclose(update, [2.0, 1.0], atol=1e-6)
+
+
+def _pcgrad_reference(g, orders):
+    """The paper's Algorithm 1 with explicit vectors, given each task's order over others."""
+    out = []
+    for i, order in enumerate(orders):
+        gi = g[i].copy()
+        for j in order:
+            if j != i and gi @ g[j] < 0:
+                gi = gi - (gi @ g[j]) / (g[j] @ g[j]) * g[j]
+        out.append(gi)
+    return np.sum(out, axis=0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_pcgrad_matches_reference_for_some_task_order(seed):
+    g = random_grads(seed, 3)
+    update, _ = combine("pcgrad", g, seed=seed)
+    perms = list(itertools.permutations(range(3)))
+    candidates = [_pcgrad_reference(g, orders) for orders in itertools.product(perms, repeat=3)]
+    assert min(np.abs(c - update).max() for c in candidates) < 1e-4
+
+
+def test_mgda_two_tasks_closed_form():
+    for seed in range(5):
+        g1, g2 = random_grads(seed, 2)
+        gamma = np.clip((g2 - g1) @ g2 / ((g1 - g2) @ (g1 - g2)), 0.0, 1.0)
+        update, _ = combine("mgda", [g1, g2])
+        np.testing.assert_allclose(update, gamma * g1 + (1 - gamma) * g2, atol=1e-4)
+
+
+def _simplex_reference(objective, t):
+    cons = ({"type": "eq", "fun": lambda w: w.sum() - 1.0},)
+    res = optimize.minimize(
+        objective,
+        np.full(t, 1.0 / t),
+        bounds=[(0, 1)] * t,
+        constraints=cons,
+        method="SLSQP",
+        options={"ftol": 1e-14, "maxiter": 1000},
+    )
+    return res.x
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_mgda_matches_scipy_min_norm(seed):
+    g = random_grads(seed, 4, d=6).astype(np.float64)
+    gram = g @ g.T
+    w = _simplex_reference(lambda w: w @ gram @ w, 4)
+    update, _ = combine("mgda", g)
+    np.testing.assert_allclose(update, w @ g, atol=2e-4)
+
+
+def test_cagrad_with_c_zero_is_the_mean():
+    g = random_grads(0, 3)
+    update, _ = combine("cagrad", g, c=0.0)
+    np.testing.assert_allclose(update, g.mean(0), atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cagrad_matches_reference_objective(seed):
+    """The paper's code: scipy SLSQP on the dual, then (g0 + c||g0|| g_w/||g_w||) / (1 + c^2)."""
+    c = 0.4
+    g = random_grads(seed, 3, d=5).astype(np.float64)
+    gram = g @ g.T
+    g0_norm = np.sqrt(gram.mean())
+    b = np.full(3, 1 / 3)
+    w = _simplex_reference(lambda w: w @ gram @ b + c * g0_norm * np.sqrt(w @ gram @ w + 1e-8), 3)
+    gw = w @ g
+    expected = (g.mean(0) + c * g0_norm / np.linalg.norm(gw) * gw) / (1 + c * c)
+    update, _ = combine("cagrad", g, c=c)
+    np.testing.assert_allclose(update, expected, atol=2e-3 * np.linalg.norm(expected))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_nash_mtl_solves_bargaining_equation(seed):
+    g = random_grads(seed, 4, d=9)
+    gram = (g @ g.T).astype(np.float64)
+    gram_n = gram / np.linalg.norm(gram)
+    _, state = combine("nash_mtl", g)
+    alpha = np.asarray(state.weights, np.float64)
+    assert np.all(alpha > 0)
+    np.testing.assert_allclose(alpha * (gram_n @ alpha), 1.0, rtol=1e-3)
+
+
+def _dual_cone_projection(g, v):
+    """argmin_x ||x - v||^2 subject to g x >= 0, with scipy (an independent QP solve)."""
+    cons = ({"type": "ineq", "fun": lambda x: g @ x, "jac": lambda x: g},)
+    res = optimize.minimize(
+        lambda x: ((x - v) ** 2).sum(),
+        v,
+        jac=lambda x: 2 * (x - v),
+        constraints=cons,
+        method="SLSQP",
+        options={"ftol": 1e-14, "maxiter": 1000},
+    )
+    return res.x
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_upgrad_is_mean_of_dual_cone_projections(seed):
+    g = random_grads(seed, 3, d=5).astype(np.float64)
+    expected = np.mean([_dual_cone_projection(g, gi) for gi in g], axis=0)
+    update, _ = combine("upgrad", g)
+    np.testing.assert_allclose(update, expected, atol=1e-3 * np.linalg.norm(expected))
+    assert np.all(g @ update >= -1e-5), "the update lies in the dual cone"
+
+
+def test_upgrad_without_conflict_is_the_mean():
+    g = random_grads(1, 4, conflict=False)
+    update, _ = combine("upgrad", g)
+    np.testing.assert_allclose(update, g.mean(0), atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_imtl_g_equal_projections_on_unit_gradients(seed):
+    g = random_grads(seed, 4, d=8)
+    update, state = combine("imtl_g", g)
+    units = g / np.linalg.norm(g, axis=1, keepdims=True)
+    projections = units @ update
+    np.testing.assert_allclose(projections, projections[0], rtol=1e-3)
+    assert float(np.sum(state.weights)) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_aligned_mtl_matches_numpy_reference(seed):
+    g = random_grads(seed, 3, d=6).astype(np.float64)
+    lam, v = np.linalg.eigh(g @ g.T)
+    sigma = np.sqrt(lam)
+    b = sigma.min() * v @ np.diag(1 / sigma) @ v.T
+    aligned = b @ g
+    # Aligned gradients are orthogonal with equal norms sigma_min (condition number 1).
+    np.testing.assert_allclose(aligned @ aligned.T, sigma.min() ** 2 * np.eye(3), atol=1e-8)
+    update, _ = combine("aligned_mtl", g)
+    np.testing.assert_allclose(update, aligned.sum(0), rtol=1e-3, atol=1e-4)
+
+
+def test_gradvac_first_step_with_zero_targets_is_pcgrad_and_targets_move():
+    g = np.array([[1.0, 0.0], [-1.0, 1.0]], np.float32)
+    update, state = combine("gradvac", g, beta=0.5)
+    np.testing.assert_allclose(update, [0.5, 1.5], atol=1e-5)
+    cos = -1 / np.sqrt(2)
+    # Each target moved halfway from 0 to the cosine observed before that task's adjustment.
+    np.testing.assert_allclose(np.asarray(state.inner)[0, 1], 0.5 * cos, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(state.inner)[1, 0], 0.5 * cos, atol=1e-5)
+
+
+def test_dwa_on_recorded_losses():
+    losses = [[1.0, 2.0], [0.8, 1.9], [0.6, 1.5], [0.5, 1.4]]
+    tx = balancing.make("dwa", 2, temperature=2.0, period=1)
+    state = tx.init(None)
+    seen = []
+    for step_losses in losses:
+        _, state = tx.update(jnp.eye(2), state, task_losses=jnp.array(step_losses))
+        seen.append(np.asarray(state.weights))
+    np.testing.assert_allclose(seen[0], [1, 1])
+    np.testing.assert_allclose(seen[1], [1, 1])
+
+    def paper(l1, l2):
+        r = np.array(l1) / np.array(l2)
+        return 2 * np.exp(r / 2) / np.exp(r / 2).sum()
+
+    np.testing.assert_allclose(seen[2], paper(losses[1], losses[0]), rtol=1e-5)
+    np.testing.assert_allclose(seen[3], paper(losses[2], losses[1]), rtol=1e-5)
+
+
+def test_famo_on_recorded_losses_matches_numpy_reference():
+    losses = np.array([[1.0, 3.0], [0.7, 2.9], [0.6, 2.5], [0.55, 2.45], [0.5, 2.3]])
+    lr, gamma = 0.025, 1e-3
+    logits, m, v, prev, expected = np.zeros(2), np.zeros(2), np.zeros(2), None, []
+    for k, loss in enumerate(losses):
+        if prev is not None:
+            z = np.exp(logits) / np.exp(logits).sum()
+            delta = np.log(prev + 1e-8) - np.log(loss + 1e-8)
+            grad = z * delta - z * (z @ delta) + gamma * logits  # torch Adam's L2 weight decay
+            t = k  # Adam step count
+            m = 0.9 * m + 0.1 * grad
+            v = 0.999 * v + 0.001 * grad**2
+            logits = logits - lr * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+        z = np.exp(logits) / np.exp(logits).sum()
+        w = z / (loss + 1e-8)
+        expected.append(w / w.sum())
+        prev = loss
+    tx = balancing.make("famo", 2)
+    state = tx.init(None)
+    for loss, want in zip(losses, expected, strict=True):
+        _, state = tx.update(jnp.eye(2), state, task_losses=jnp.asarray(loss))
+        np.testing.assert_allclose(np.asarray(state.weights), want, rtol=1e-5)
+
+
+def test_uw_learns_log_loss_and_starts_at_one_half():
+    rule = balancing.make_rule("uw", learning_rate=0.05)
+    state = balancing.init_state(rule, 2)
+    step = jax.jit(lambda s: balancing.compute_weights(rule, s, jnp.array([0.5, 4.0]), None))
+    w, state = step(state)
+    np.testing.assert_allclose(w, [0.5, 0.5])
+    for _ in range(3000):
+        w, state = step(state)
+    # Stationary point of exp(-s) L / 2 + s / 2 is s = log L, i.e. weight 1 / (2 L).
+    np.testing.assert_allclose(np.asarray(state.inner.values), np.log([0.5, 4.0]), atol=1e-2)
+
+
+def test_rlw_is_reproducible_and_random():
+    g = np.eye(3, dtype=np.float32)
+    _, a = combine("rlw", g, steps=2, seed=7)
+    _, b = combine("rlw", g, steps=2, seed=7)
+    _, c = combine("rlw", g, steps=3, seed=7)
+    np.testing.assert_array_equal(a.weights, b.weights)
+    assert not np.allclose(a.weights, c.weights)
+    assert float(a.weights.sum()) == pytest.approx(1.0) and np.all(a.weights > 0)
+
+
+# --- properties over random task-gradient matrices -------------------------------------------
+
+ALL = balancing.names()
+STATEFUL_KWARGS = {"static": {"weights": [1.0, 2.0, 0.5, 1.0]}}
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("seed", range(3))
+def test_every_method_is_finite_and_jittable(name, seed):
+    g = jnp.asarray(random_grads(seed, 4, d=11))
+    losses = jnp.asarray(np.random.default_rng(seed).uniform(0.1, 2.0, 4), jnp.float32)
+    tx = balancing.make(name, 4, **STATEFUL_KWARGS.get(name, {}))
+    update_fn = jax.jit(lambda g, s, losses: tx.update(g, s, task_losses=losses))
+    state = tx.init(None)
+    for _ in range(3):
+        update, state = update_fn(g, state, losses)
+        assert np.all(np.isfinite(update)) and np.all(np.isfinite(state.weights))
+
+
+@pytest.mark.parametrize("name", ["mgda", "upgrad", "nash_mtl"])
+@pytest.mark.parametrize("seed", range(5))
+def test_every_task_loss_decreases_to_first_order(name, seed):
+    """These methods guarantee <g_k, d> >= 0 for every task k (so -d descends every loss)."""
+    g = random_grads(seed, 4, d=12)
+    update, _ = combine(name, g)
+    assert np.all(g @ update >= -1e-4 * np.linalg.norm(update) * np.linalg.norm(g, axis=1))
+
+
+@pytest.mark.parametrize("name", ["mgda", "upgrad", "nash_mtl", "imtl_g", "aligned_mtl", "cagrad"])
+def test_task_permutation_equivariance(name):
+    g = random_grads(3, 4)
+    perm = np.array([2, 0, 3, 1])
+    a, _ = combine(name, g)
+    b, _ = combine(name, g[perm])
+    np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4)
+
+
+@pytest.mark.parametrize("name", ["mgda", "upgrad", "cagrad", "pcgrad", "imtl_g"])
+def test_scale_equivariance(name):
+    """Scaling every gradient by s scales these methods' update by s."""
+    g = random_grads(4, 3)
+    a, _ = combine(name, g)
+    b, _ = combine(name, 10.0 * g)
+    np.testing.assert_allclose(b, 10.0 * a, rtol=2e-3, atol=1e-4)
+
+
+# --- the contract ----------------------------------------------------------------------------
+
+
+def test_composes_with_optax_on_pytrees():
+    grads = {"a": jnp.asarray(random_grads(0, 3, d=4)), "b": {"c": jnp.ones((3, 2, 2))}}
+    tx = optax.chain(balancing.make("pcgrad", 3), optax.sgd(1.0))
+    state = tx.init(None)
+    update, _ = tx.update(grads, state, task_losses=jnp.ones(3))
+    rule = balancing.make_rule("pcgrad")
+    weights, _ = balancing.compute_weights(
+        rule, balancing.init_state(rule, 3), None, balancing.gramian(grads)
+    )
+    expected = balancing.weighted_sum(grads, weights)
+    np.testing.assert_allclose(update["a"], -expected["a"], rtol=1e-6)
+    assert update["b"]["c"].shape == (2, 2)
+
+
+def test_gramian_sums_over_leaves():
+    a, b = random_grads(0, 3, d=4), random_grads(1, 3, d=6)
+    tree = {"a": jnp.asarray(a), "b": jnp.asarray(b.reshape(3, 2, 3))}
+    np.testing.assert_allclose(balancing.gramian(tree), a @ a.T + b @ b.T, rtol=1e-5)
+
+
+def test_clear_errors():
+    with pytest.raises(ValueError, match=r"unknown balancing method 'pcgard'; valid: \("):
+        balancing.make("pcgard", 2)
+    with pytest.raises(ValueError, match=r"'cagrad' takes \['c', 'iterations', 'rescale'\]"):
+        balancing.make("cagrad", 2, alpha=0.5)
+    tx = balancing.make("mgda", 3)
+    with pytest.raises(ValueError, match="3 tasks on their leading axis, but .* num_tasks=2"):
+        balancing.make("mgda", 2).update(jnp.ones((3, 4)), tx.init(None))
+    with pytest.raises(ValueError, match="needs task_losses"):
+        balancing.make("famo", 2).update(jnp.ones((2, 4)), balancing.make("famo", 2).init(None))
+
+
+def test_simplex_projection_reference():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        v = rng.normal(size=5) * 3
+        w = np.asarray(solvers.project_to_simplex(jnp.asarray(v)))
+        ref = optimize.minimize(
+            lambda x, v=v: ((x - v) ** 2).sum(),
+            np.full(5, 0.2),
+            bounds=[(0, 1)] * 5,
+            constraints=({"type": "eq", "fun": lambda x: x.sum() - 1},),
+            method="SLSQP",
+            options={"ftol": 1e-14},
+        ).x
+        np.testing.assert_allclose(w, ref, atol=1e-5)
