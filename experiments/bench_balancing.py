@@ -1,0 +1,111 @@
+"""Train-step cost of every balancing method, relative to equal weighting, in one run.
+
+  python experiments/bench_balancing.py --config=configs/ecommerce.py --batch_size=1024
+
+For each method: the median time of one jitted train step (over --repeats timings of --steps
+steps on a batch already on device, after compilation), its ratio to ``ew`` measured in the
+same process, and XLA's memory estimate for the compiled step (arguments + outputs +
+temporaries). Prints a table and appends one JSON line per method to
+experiments/results/balancing.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import statistics
+import time
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from mtl_jax import balancing, parallel, reporting
+from mtl_jax.data import load_dataset
+from mtl_jax.train import Trainer
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.")
+_BATCH = flags.DEFINE_integer("batch_size", 1024, "Global batch size.")
+_STEPS = flags.DEFINE_integer("steps", 50, "Steps per timed repeat.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats; the median is reported.")
+_METHODS = flags.DEFINE_list("methods", list(balancing.names()), "Methods to time.")
+_OUT = flags.DEFINE_string(
+    "out", str(pathlib.Path(__file__).parent / "results" / "balancing.jsonl"), "JSONL to append."
+)
+flags.mark_flag_as_required("config")
+
+
+def time_method(config, dataset, method: str) -> dict:
+    config.unlock()
+    config.balancing.method = method
+    config.lock()
+    trainer = Trainer(config, dataset)
+    state = trainer.init_state()
+    batch = parallel.to_global_batch(next(trainer.train_iterator()), trainer.mesh)
+    start = time.perf_counter()
+    compiled = trainer.train_step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+    memory_mb = None
+    if memory is not None:
+        total = (
+            memory.argument_size_in_bytes
+            + memory.output_size_in_bytes
+            + memory.temp_size_in_bytes
+            - memory.alias_size_in_bytes
+        )
+        memory_mb = total / 2**20
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(_REPEATS.value):
+        start = time.perf_counter()
+        for _ in range(_STEPS.value):
+            state, metrics = compiled(state, batch)
+        jax.block_until_ready(metrics)
+        times.append((time.perf_counter() - start) / _STEPS.value)
+    return {
+        "method": method,
+        "needs_task_gradients": trainer.rule.needs_gramian,
+        "step_ms": 1e3 * statistics.median(times),
+        "compile_s": compile_s,
+        "xla_memory_mb": memory_mb,
+    }
+
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    config.unlock()
+    config.train.batch_size = _BATCH.value
+    config.lock()
+    dataset = load_dataset(config.data, config.seed)
+    methods = _METHODS.value if "ew" in _METHODS.value else ["ew", *_METHODS.value]
+    rows = [time_method(config, dataset, m) for m in methods]
+    ew_ms = next(r["step_ms"] for r in rows if r["method"] == "ew")
+    common = {
+        "benchmark": "balancing",
+        "config": config.data.name,
+        "trunk": config.model.trunk,
+        "batch_size": _BATCH.value,
+        "devices": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
+        "jax": jax.__version__,
+        "commit": reporting.git_commit(),
+        "peak_rss_mb": reporting.peak_rss_mb(),
+    }
+    out = pathlib.Path(_OUT.value)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    print(f"{'method':<12} {'task grads':>10} {'step ms':>8} {'x ew':>6} {'XLA MB':>7}")
+    with out.open("a") as f:
+        for r in rows:
+            r["ratio_to_ew"] = r["step_ms"] / ew_ms
+            f.write(json.dumps({**common, **r}) + "\n")
+            mem = f"{r['xla_memory_mb']:.1f}" if r["xla_memory_mb"] is not None else "-"
+            print(
+                f"{r['method']:<12} {str(r['needs_task_gradients']):>10} {r['step_ms']:>8.2f} "
+                f"{r['ratio_to_ew']:>6.2f} {mem:>7}"
+            )
+
+
+if __name__ == "__main__":
+    app.run(main)
