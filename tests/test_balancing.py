@@ -348,3 +348,65 @@ def test_simplex_projection_reference():
             options={"ftol": 1e-14},
         ).x
         np.testing.assert_allclose(w, ref, atol=1e-5)
+
+
+def test_routed_per_parameter_group_with_optax_partition():
+    """The shared trunk gets the combiner, other groups the plain sum, in one optax.partition."""
+    rng = np.random.default_rng(0)
+    grads = {
+        "trunk": {"w": jnp.asarray(rng.normal(size=(3, 4, 2)), jnp.float32)},
+        "embedding": {"table": jnp.asarray(rng.normal(size=(3, 5, 2)), jnp.float32)},
+    }
+    labels = {"trunk": {"w": "shared"}, "embedding": {"table": "other"}}
+    tx = optax.partition(
+        {"shared": balancing.make("upgrad", 3), "other": balancing.task_sum()}, labels
+    )
+    params = jax.tree.map(lambda g: g[0], grads)
+    update, _ = tx.update(grads, tx.init(params), params, task_losses=jnp.ones(3))
+    alone, _ = combine("upgrad", np.asarray(grads["trunk"]["w"]).reshape(3, -1))
+    np.testing.assert_allclose(np.asarray(update["trunk"]["w"]).reshape(-1), alone, rtol=1e-5)
+    np.testing.assert_allclose(update["embedding"]["table"], grads["embedding"]["table"].sum(0))
+
+
+def test_config_section_routes_kwargs():
+    from mtl_jax.balancing import config as balancing_config
+
+    c = balancing_config.default_config(["a", "b"], method="cagrad")
+    c.c = 0.0
+    rule = balancing_config.rule_from_config(c, ["a", "b"])
+    w, _ = balancing.compute_weights(rule, balancing.init_state(rule, 2), None, jnp.eye(2))
+    np.testing.assert_allclose(w, [0.5, 0.5], atol=1e-6)  # c = 0 reached the rule
+    c.method = "pcgrad"
+    with pytest.raises(
+        ValueError, match=r"balancing.c is set, but method 'pcgrad' takes no kwargs"
+    ):
+        balancing_config.rule_from_config(c, ["a", "b"])
+    c = balancing_config.default_config(["a", "b"], method="static")
+    c.weights.a = 3.0
+    rule = balancing_config.rule_from_config(c, ["a", "b"])
+    w, _ = balancing.compute_weights(rule, balancing.init_state(rule, 2), None, None)
+    np.testing.assert_allclose(w, [3.0, 1.0])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_imtl_g_matches_explicit_vector_reference(seed):
+    """The paper's closed form with explicit D and U matrices (as in its released code)."""
+    g = random_grads(seed, 4, d=8).astype(np.float64)
+    u = g / np.linalg.norm(g, axis=1, keepdims=True)
+    d_mat, u_mat = g[0] - g[1:], u[0] - u[1:]
+    rest = g[0] @ u_mat.T @ np.linalg.inv(d_mat @ u_mat.T)
+    alpha = np.concatenate([[1 - rest.sum()], rest])
+    update, _ = combine("imtl_g", g)
+    np.testing.assert_allclose(update, alpha @ g, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_nash_mtl_matches_scipy_root(seed):
+    """An independent solve of G alpha = 1/alpha (scipy's root finder from a positive start)."""
+    g = random_grads(seed, 3, d=6).astype(np.float64)
+    gram = g @ g.T
+    gram /= np.linalg.norm(gram)
+    sol = optimize.root(lambda a: gram @ a - 1 / a, np.ones(3), tol=1e-12)
+    assert sol.success and np.all(sol.x > 0)
+    update, _ = combine("nash_mtl", g)
+    np.testing.assert_allclose(update, sol.x @ g, rtol=1e-3)

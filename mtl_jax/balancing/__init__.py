@@ -23,6 +23,7 @@ from mtl_jax.balancing.core import (
     compute_weights,
     gramian,
     init_state,
+    task_sum,
     weighted_sum,
 )
 
@@ -94,5 +95,6 @@ __all__ = [
     "make_rule",
     "method_kwargs",
     "names",
+    "task_sum",
     "weighted_sum",
 ]

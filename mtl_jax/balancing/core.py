@@ -129,6 +129,17 @@ def as_transform(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def task_sum() -> optax.GradientTransformationExtraArgs:
+    """Sums task-leading gradients over the task axis: the "plain sum" for parameter groups
+    that no combiner should touch (embeddings, heads) inside an ``optax.partition``."""
+
+    def update_fn(task_grads, state, params=None, **extra_args):
+        del params, extra_args
+        return jax.tree.map(lambda g: g.sum(axis=0), task_grads), state
+
+    return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)
+
+
 def normalized(gram: jax.Array) -> jax.Array:
     """The Gramian divided by its mean diagonal: same argmins, better conditioned solvers."""
     scale = jnp.maximum(jnp.mean(jnp.diag(gram)), 1e-20)
