@@ -144,7 +144,8 @@ def make_train_step(
             trunk_task_grads = jax.vmap(lambda ct: vjp_fn(ct)[0])(jnp.eye(num_tasks))
             gram = balancing.gramian(trunk_task_grads)
             weights, balancer = balancing.compute_weights(rule, state.balancer, task_losses, gram)
-            _, rest_grads, x_grad = vjp_fn(jnp.ones((num_tasks,)))
+            rest_weights = weights if rule.weights_whole_model else jnp.ones((num_tasks,))
+            _, rest_grads, x_grad = vjp_fn(rest_weights)
             (embedding_grads,) = embed_vjp(x_grad)
             grads = {
                 "embedding": embedding_grads,

@@ -410,3 +410,18 @@ def test_nash_mtl_matches_scipy_root(seed):
     assert sol.success and np.all(sol.x > 0)
     update, _ = combine("nash_mtl", g)
     np.testing.assert_allclose(update, sol.x @ g, rtol=1e-3)
+
+
+def test_gradnorm_moves_weight_toward_the_task_with_the_smaller_gradient():
+    """Two tasks with equal loss ratios but gradient norms 1 and 4: GradNorm's targets are the
+    mean weighted norm, so the weak task's weight rises, the strong one's falls, and the sum
+    stays T; at balance w_1 ||g_1|| = w_2 ||g_2||."""
+    rule = balancing.make_rule("gradnorm", alpha=1.5, learning_rate=0.01)
+    state = balancing.init_state(rule, 2)
+    gram = jnp.diag(jnp.array([1.0, 16.0]))
+    step = jax.jit(lambda s: balancing.compute_weights(rule, s, jnp.array([1.0, 1.0]), gram))
+    for _ in range(400):
+        _, state = step(state)
+    w = np.asarray(state.inner.weights)
+    assert w.sum() == pytest.approx(2.0, rel=1e-5)
+    np.testing.assert_allclose(w * [1.0, 4.0], (w * [1.0, 4.0]).mean(), rtol=0.05)

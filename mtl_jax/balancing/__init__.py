@@ -34,6 +34,7 @@ _FACTORIES: dict[str, Callable[..., WeightingRule]] = {
     "dwa": loss_weighting.dwa,
     "rlw": loss_weighting.rlw,
     "famo": loss_weighting.famo,
+    "gradnorm": gradient_methods.gradnorm,
     "pcgrad": gradient_methods.pcgrad,
     "gradvac": gradient_methods.gradvac,
     "cagrad": gradient_methods.cagrad,

@@ -48,6 +48,9 @@ class WeightingRule:
       needs_losses: whether ``weights`` reads the task losses.
       init: ``num_tasks -> inner state``.
       weights: see ``WeightsFn``.
+      weights_whole_model: a gradient method whose weights also scale the task gradients of
+        the parameters outside the routed group (GradNorm weights the whole loss); others
+        leave those groups to the plain sum.
     """
 
     name: str
@@ -55,6 +58,7 @@ class WeightingRule:
     needs_losses: bool
     init: Callable[[int], Any]
     weights: WeightsFn
+    weights_whole_model: bool = False
 
 
 def gramian(task_grads: Any) -> jax.Array:

@@ -1,5 +1,5 @@
-"""Methods that read the Gramian of task gradients: PCGrad, GradVac, CAGrad, MGDA, IMTL-G,
-Aligned-MTL, Nash-MTL and UPGrad.
+"""Methods that read the Gramian of task gradients: GradNorm, PCGrad, GradVac, CAGrad, MGDA,
+IMTL-G, Aligned-MTL, Nash-MTL and UPGrad.
 
 Each method's combined update is a linear combination ``sum_t w_t g_t`` of the task
 gradients whose coefficients depend on the gradients only through inner products, so each is
@@ -9,8 +9,11 @@ gradients exist) and exact under data parallelism (the Gramian of the global bat
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
+import optax
 
 from mtl_jax.balancing import solvers
 from mtl_jax.balancing.core import WeightingRule, normalized
@@ -197,3 +200,44 @@ def upgrad(sweeps: int = 100) -> WeightingRule:
         return u.mean(axis=0), state
 
     return WeightingRule("upgrad", True, False, _stateless, weights)
+
+
+class GradNormState(NamedTuple):
+    weights: jax.Array  # (T,) loss weights, summing to T
+    initial_losses: jax.Array  # (T,) L_t(0)
+    started: jax.Array
+    opt_state: optax.OptState
+
+
+def gradnorm(alpha: float = 1.5, learning_rate: float = 1e-2) -> WeightingRule:
+    """GradNorm (Chen et al., ICML 2018).
+
+    Learns loss weights ``w`` (summing to T) so that each task's weighted gradient norm on the
+    shared parameters, ``w_t ||g_t||``, tracks the mean norm times ``r_t^alpha``, where
+    ``r_t`` is the task's loss ratio ``L_t / L_t(0)`` relative to the mean ratio. The weights
+    move by Adam on ``sum_t |w_t ||g_t|| - target_t|`` (targets held constant, as in the
+    paper) and are renormalised to sum to T; they weight the whole model's loss. The norms
+    are taken over the routed shared group (the whole trunk here; the paper allows any
+    shared subset and suggests the last shared layer to save compute).
+    """
+    optimizer = optax.adam(learning_rate)
+
+    def init(t):
+        w = jnp.ones((t,), jnp.float32)
+        return GradNormState(w, jnp.ones((t,), jnp.float32), jnp.zeros((), bool), optimizer.init(w))
+
+    def weights(state, losses, gram, key):
+        t = gram.shape[0]
+        initial = jnp.where(state.started, state.initial_losses, losses)
+        norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), _EPS))
+        weighted = state.weights * norms
+        ratio = losses / jnp.maximum(initial, _EPS)
+        ratio = ratio / jnp.maximum(jnp.mean(ratio), _EPS)
+        target = jnp.mean(weighted) * ratio**alpha
+        grad_w = jnp.sign(weighted - target) * norms
+        updates, opt_state = optimizer.update(grad_w, state.opt_state, state.weights)
+        new_w = jnp.maximum(optax.apply_updates(state.weights, updates), 0.0)
+        new_w = t * new_w / jnp.maximum(jnp.sum(new_w), _EPS)
+        return state.weights, GradNormState(new_w, initial, jnp.ones((), bool), opt_state)
+
+    return WeightingRule("gradnorm", True, True, init, weights, weights_whole_model=True)
