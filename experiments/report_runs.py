@@ -4,7 +4,7 @@
       --out experiments/results/ecommerce.md
 
 Each row is one run (its seed and commit come from its own results.json), followed by the
-mean +- std over the runs given.
+mean +- std over the runs given (seeds of one setting; --no_summary when they differ by design).
 """
 
 from __future__ import annotations
@@ -13,6 +13,10 @@ import argparse
 import json
 import pathlib
 import statistics
+
+
+def _short(commit: str) -> str:
+    return commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")
 
 
 def _metric_columns(results: dict) -> list[tuple[str, str]]:
@@ -24,16 +28,16 @@ def _metric_columns(results: dict) -> list[tuple[str, str]]:
     ]
 
 
-def build_table(workdirs: list[pathlib.Path]) -> str:
+def build_table(workdirs: list[pathlib.Path], summary: bool = True) -> str:
     runs = [json.loads((w / "results.json").read_text()) for w in workdirs]
     columns = _metric_columns(runs[0])
     header = ["run", "seed", "commit", "best step"] + [f"{t} {m}" for t, m in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for workdir, r in zip(workdirs, runs, strict=True):
-        cells = [workdir.name, str(r["config"]["seed"]), r["commit"][:7], str(r["best_step"])]
+        cells = [workdir.name, str(r["config"]["seed"]), _short(r["commit"]), str(r["best_step"])]
         cells += [f"{r['test'][t][m]:.4f}" for t, m in columns]
         lines.append("| " + " | ".join(cells) + " |")
-    if len(runs) > 1:
+    if summary and len(runs) > 1:
         cells = ["mean +- std", "", "", ""]
         for t, m in columns:
             values = [r["test"][t][m] for r in runs]
@@ -61,11 +65,14 @@ def main() -> None:
     parser.add_argument("workdirs", nargs="+", type=pathlib.Path)
     parser.add_argument("--out", type=pathlib.Path, help="also write the Markdown here")
     parser.add_argument("--title", default="Results")
+    parser.add_argument(
+        "--no_summary", action="store_true", help="omit the mean +- std row (runs differ by design)"
+    )
     args = parser.parse_args()
     missing = [str(w) for w in args.workdirs if not (w / "results.json").exists()]
     if missing:
         parser.error(f"no results.json in {missing}: has the run finished?")
-    table = build_table(args.workdirs)
+    table = build_table(args.workdirs, summary=not args.no_summary)
     print(table)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

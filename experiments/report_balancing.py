@@ -1,0 +1,103 @@
+"""One table per balancing method: test metrics, whether each beats the trivial predictor,
+and the train-step cost from bench_balancing.py.
+
+  for m in $(python -c "from mtl_jax import balancing; print(*balancing.names())"); do
+    python run.py --config=configs/ecommerce.py --workdir=runs/methods/$m \\
+        --config.balancing.method=$m
+  done
+  python experiments/bench_balancing.py --config=configs/ecommerce.py --batch_size=1024
+  python experiments/report_balancing.py --runs=runs/methods \\
+      --out=experiments/results/balancing.md
+
+Cost comes from the newest benchmark line per method in experiments/results/balancing.jsonl
+(ratios are to ``ew`` timed in the same benchmark run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+
+from mtl_jax import balancing
+
+_HIGHER_IS_BETTER = {"auc": True, "accuracy": True, "logloss": False, "rmse": False, "mae": False}
+
+
+def _short(commit: str) -> str:
+    return commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
+def _cost_by_method(bench: pathlib.Path) -> dict[str, dict]:
+    cost: dict[str, dict] = {}
+    if bench.exists():
+        for line in bench.read_text().splitlines():
+            row = json.loads(line)
+            cost[row["method"]] = row  # later lines win
+    return cost
+
+
+def build(runs: pathlib.Path, bench: pathlib.Path) -> str:
+    cost = _cost_by_method(bench)
+    header = None
+    lines = []
+    for method in balancing.names():
+        path = runs / method / "results.json"
+        if not path.exists():
+            continue
+        r = json.loads(path.read_text())
+        columns = [(t, m) for t, ms in r["test"].items() for m in ms if m != "loss"]
+        if header is None:
+            header = [
+                "method",
+                "commit",
+                "best step",
+                *(f"{t} {m}" for t, m in columns),
+                "worse than trivial",
+                "step ms",
+                "x ew",
+            ]
+            lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+        worse = [
+            f"{t} {m}"
+            for t, m in columns
+            if (r["test"][t][m] <= r["trivial"][t][m]) == _HIGHER_IS_BETTER[m]
+            and r["test"][t][m] != r["trivial"][t][m]
+        ]
+        c = cost.get(method, {})
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    method,
+                    _short(r["commit"]),
+                    str(r["best_step"]),
+                    *(f"{r['test'][t][m]:.4f}" for t, m in columns),
+                    ", ".join(worse) or "none",
+                    f"{c['step_ms']:.2f}" if c else "-",
+                    f"{c['ratio_to_ew']:.2f}" if c else "-",
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=pathlib.Path, default=pathlib.Path("runs/methods"))
+    parser.add_argument(
+        "--bench",
+        type=pathlib.Path,
+        default=pathlib.Path(__file__).parent / "results" / "balancing.jsonl",
+    )
+    parser.add_argument("--out", type=pathlib.Path)
+    args = parser.parse_args()
+    table = build(args.runs, args.bench)
+    print(table)
+    if args.out:
+        args.out.write_text(table)
+
+
+if __name__ == "__main__":
+    main()
