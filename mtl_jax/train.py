@@ -142,17 +142,13 @@ def make_train_step(
 
             task_losses, vjp_fn = jax.vjp(losses_of_trunk, trunk, rest, x)
             trunk_task_grads = jax.vmap(lambda ct: vjp_fn(ct)[0])(jnp.eye(num_tasks))
-            gram = balancing.gramian(trunk_task_grads)
-            weights, balancer = balancing.compute_weights(rule, state.balancer, task_losses, gram)
-            rest_weights = weights if rule.weights_whole_model else jnp.ones((num_tasks,))
+            trunk_update, weights, rest_weights, balancer = balancing.combine_task_grads(
+                rule, state.balancer, trunk_task_grads, task_losses
+            )
             _, rest_grads, x_grad = vjp_fn(rest_weights)
             (embedding_grads,) = embed_vjp(x_grad)
-            grads = {
-                "embedding": embedding_grads,
-                "trunk": balancing.weighted_sum(trunk_task_grads, weights),
-                **rest_grads,
-            }
-            metrics["gram"] = gram
+            grads = {"embedding": embedding_grads, "trunk": trunk_update, **rest_grads}
+            metrics["gram"] = balancing.gramian(trunk_task_grads)  # XLA shares it with the rule
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics.update(
@@ -288,7 +284,9 @@ class Trainer:
             step=jnp.zeros((), jnp.int32),
             params=params,
             opt_state=self.tx.init(params),
-            balancer=balancing.init_state(self.rule, len(self.tasks), self.config.seed),
+            balancer=balancing.init_state(
+                self.rule, len(self.tasks), self.config.seed, params["trunk"]
+            ),
             rng=jax.random.fold_in(key, 1),
         )
 

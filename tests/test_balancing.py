@@ -17,7 +17,7 @@ def combine(name, grads, losses=None, steps=1, **kwargs):
     """Runs the transform ``steps`` times on the same (T, d) matrix; returns update, state."""
     grads = jnp.asarray(grads, jnp.float32)
     tx = balancing.make(name, grads.shape[0], **kwargs)
-    state = tx.init(None)
+    state = tx.init(grads[0])  # params-shaped template (DB-MTL keeps per-parameter state)
     for _ in range(steps):
         update, state = tx.update(grads, state, task_losses=losses)
     return np.asarray(update), state
@@ -266,7 +266,7 @@ def test_every_method_is_finite_and_jittable(name, seed):
     losses = jnp.asarray(np.random.default_rng(seed).uniform(0.1, 2.0, 4), jnp.float32)
     tx = balancing.make(name, 4, **STATEFUL_KWARGS.get(name, {}))
     update_fn = jax.jit(lambda g, s, losses: tx.update(g, s, task_losses=losses))
-    state = tx.init(None)
+    state = tx.init(g[0])
     for _ in range(3):
         update, state = update_fn(g, state, losses)
         assert np.all(np.isfinite(update)) and np.all(np.isfinite(state.weights))
@@ -425,3 +425,23 @@ def test_gradnorm_moves_weight_toward_the_task_with_the_smaller_gradient():
     w = np.asarray(state.inner.weights)
     assert w.sum() == pytest.approx(2.0, rel=1e-5)
     np.testing.assert_allclose(w * [1.0, 4.0], (w * [1.0, 4.0]).mean(), rtol=0.05)
+
+
+def test_db_mtl_matches_numpy_reference_on_a_sequence():
+    """The authors' update: EMA of log-loss gradients, rescaled to the largest norm."""
+    rng = np.random.default_rng(0)
+    beta, sigma = 0.9, 0.5
+    buffer = np.zeros((3, 5))
+    tx = balancing.make("db_mtl", 3, beta=beta, beta_sigma=sigma)
+    state = tx.init(jnp.zeros(5))
+    for k in range(1, 6):
+        g = rng.normal(size=(3, 5))
+        losses = rng.uniform(0.2, 3.0, 3)
+        log_grads = g / (losses[:, None] + 1e-8)
+        buffer = log_grads + beta / k**sigma * (buffer - log_grads)
+        norms = np.linalg.norm(buffer, axis=1)
+        expected = ((norms.max() / (norms + 1e-8))[:, None] * buffer).sum(0)
+        update, state = tx.update(
+            jnp.asarray(g, jnp.float32), state, task_losses=jnp.asarray(losses, jnp.float32)
+        )
+        np.testing.assert_allclose(update, expected, rtol=1e-4)

@@ -20,6 +20,7 @@ from mtl_jax.balancing.core import (
     CombinerState,
     WeightingRule,
     as_transform,
+    combine_task_grads,
     compute_weights,
     gramian,
     init_state,
@@ -43,6 +44,7 @@ _FACTORIES: dict[str, Callable[..., WeightingRule]] = {
     "aligned_mtl": gradient_methods.aligned_mtl,
     "nash_mtl": gradient_methods.nash_mtl,
     "upgrad": gradient_methods.upgrad,
+    "db_mtl": gradient_methods.db_mtl,
 }
 LOSS_METHODS = ("ew", "static", "uw", "dwa", "rlw", "famo")
 GRADIENT_METHODS = tuple(n for n in _FACTORIES if n not in LOSS_METHODS)
@@ -89,6 +91,7 @@ __all__ = [
     "CombinerState",
     "WeightingRule",
     "as_transform",
+    "combine_task_grads",
     "compute_weights",
     "gramian",
     "init_state",

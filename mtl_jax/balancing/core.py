@@ -35,6 +35,9 @@ class CombinerState(NamedTuple):
 
 # (inner state, task losses (T,) or None, Gramian (T, T) or None, key) -> (weights, inner)
 WeightsFn = Callable[[Any, jax.Array | None, jax.Array | None, jax.Array], tuple[jax.Array, Any]]
+# (inner, task-leading grads, task losses, key)
+#   -> (update, effective weights (T,), weights for the other groups' task gradients, inner)
+CombineFn = Callable[[Any, Any, jax.Array | None, jax.Array], tuple[Any, jax.Array, jax.Array, Any]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,14 +54,20 @@ class WeightingRule:
       weights_whole_model: a gradient method whose weights also scale the task gradients of
         the parameters outside the routed group (GradNorm weights the whole loss); others
         leave those groups to the plain sum.
+      combine: for the rare method whose update is not a weighting of the current task
+        gradients (DB-MTL combines moving averages of them); replaces ``weights``.
+      init_needs_params: ``init`` takes ``(num_tasks, params)``, params being the routed
+        group's (without the task axis), to shape per-parameter state.
     """
 
     name: str
     needs_gramian: bool
     needs_losses: bool
     init: Callable[[int], Any]
-    weights: WeightsFn
+    weights: WeightsFn | None
     weights_whole_model: bool = False
+    combine: CombineFn | None = None
+    init_needs_params: bool = False
 
 
 def gramian(task_grads: Any) -> jax.Array:
@@ -81,10 +90,15 @@ def num_tasks_of(task_grads: Any) -> int:
     return sizes.pop()
 
 
-def init_state(rule: WeightingRule, num_tasks: int, seed: int = 0) -> CombinerState:
+def init_state(
+    rule: WeightingRule, num_tasks: int, seed: int = 0, params: Any = None
+) -> CombinerState:
+    """A fresh state; ``params`` (the routed group's) only for rules that shape state by them."""
+    if rule.init_needs_params and params is None:
+        raise ValueError(f"balancing method {rule.name!r} needs the routed parameters to init")
     return CombinerState(
         weights=jnp.ones((num_tasks,), jnp.float32),
-        inner=rule.init(num_tasks),
+        inner=rule.init(num_tasks, params) if rule.init_needs_params else rule.init(num_tasks),
         key=jax.random.PRNGKey(seed),
         step=jnp.zeros((), jnp.int32),
     )
@@ -109,14 +123,32 @@ def compute_weights(
     return weights, CombinerState(weights, inner, key, state.step + 1)
 
 
+def combine_task_grads(
+    rule: WeightingRule, state: CombinerState, task_grads: Any, task_losses: jax.Array | None
+) -> tuple[Any, jax.Array, jax.Array, CombinerState]:
+    """Task-leading gradients of the routed group -> ``(update, weights, other-group weights,
+    next state)``; what both the optax transform and the trainer call."""
+    t = num_tasks_of(task_grads)
+    if rule.combine is not None:
+        if rule.needs_losses and task_losses is None:
+            raise ValueError(f"balancing method {rule.name!r} needs task_losses=... in update()")
+        key, sub = jax.random.split(state.key)
+        losses = None if task_losses is None else jax.lax.stop_gradient(task_losses)
+        update, weights, others, inner = rule.combine(state.inner, task_grads, losses, sub)
+        return update, weights, others, CombinerState(weights, inner, key, state.step + 1)
+    gram = gramian(task_grads) if rule.needs_gramian else None
+    weights, state = compute_weights(rule, state, task_losses, gram)
+    others = weights if (rule.weights_whole_model or not rule.needs_gramian) else jnp.ones((t,))
+    return weighted_sum(task_grads, weights), weights, others, state
+
+
 def as_transform(
     rule: WeightingRule, num_tasks: int, seed: int = 0
 ) -> optax.GradientTransformationExtraArgs:
     """The rule as an optax transform over task-leading gradient pytrees."""
 
     def init_fn(params: Any) -> CombinerState:
-        del params
-        return init_state(rule, num_tasks, seed)
+        return init_state(rule, num_tasks, seed, params if rule.init_needs_params else None)
 
     def update_fn(task_grads, state, params=None, *, task_losses=None, **extra_args):
         del params, extra_args
@@ -126,9 +158,8 @@ def as_transform(
                 f"{rule.name}: task gradients have {t} tasks on their leading axis, but the "
                 f"combiner was made for num_tasks={num_tasks}"
             )
-        gram = gramian(task_grads) if rule.needs_gramian else None
-        weights, state = compute_weights(rule, state, task_losses, gram)
-        return weighted_sum(task_grads, weights), state
+        update, _, _, state = combine_task_grads(rule, state, task_grads, task_losses)
+        return update, state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -1,5 +1,5 @@
-"""Methods that read the Gramian of task gradients: GradNorm, PCGrad, GradVac, CAGrad, MGDA,
-IMTL-G, Aligned-MTL, Nash-MTL and UPGrad.
+"""Methods that read task gradients: GradNorm, PCGrad, GradVac, CAGrad, MGDA, IMTL-G,
+Aligned-MTL, Nash-MTL and UPGrad through their Gramian, DB-MTL through moving averages.
 
 Each method's combined update is a linear combination ``sum_t w_t g_t`` of the task
 gradients whose coefficients depend on the gradients only through inner products, so each is
@@ -241,3 +241,40 @@ def gradnorm(alpha: float = 1.5, learning_rate: float = 1e-2) -> WeightingRule:
         return state.weights, GradNormState(new_w, initial, jnp.ones((), bool), opt_state)
 
     return WeightingRule("gradnorm", True, True, init, weights, weights_whole_model=True)
+
+
+class DBMTLState(NamedTuple):
+    buffer: object  # task-leading moving averages of the log-loss gradients, like the group
+    step: jax.Array
+
+
+def db_mtl(beta: float = 0.9, beta_sigma: float = 0.5) -> WeightingRule:
+    """Dual-balancing MTL (Lin et al., 2023).
+
+    Loss scales are balanced by training on ``log L_t`` (task gradients ``g_t / L_t``);
+    gradient magnitudes by keeping a moving average ``m_t`` of those gradients (rate
+    ``beta / k^beta_sigma`` at step k, as in the authors' code) and stepping along
+    ``sum_t (max_s ||m_s|| / ||m_t||) m_t``. Parameters outside the routed group get the
+    gradient of ``sum_t log L_t``.
+    """
+
+    def init(t, params):
+        return DBMTLState(
+            jax.tree.map(lambda p: jnp.zeros((t, *p.shape), jnp.float32), params),
+            jnp.zeros((), jnp.int32),
+        )
+
+    def combine(state, task_grads, losses, key):
+        step = state.step + 1
+        inv = 1.0 / (losses + 1e-8)
+        rate = beta / step.astype(jnp.float32) ** beta_sigma
+        log_grads = jax.tree.map(lambda g: g * inv.reshape((-1,) + (1,) * (g.ndim - 1)), task_grads)
+        buffer = jax.tree.map(lambda b, g: g + rate * (b - g), state.buffer, log_grads)
+        norms = jnp.sqrt(
+            sum(jnp.sum(b.reshape(b.shape[0], -1) ** 2, axis=1) for b in jax.tree.leaves(buffer))
+        )
+        alpha = jnp.max(norms) / (norms + 1e-8)
+        update = jax.tree.map(lambda b: jnp.tensordot(alpha, b, axes=1), buffer)
+        return update, alpha, inv, DBMTLState(buffer, step)
+
+    return WeightingRule("db_mtl", True, True, init, None, combine=combine, init_needs_params=True)
