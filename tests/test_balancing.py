@@ -445,3 +445,55 @@ def test_db_mtl_matches_numpy_reference_on_a_sequence():
             jnp.asarray(g, jnp.float32), state, task_losses=jnp.asarray(losses, jnp.float32)
         )
         np.testing.assert_allclose(update, expected, rtol=1e-4)
+
+
+def test_gradvac_matches_numpy_reference_over_steps():
+    """The paper's update with explicit vectors over several steps (two tasks, so the task
+    order cannot matter); the EMA targets carry from step to step."""
+    rng = np.random.default_rng(1)
+    beta = 0.3
+    target = np.zeros((2, 2))
+    tx = balancing.make("gradvac", 2, beta=beta)
+    state = tx.init(jnp.zeros(6))
+    for _ in range(6):
+        g = rng.normal(size=(2, 6))
+        out = []
+        for i, j in ((0, 1), (1, 0)):
+            pc = g[i].copy()
+            cos = pc @ g[j] / (np.linalg.norm(pc) * np.linalg.norm(g[j]))
+            goal = target[i, j]
+            if cos < goal:
+                pc = pc + g[j] * np.linalg.norm(pc) * (
+                    goal * np.sqrt(1 - cos**2) - cos * np.sqrt(1 - goal**2)
+                ) / (np.linalg.norm(g[j]) * np.sqrt(1 - goal**2))
+            target[i, j] = (1 - beta) * goal + beta * cos
+            out.append(pc)
+        update, state = tx.update(jnp.asarray(g, jnp.float32), state)
+        np.testing.assert_allclose(update, np.sum(out, axis=0), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(state.inner), target, atol=1e-5)
+
+
+def test_gradnorm_matches_numpy_reference_over_steps():
+    rng = np.random.default_rng(2)
+    alpha, lr = 1.5, 0.05
+    w, m, v, initial = np.ones(3), np.zeros(3), np.zeros(3), None
+    tx = balancing.make("gradnorm", 3, alpha=alpha, learning_rate=lr)
+    state = tx.init(jnp.zeros(4))
+    for k in range(1, 7):
+        g = rng.normal(size=(3, 4)) * np.array([[0.5], [1.0], [3.0]])
+        losses = rng.uniform(0.5, 2.0, 3)
+        initial = losses if initial is None else initial
+        norms = np.linalg.norm(g, axis=1)
+        ratio = losses / initial
+        ratio = ratio / ratio.mean()
+        target = (w * norms).mean() * ratio**alpha
+        grad = np.sign(w * norms - target) * norms
+        m = 0.9 * m + 0.1 * grad
+        v = 0.999 * v + 0.001 * grad**2
+        new_w = np.maximum(w - lr * (m / (1 - 0.9**k)) / (np.sqrt(v / (1 - 0.999**k)) + 1e-8), 0)
+        update, state = tx.update(
+            jnp.asarray(g, jnp.float32), state, task_losses=jnp.asarray(losses, jnp.float32)
+        )
+        np.testing.assert_allclose(update, w @ g, rtol=1e-4, atol=1e-5)  # this step's weights
+        w = 3 * new_w / new_w.sum()
+        np.testing.assert_allclose(np.asarray(state.inner.weights), w, rtol=1e-4)
