@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from mtl_jax.balancing import config as balancing_config
+from mtl_jax import config_defaults as base
 
 TASKS = ("click", "purchase", "rating", "category")
 INPUT_FEATURES = ("user_id", "age", "gender", "region", "item_id", "brand", "price")
@@ -25,8 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """``arg``: None for the full run, ``"smoke"`` for a tiny one that runs in seconds."""
     if arg not in (None, "", "smoke"):
         raise ValueError(f"unknown config variant {arg!r}; valid: '' (full), 'smoke'")
-    c = ml_collections.ConfigDict()
-    c.seed = 0
+    c = base.base_config(TASKS, INPUT_FEATURES, early_stopping_metric="click/auc")
     c.data = ml_collections.ConfigDict(
         dict(
             name="ecommerce",
@@ -51,61 +50,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             test_fraction=0.1,
         )
     )
-    c.tasks = TASKS
-    c.input_features = INPUT_FEATURES
-    c.model = ml_collections.ConfigDict(
-        dict(
-            trunk="mmoe",
-            embed_dim=16,
-            pairwise_dots=True,
-            num_experts=4,
-            trunk_hidden=(64, 32),
-            tower_hidden=(32,),
-            dropout=0.0,
-        )
-    )
-    # Any method in mtl_jax.balancing.names(), with its kwargs, e.g.
-    # --config.balancing.method=cagrad --config.balancing.c=0.4
-    c.balancing = balancing_config.default_config(TASKS, method="ew")
-    c.optim = ml_collections.ConfigDict(
-        dict(
-            learning_rate=3e-3,
-            embedding_optimizer="adagrad",
-            embedding_learning_rate=0.2,
-            embedding_l2=0.0,
-            warmup_steps=100,
-            weight_decay=1e-4,
-            b1=0.9,
-            b2=0.999,
-            grad_clip_norm=1.0,
-        )
-    )
-    c.train = ml_collections.ConfigDict(
-        dict(
-            batch_size=1024,
-            eval_batch_size=4096,
-            num_steps=3000,
-            eval_every=250,
-            checkpoint_every=500,
-            log_every=50,
-            early_stopping_metric="click/auc",
-            patience=4,
-        )
-    )
-    c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=2, async_save=True))
-    c.mesh = ml_collections.ConfigDict(dict(num_devices=0))  # 0: all devices
-
     if arg == "smoke":
         c.data.update(num_users=400, num_items=200, num_impressions=16_000, num_brands=20)
-        c.model.update(embed_dim=8, trunk_hidden=(32,), tower_hidden=(16,))
-        c.train.update(
-            batch_size=256,
-            eval_batch_size=1024,
-            num_steps=60,
-            eval_every=20,
-            checkpoint_every=20,
-            log_every=10,
-        )
-        c.optim.warmup_steps = 10
+        base.shrink_for_smoke(c)
     c.lock()
     return c

@@ -100,3 +100,27 @@ def accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
     if predictions.ndim == 2:
         predictions = predictions.argmax(axis=-1)
     return float(np.mean(labels.astype(np.int64) == predictions.astype(np.int64)))
+
+
+def _as_2d(labels: np.ndarray, predictions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    if labels.ndim != 2 or labels.shape != predictions.shape:
+        raise ValueError(
+            f"multilabel metrics need 2-D labels and predictions of one shape, got "
+            f"{labels.shape} vs {predictions.shape}"
+        )
+    return labels, predictions
+
+
+def micro_auc(labels: np.ndarray, predictions: np.ndarray) -> float:
+    """AUC over all (example, label) pairs pooled together."""
+    labels, predictions = _as_2d(labels, predictions)
+    return auc(labels.reshape(-1), predictions.reshape(-1))
+
+
+def macro_auc(labels: np.ndarray, predictions: np.ndarray) -> float:
+    """Mean of per-label AUCs over the labels that have both classes (NaN if none has)."""
+    labels, predictions = _as_2d(labels, predictions)
+    per_label = [auc(labels[:, c], predictions[:, c]) for c in range(labels.shape[1])]
+    defined = [a for a in per_label if not np.isnan(a)]
+    return float(np.mean(defined)) if defined else float("nan")

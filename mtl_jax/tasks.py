@@ -17,7 +17,7 @@ import optax
 
 from mtl_jax import metrics as metrics_lib
 
-TASK_KINDS = ("binary", "regression", "multiclass")
+TASK_KINDS = ("binary", "regression", "multiclass", "multilabel")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +27,7 @@ class TaskSpec:
     Attributes:
       name: key of the task's labels, masks and outputs.
       kind: one of ``TASK_KINDS``.
-      num_classes: number of classes for ``multiclass``; ignored otherwise.
+      num_classes: number of classes (``multiclass``) or labels (``multilabel``).
     """
 
     name: str
@@ -37,12 +37,12 @@ class TaskSpec:
     def __post_init__(self):
         if self.kind not in TASK_KINDS:
             raise ValueError(f"task {self.name!r}: unknown kind {self.kind!r}; valid: {TASK_KINDS}")
-        if self.kind == "multiclass" and self.num_classes < 2:
-            raise ValueError(f"task {self.name!r}: multiclass needs num_classes >= 2")
+        if self.kind in ("multiclass", "multilabel") and self.num_classes < 2:
+            raise ValueError(f"task {self.name!r}: {self.kind} needs num_classes >= 2")
 
     @property
     def output_dim(self) -> int:
-        return self.num_classes if self.kind == "multiclass" else 1
+        return self.num_classes if self.kind in ("multiclass", "multilabel") else 1
 
     @property
     def higher_is_better(self) -> dict[str, bool]:
@@ -55,6 +55,8 @@ def per_example_loss(task: TaskSpec, logits: jax.Array, labels: jax.Array) -> ja
         return optax.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype))
     if task.kind == "regression":
         return jnp.square(logits - labels.astype(logits.dtype))
+    if task.kind == "multilabel":  # mean over labels, so the scale does not grow with C
+        return optax.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype)).mean(-1)
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels.astype(jnp.int32))
 
 
@@ -65,14 +67,15 @@ def masked_loss_sum(
     mask = mask.astype(jnp.float32)
     # An unlabelled example may carry any placeholder (even NaN): replace it before the loss,
     # since a NaN there would leak into the gradient even through a zero mask.
-    labels = jnp.where(mask > 0, labels, jnp.zeros_like(labels))
+    row_mask = mask.reshape(mask.shape + (1,) * (jnp.ndim(labels) - 1))  # multilabel: (B, 1)
+    labels = jnp.where(row_mask > 0, labels, jnp.zeros_like(labels))
     loss = per_example_loss(task, logits, labels).astype(jnp.float32)
     return jnp.sum(loss * mask), jnp.sum(mask)
 
 
 def predict(task: TaskSpec, logits: jax.Array) -> jax.Array:
     """What a user reads off the head: a probability, a value, or class probabilities."""
-    if task.kind == "binary":
+    if task.kind in ("binary", "multilabel"):
         return jax.nn.sigmoid(logits)
     if task.kind == "regression":
         return logits
@@ -87,6 +90,10 @@ METRICS: dict[str, dict[str, tuple[Callable[[np.ndarray, np.ndarray], float], bo
         "accuracy": (metrics_lib.accuracy, True),
         "logloss": (metrics_lib.logloss, False),
     },
+    "multilabel": {
+        "micro_auc": (metrics_lib.micro_auc, True),
+        "macro_auc": (metrics_lib.macro_auc, True),
+    },
 }
 
 
@@ -99,6 +106,9 @@ def evaluate(task: TaskSpec, labels: np.ndarray, predictions: np.ndarray) -> dic
 
 def trivial_predictions(task: TaskSpec, train_labels: np.ndarray, n: int) -> np.ndarray:
     """The best label-blind predictor fitted on train: global rate, mean, or class prior."""
+    if task.kind == "multilabel":
+        rate = train_labels.mean(axis=0) if len(train_labels) else np.zeros(task.num_classes)
+        return np.tile(rate, (n, 1))
     if task.kind == "multiclass":
         prior = np.bincount(train_labels.astype(np.int64), minlength=task.num_classes)
         prior = prior / max(prior.sum(), 1)

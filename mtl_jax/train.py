@@ -65,6 +65,9 @@ def output_biases(tasks: Sequence[TaskSpec], train: Split) -> tuple[tuple[float,
             out.append((math.log(p / (1 - p)),))
         elif task.kind == "regression":
             out.append((float(prior),))
+        elif task.kind == "multilabel":
+            p = np.clip(prior, 1e-4, 1 - 1e-4)
+            out.append(tuple(np.log(p / (1 - p)).tolist()))
         else:
             out.append(tuple(np.log(np.clip(prior, 1e-6, 1.0)).tolist()))
     return tuple(out)

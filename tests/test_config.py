@@ -9,8 +9,11 @@ from tests.helpers import tiny_config
 
 
 def test_configs_validate():
-    for variant in (None, "smoke"):
-        configlib.validate(ecommerce.get_config(variant))
+    from configs import movielens
+
+    for module in (ecommerce, movielens):
+        for variant in (None, "smoke"):
+            configlib.validate(module.get_config(variant))
 
 
 def test_unknown_key_names_the_valid_keys():

@@ -69,3 +69,16 @@ def test_shape_errors_name_both_shapes():
         metrics.rmse(np.zeros(3), np.zeros(4))
     with pytest.raises(ValueError, match="1-D"):
         metrics.auc(np.zeros((2, 2)), np.zeros((2, 2)))
+
+
+def test_micro_and_macro_auc_match_sklearn_definitions():
+    rng = np.random.default_rng(3)
+    labels = (rng.random((60, 4)) < 0.3).astype(float)
+    labels[:, 3] = 0.0  # a label with one class only: left out of the macro mean
+    scores = rng.random((60, 4)) + 0.3 * labels
+    pooled = brute_force_auc(labels.reshape(-1), scores.reshape(-1))
+    assert metrics.micro_auc(labels, scores) == pytest.approx(pooled, abs=1e-12)
+    per_label = [brute_force_auc(labels[:, c], scores[:, c]) for c in range(3)]
+    assert metrics.macro_auc(labels, scores) == pytest.approx(np.mean(per_label), abs=1e-12)
+    with pytest.raises(ValueError, match=r"\(60, 4\) vs \(60, 3\)"):
+        metrics.macro_auc(labels, scores[:, :3])

@@ -123,3 +123,22 @@ def test_real_movielens_from_the_package_index(tmp_path, monkeypatch):
     got = movielens.temporal_split(data.user[:5000], data.item[:5000], data.timestamp[:5000])
     for a, b in zip(got, ref, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_movielens_config_trains_smoke(tmp_path, monkeypatch):
+    """configs/movielens.py:smoke end to end on the real data (skipped without a route to it)."""
+    from configs import movielens as movielens_config
+    from mtl_jax.train import train_and_evaluate
+
+    try:
+        movielens.fetch()
+    except movielens.FetchError as e:
+        pytest.skip(f"no network route to MovieLens-100K here: {e}")
+    config = movielens_config.get_config("smoke")
+    config.train.num_steps = 20
+    config.train.update(eval_every=10, checkpoint_every=10)
+    results = train_and_evaluate(config, str(tmp_path))
+    assert results["dataset_sizes"] == {"train": 79122, "validation": 10439, "test": 10439}
+    assert results["test"]["rating"]["rmse"] < results["trivial"]["rating"]["rmse"]
+    assert results["test"]["genre"]["macro_auc"] > 0.5

@@ -67,3 +67,15 @@ def test_trivial_predictions():
     )
     r = tasks.TaskSpec("r", "regression")
     np.testing.assert_allclose(tasks.trivial_predictions(r, np.array([1.0, 3.0]), 3), [2.0] * 3)
+
+
+def test_multilabel_loss_and_prior():
+    task = tasks.TaskSpec("g", "multilabel", num_classes=3)
+    logits = np.array([[0.5, -1.0, 2.0], [0.0, 0.0, 0.0]], np.float32)
+    labels = np.array([[1, 0, 1], [0, 1, 0]], np.float32)
+    s, c = tasks.masked_loss_sum(task, logits, labels, np.array([1.0, 0.0], np.float32))
+    p = _np_sigmoid(logits[0])
+    ref = -np.mean(labels[0] * np.log(p) + (1 - labels[0]) * np.log(1 - p))
+    assert float(s) == pytest.approx(ref, rel=1e-5) and float(c) == 1.0
+    prior = tasks.trivial_predictions(task, np.array([[1, 0, 0], [1, 1, 0]], float), 2)
+    np.testing.assert_allclose(prior, [[1.0, 0.5, 0.0]] * 2)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from mtl_jax.data.ecommerce import simulate_ecommerce
+from mtl_jax.data.movielens import build_dataset as movielens_dataset
 from mtl_jax.data.schema import FeatureSpec, MultiTaskDataset, Split
 
-_BUILDERS = {"ecommerce": simulate_ecommerce}
+_BUILDERS = {"ecommerce": simulate_ecommerce, "movielens": movielens_dataset}
 
 DATASETS = tuple(_BUILDERS)
 

@@ -24,6 +24,9 @@ import zipfile
 
 import numpy as np
 
+from mtl_jax.data.schema import FeatureSpec, MultiTaskDataset, Split
+from mtl_jax.tasks import TaskSpec
+
 GENRES = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
     "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance",
@@ -234,3 +237,81 @@ def temporal_split(
         part[e - n_test : e] = 2
         part[max(s, e - n_test - n_val) : e - n_test] = 1
     return tuple(np.sort(order[part == k]) for k in (0, 1, 2))
+
+
+AGE_EDGES = (18, 25, 35, 45, 50, 56)  # buckets <18, 18-24, ..., 56+ (as MovieLens-1M)
+
+
+def _index(values: list[str]) -> dict[str, int]:
+    return {v: k for k, v in enumerate(sorted(set(values)))}
+
+
+def build_dataset(data_dir: str = "", seed: int = 0) -> MultiTaskDataset:
+    """MovieLens-100K as a multi-task dataset: rating (regression), like = rating >= 4
+    (binary) and genre (multilabel over ``GENRES``), split by ``temporal_split``.
+
+    Inputs: user id, item id, age bucket, gender, occupation, zip prefix, release-decade
+    bucket. Genres are not an input (they are a target); titles are kept as ``item_text``.
+    ``seed`` is unused: the data and split are fixed.
+    """
+    del seed
+    data = load(fetch(data_dir or None))
+    users = sorted(data.user_age)
+    occupations = _index([data.user_occupation[u] for u in users])
+    num_users, num_items = max(users) + 1, max(data.item_title) + 1
+
+    def per_user(table, fn):
+        out = np.zeros(num_users, np.int32)
+        for u, v in table.items():
+            out[u] = fn(v)
+        return out
+
+    def zip_prefix(z: str) -> int:
+        return int(z[0]) if z[:1].isdigit() else 10
+
+    age = per_user(data.user_age, lambda a: int(np.searchsorted(AGE_EDGES, a, side="right")))
+    gender = per_user(data.user_gender, lambda g: int(g == "F"))
+    occupation = per_user(data.user_occupation, lambda o: occupations[o])
+    zip_code = per_user(data.user_zip, zip_prefix)
+    decade = np.zeros(num_items, np.int32)
+    genres = np.zeros((num_items, len(GENRES)), np.float32)
+    for i, year in data.item_year.items():
+        decade[i] = 0 if year == 0 else int(np.clip((year - 1920) // 10 + 1, 1, 9))
+        genres[i] = data.item_genres[i]
+    titles = [""] * num_items
+    for i, title in data.item_title.items():
+        year = data.item_year[i]
+        titles[i] = f"{title} ({year})" if year else title
+
+    u, it = data.user, data.item
+    features = {
+        "user_id": u, "item_id": it, "age": age[u], "gender": gender[u],
+        "occupation": occupation[u], "zip_prefix": zip_code[u], "decade": decade[it],
+    }  # fmt: skip
+    features = {k: np.asarray(v, np.int32) for k, v in features.items()}
+    ones = np.ones(len(u), np.float32)
+    everything = Split(
+        features,
+        labels={
+            "rating": data.rating.astype(np.float32),
+            "like": (data.rating >= 4).astype(np.float32),
+            "genre": genres[it],
+        },
+        masks={"rating": ones, "like": ones, "genre": ones},
+    )
+    train, val, test = temporal_split(data.user, data.item, data.timestamp)
+    specs = (
+        FeatureSpec("user_id", num_users), FeatureSpec("item_id", num_items),
+        FeatureSpec("age", len(AGE_EDGES) + 1), FeatureSpec("gender", 2),
+        FeatureSpec("occupation", len(occupations)), FeatureSpec("zip_prefix", 11),
+        FeatureSpec("decade", 10),
+    )  # fmt: skip
+    tasks = (
+        TaskSpec("rating", "regression"),
+        TaskSpec("like", "binary"),
+        TaskSpec("genre", "multilabel", num_classes=len(GENRES)),
+    )
+    return MultiTaskDataset(
+        name="movielens", features=specs, tasks=tasks, train=everything.take(train),
+        validation=everything.take(val), test=everything.take(test), item_text=tuple(titles),
+    )  # fmt: skip

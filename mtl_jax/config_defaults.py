@@ -1,0 +1,72 @@
+"""Config sections every scenario shares: model, balancing, optimizer, training, checkpoints,
+mesh. A scenario file adds its ``data`` section and overrides what differs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import ml_collections
+
+from mtl_jax.balancing import config as balancing_config
+
+
+def base_config(
+    tasks: Sequence[str], input_features: Sequence[str], early_stopping_metric: str
+) -> ml_collections.ConfigDict:
+    """An unlocked config without ``data``; the caller fills ``data`` and locks it."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.tasks = tuple(tasks)
+    c.input_features = tuple(input_features)
+    c.model = ml_collections.ConfigDict(
+        dict(
+            trunk="mmoe",
+            embed_dim=16,
+            pairwise_dots=True,
+            num_experts=4,
+            trunk_hidden=(64, 32),
+            tower_hidden=(32,),
+            dropout=0.0,
+        )
+    )
+    # Any method in mtl_jax.balancing.names(), with its kwargs, e.g.
+    # --config.balancing.method=cagrad --config.balancing.c=0.4
+    c.balancing = balancing_config.default_config(tasks, method="ew")
+    c.optim = ml_collections.ConfigDict(
+        dict(
+            learning_rate=3e-3,
+            embedding_optimizer="adagrad",
+            embedding_learning_rate=0.2,
+            embedding_l2=0.0,
+            warmup_steps=100,
+            weight_decay=1e-4,
+            b1=0.9,
+            b2=0.999,
+            grad_clip_norm=1.0,
+        )
+    )
+    c.train = ml_collections.ConfigDict(
+        dict(
+            batch_size=1024,
+            eval_batch_size=4096,
+            num_steps=3000,
+            eval_every=250,
+            checkpoint_every=500,
+            log_every=50,
+            early_stopping_metric=early_stopping_metric,
+            patience=4,
+        )
+    )
+    c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=2, async_save=True))
+    c.mesh = ml_collections.ConfigDict(dict(num_devices=0))  # 0: all devices
+    return c
+
+
+def shrink_for_smoke(c: ml_collections.ConfigDict) -> None:
+    """The model and schedule of a seconds-long run."""
+    c.model.update(embed_dim=8, trunk_hidden=(32,), tower_hidden=(16,))
+    c.train.update(
+        batch_size=256, eval_batch_size=1024, num_steps=60, eval_every=20, checkpoint_every=20,
+        log_every=10,
+    )  # fmt: skip
+    c.optim.warmup_steps = 10
