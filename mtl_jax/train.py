@@ -92,6 +92,32 @@ def _split_params(params: dict) -> tuple[Any, Any, dict]:
     return params["embedding"], params["trunk"], rest
 
 
+def _mean_task_losses(tasks: Sequence[TaskSpec], logits: dict, batch: dict) -> jax.Array:
+    sums, counts = task_loss_sums(tasks, logits, batch)
+    return sums / jnp.maximum(counts, 1.0)
+
+
+def _embed(model: MultiTaskModel, embedding: Any, features: dict) -> jax.Array:
+    return model.apply({"params": {"embedding": embedding}}, features, method=MultiTaskModel.embed)
+
+
+def _losses_from_embedded(model, tasks, batch, trunk, rest, x, *, train, rngs=None) -> jax.Array:
+    """Task losses (T,) as a function of the trunk, the other groups and the embedded input."""
+    logits = model.apply(
+        {"params": {"trunk": trunk, **rest}},
+        x,
+        train=train,
+        rngs=rngs,
+        method=MultiTaskModel.from_embedded,
+    )
+    return _mean_task_losses(tasks, logits, batch)
+
+
+def _per_task_trunk_grads(vjp_fn: Callable, num_tasks: int) -> Any:
+    """One vmap over the T unit cotangents of a vjp whose first input is the trunk."""
+    return jax.vmap(lambda ct: vjp_fn(ct)[0])(jnp.eye(num_tasks))
+
+
 def make_train_step(
     model: MultiTaskModel,
     tasks: Sequence[TaskSpec],
@@ -108,16 +134,12 @@ def make_train_step(
     """
     num_tasks = len(tasks)
 
-    def task_losses_from(logits, batch):
-        sums, counts = task_loss_sums(tasks, logits, batch)
-        return sums / jnp.maximum(counts, 1.0)
-
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rngs = {"dropout": jax.random.fold_in(state.rng, state.step)}
 
         def losses_of_params(params):
             logits = model.apply({"params": params}, batch["features"], train=True, rngs=rngs)
-            return task_losses_from(logits, batch)
+            return _mean_task_losses(tasks, logits, batch)
 
         metrics = {}
         if not rule.needs_gramian:
@@ -126,25 +148,16 @@ def make_train_step(
             (grads,) = vjp_fn(weights)
         else:
             embedding, trunk, rest = _split_params(state.params)
-            x, embed_vjp = jax.vjp(
-                lambda e: model.apply(
-                    {"params": {"embedding": e}}, batch["features"], method=MultiTaskModel.embed
+            x, embed_vjp = jax.vjp(lambda e: _embed(model, e, batch["features"]), embedding)
+            task_losses, vjp_fn = jax.vjp(
+                lambda tr, re, x: _losses_from_embedded(
+                    model, tasks, batch, tr, re, x, train=True, rngs=rngs
                 ),
-                embedding,
+                trunk,
+                rest,
+                x,
             )
-
-            def losses_of_trunk(trunk, rest, x):
-                logits = model.apply(
-                    {"params": {"trunk": trunk, **rest}},
-                    x,
-                    train=True,
-                    rngs=rngs,
-                    method=MultiTaskModel.from_embedded,
-                )
-                return task_losses_from(logits, batch)
-
-            task_losses, vjp_fn = jax.vjp(losses_of_trunk, trunk, rest, x)
-            trunk_task_grads = jax.vmap(lambda ct: vjp_fn(ct)[0])(jnp.eye(num_tasks))
+            trunk_task_grads = _per_task_trunk_grads(vjp_fn, num_tasks)
             trunk_update, weights, rest_weights, balancer = balancing.combine_task_grads(
                 rule, state.balancer, trunk_task_grads, task_losses
             )
@@ -174,23 +187,11 @@ def make_trunk_gramian(model: MultiTaskModel, tasks: Sequence[TaskSpec]) -> Call
 
     def fn(params, batch):
         embedding, trunk, rest = _split_params(params)
-        x = model.apply(
-            {"params": {"embedding": embedding}}, batch["features"], method=MultiTaskModel.embed
+        x = _embed(model, embedding, batch["features"])
+        _, vjp_fn = jax.vjp(
+            lambda tr: _losses_from_embedded(model, tasks, batch, tr, rest, x, train=False), trunk
         )
-
-        def losses_of_trunk(trunk):
-            logits = model.apply(
-                {"params": {"trunk": trunk, **rest}},
-                x,
-                train=False,
-                method=MultiTaskModel.from_embedded,
-            )
-            sums, counts = task_loss_sums(tasks, logits, batch)
-            return sums / jnp.maximum(counts, 1.0)
-
-        _, vjp_fn = jax.vjp(losses_of_trunk, trunk)
-        grads = jax.vmap(lambda ct: vjp_fn(ct)[0])(jnp.eye(len(tasks)))
-        return balancing.gramian(grads)
+        return balancing.gramian(_per_task_trunk_grads(vjp_fn, len(tasks)))
 
     return fn
 

@@ -72,17 +72,23 @@ def test_mgda_two_tasks_closed_form():
         np.testing.assert_allclose(update, gamma * g1 + (1 - gamma) * g2, atol=1e-4)
 
 
-def _simplex_reference(objective, t):
-    cons = ({"type": "eq", "fun": lambda w: w.sum() - 1.0},)
+def _slsqp(objective, x0, constraints, bounds=None, jac=None):
+    """An independent reference solve with scipy's SLSQP at tight tolerance."""
     res = optimize.minimize(
         objective,
-        np.full(t, 1.0 / t),
-        bounds=[(0, 1)] * t,
-        constraints=cons,
+        x0,
+        jac=jac,
+        bounds=bounds,
+        constraints=constraints,
         method="SLSQP",
         options={"ftol": 1e-14, "maxiter": 1000},
     )
     return res.x
+
+
+def _simplex_reference(objective, t):
+    simplex = ({"type": "eq", "fun": lambda w: w.sum() - 1.0},)
+    return _slsqp(objective, np.full(t, 1.0 / t), simplex, bounds=[(0, 1)] * t)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -128,16 +134,8 @@ def test_nash_mtl_solves_bargaining_equation(seed):
 
 def _dual_cone_projection(g, v):
     """argmin_x ||x - v||^2 subject to g x >= 0, with scipy (an independent QP solve)."""
-    cons = ({"type": "ineq", "fun": lambda x: g @ x, "jac": lambda x: g},)
-    res = optimize.minimize(
-        lambda x: ((x - v) ** 2).sum(),
-        v,
-        jac=lambda x: 2 * (x - v),
-        constraints=cons,
-        method="SLSQP",
-        options={"ftol": 1e-14, "maxiter": 1000},
-    )
-    return res.x
+    cone = ({"type": "ineq", "fun": lambda x: g @ x, "jac": lambda x: g},)
+    return _slsqp(lambda x: ((x - v) ** 2).sum(), v, cone, jac=lambda x: 2 * (x - v))
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -339,14 +337,7 @@ def test_simplex_projection_reference():
     for _ in range(20):
         v = rng.normal(size=5) * 3
         w = np.asarray(solvers.project_to_simplex(jnp.asarray(v)))
-        ref = optimize.minimize(
-            lambda x, v=v: ((x - v) ** 2).sum(),
-            np.full(5, 0.2),
-            bounds=[(0, 1)] * 5,
-            constraints=({"type": "eq", "fun": lambda x: x.sum() - 1},),
-            method="SLSQP",
-            options={"ftol": 1e-14},
-        ).x
+        ref = _simplex_reference(lambda x, v=v: ((x - v) ** 2).sum(), 5)
         np.testing.assert_allclose(w, ref, atol=1e-5)
 
 

@@ -19,7 +19,6 @@ def load_dataset(data_config: Any, seed: int) -> MultiTaskDataset:
     name = kwargs.pop("name")
     if name not in _BUILDERS:
         raise ValueError(f"unknown dataset {name!r}; valid: {DATASETS}")
-    kwargs.pop("input_features", None)
     return _BUILDERS[name](seed=seed, **kwargs)
 
 
