@@ -28,6 +28,12 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.")
 _BATCH = flags.DEFINE_integer("batch_size", 1024, "Global batch size.")
 _STEPS = flags.DEFINE_integer("steps", 50, "Steps per timed repeat.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats; the median is reported.")
+_GRAMIAN_PARAMS = flags.DEFINE_string(
+    "gramian_params",
+    "",
+    "Regex over trunk parameter paths for the Gramian of Gramian-based gradient methods "
+    "(config.balancing.gramian_params); '' = the whole trunk.",
+)
 _METHODS = flags.DEFINE_list("methods", list(balancing.names()), "Methods to time.")
 _OUT = flags.DEFINE_string(
     "out", str(pathlib.Path(__file__).parent / "results" / "balancing.jsonl"), "JSONL to append."
@@ -36,8 +42,11 @@ flags.mark_flag_as_required("config")
 
 
 def time_method(config, dataset, method: str) -> dict:
+    rule = balancing.make_rule(method)
+    scoped = rule.needs_gramian and rule.combine is None
     config.unlock()
     config.balancing.method = method
+    config.balancing.gramian_params = _GRAMIAN_PARAMS.value if scoped else ""
     config.lock()
     trainer = Trainer(config, dataset)
     state = trainer.init_state()
@@ -67,6 +76,7 @@ def time_method(config, dataset, method: str) -> dict:
     return {
         "method": method,
         "needs_task_gradients": trainer.rule.needs_gramian,
+        "gramian_params": config.balancing.gramian_params,
         "step_ms": 1e3 * statistics.median(times),
         "compile_s": compile_s,
         "xla_memory_mb": memory_mb,

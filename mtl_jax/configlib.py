@@ -10,6 +10,7 @@ import difflib
 import importlib.util
 import json
 import pathlib
+import re
 from typing import Any
 
 import ml_collections
@@ -74,6 +75,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "balancing.method",
         f"unknown method {config.balancing.method!r}; valid: {balancing.names()}",
     )
+    gramian_params = config.balancing.gramian_params
+    if gramian_params:
+        rule = balancing.make_rule(config.balancing.method)  # the name was checked above
+        _require(
+            rule.needs_gramian and rule.combine is None,
+            "balancing.gramian_params",
+            f"only Gramian-based gradient methods take it, not {config.balancing.method!r}",
+        )
+        try:
+            re.compile(gramian_params)
+        except re.error as e:
+            raise ConfigError(f"balancing.gramian_params: {gramian_params!r}: {e}") from e
     _require(len(config.tasks) >= 1, "tasks", "needs at least one task")
     _require(len(set(config.tasks)) == len(config.tasks), "tasks", f"duplicates in {config.tasks}")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import pathlib
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from flax import traverse_util
 
 from mtl_jax import balancing, configlib, parallel, reporting
 from mtl_jax import tasks as tasks_lib
@@ -118,11 +120,71 @@ def _per_task_trunk_grads(vjp_fn: Callable, num_tasks: int) -> Any:
     return jax.vmap(lambda ct: vjp_fn(ct)[0])(jnp.eye(num_tasks))
 
 
+def scope_mask(trunk: Any, pattern: str) -> dict[str, bool]:
+    """Which trunk parameters (by '/'-joined path) the Gramian is taken over.
+
+    An empty pattern means the whole trunk (exact); otherwise ``re.search`` on each path,
+    e.g. ``'experts/(kernel|bias)_1$'`` for the last expert layer of the default MMoE.
+    """
+    paths = list(traverse_util.flatten_dict(trunk, sep="/"))
+    if not pattern:
+        return {p: True for p in paths}
+    try:
+        regex = re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"balancing.gramian_params {pattern!r} is not a regex: {e}") from e
+    mask = {p: bool(regex.search(p)) for p in paths}
+    if not any(mask.values()):
+        raise ValueError(
+            f"balancing.gramian_params {pattern!r} matches no trunk parameter; "
+            f"trunk parameters: {paths}"
+        )
+    return mask
+
+
+def _split_by_mask(tree: Any, mask: dict[str, bool]) -> tuple[dict, dict]:
+    flat = traverse_util.flatten_dict(tree, sep="/")
+    return (
+        {p: v for p, v in flat.items() if mask[p]},
+        {p: v for p, v in flat.items() if not mask[p]},
+    )
+
+
+def _merge_flat(a: dict, b: dict) -> Any:
+    return traverse_util.unflatten_dict({**a, **b}, sep="/")
+
+
+def _scoped_gradient_step(model, tasks, rule, balancer_state, batch, parts, rngs, pattern):
+    """Gradient-rule step with the Gramian over the trunk parameters ``pattern`` selects.
+
+    One forward; T backward passes that stop at the scoped parameters (XLA prunes the rest);
+    one backward with the rule's weights for the trunk, and one with the plain sum for the
+    heads and the embedded input (the same one when the rule weights the whole model).
+    """
+    trunk, rest, x = parts
+    scoped, unscoped = _split_by_mask(trunk, scope_mask(trunk, pattern))
+
+    def losses(sc, un, re, x):
+        return _losses_from_embedded(
+            model, tasks, batch, _merge_flat(sc, un), re, x, train=True, rngs=rngs
+        )
+
+    task_losses, vjp_fn = jax.vjp(losses, scoped, unscoped, rest, x)
+    gram = balancing.gramian(_per_task_trunk_grads(vjp_fn, len(tasks)))
+    weights, balancer = balancing.compute_weights(rule, balancer_state, task_losses, gram)
+    g_scoped, g_unscoped, rest_grads, x_grad = vjp_fn(weights)
+    if not rule.weights_whole_model:
+        _, _, rest_grads, x_grad = vjp_fn(jnp.ones_like(weights))
+    trunk_update = _merge_flat(g_scoped, g_unscoped)
+    return task_losses, trunk_update, rest_grads, x_grad, weights, balancer, gram
+
+
 def make_train_step(
     model: MultiTaskModel,
     tasks: Sequence[TaskSpec],
     tx: optax.GradientTransformation,
     rule: balancing.WeightingRule,
+    gramian_params: str = "",
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """A pure ``(state, batch) -> (state, metrics)``; jit it with the shardings you need.
 
@@ -131,8 +193,19 @@ def make_train_step(
     over T cotangents of the trunk's vjp), their Gramian -> weights -> one combined trunk
     gradient; embeddings and heads get the plain sum of task gradients from one more vjp of
     the same forward pass, so no per-task gradient of an embedding table or head is formed.
+
+    ``gramian_params`` (a regex over trunk parameter paths, see ``scope_mask``) takes the
+    Gramian over a part of the trunk only, typically its last shared layer (as GradNorm's
+    paper does): the per-task backward then stops at that layer, and the whole trunk gets the
+    weighted gradient ``sum_t w_t g_t`` from one more backward. Cheaper, but the weights are
+    those that the chosen layer's gradients call for, not the whole trunk's.
     """
     num_tasks = len(tasks)
+    if gramian_params and rule.combine is not None:
+        raise ValueError(
+            f"balancing method {rule.name!r} combines whole task gradients, so it cannot take "
+            "balancing.gramian_params; leave it empty"
+        )
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rngs = {"dropout": jax.random.fold_in(state.rng, state.step)}
@@ -149,22 +222,37 @@ def make_train_step(
         else:
             embedding, trunk, rest = _split_params(state.params)
             x, embed_vjp = jax.vjp(lambda e: _embed(model, e, batch["features"]), embedding)
-            task_losses, vjp_fn = jax.vjp(
-                lambda tr, re, x: _losses_from_embedded(
-                    model, tasks, batch, tr, re, x, train=True, rngs=rngs
-                ),
-                trunk,
-                rest,
-                x,
-            )
-            trunk_task_grads = _per_task_trunk_grads(vjp_fn, num_tasks)
-            trunk_update, weights, rest_weights, balancer = balancing.combine_task_grads(
-                rule, state.balancer, trunk_task_grads, task_losses
-            )
-            _, rest_grads, x_grad = vjp_fn(rest_weights)
+            if gramian_params:
+                task_losses, trunk_update, rest_grads, x_grad, weights, balancer, gram = (
+                    _scoped_gradient_step(
+                        model,
+                        tasks,
+                        rule,
+                        state.balancer,
+                        batch,
+                        (trunk, rest, x),
+                        rngs,
+                        gramian_params,
+                    )
+                )
+            else:
+                task_losses, vjp_fn = jax.vjp(
+                    lambda tr, re, x: _losses_from_embedded(
+                        model, tasks, batch, tr, re, x, train=True, rngs=rngs
+                    ),
+                    trunk,
+                    rest,
+                    x,
+                )
+                trunk_task_grads = _per_task_trunk_grads(vjp_fn, num_tasks)
+                trunk_update, weights, rest_weights, balancer = balancing.combine_task_grads(
+                    rule, state.balancer, trunk_task_grads, task_losses
+                )
+                _, rest_grads, x_grad = vjp_fn(rest_weights)
+                gram = balancing.gramian(trunk_task_grads)  # XLA shares it with the rule
             (embedding_grads,) = embed_vjp(x_grad)
             grads = {"embedding": embedding_grads, "trunk": trunk_update, **rest_grads}
-            metrics["gram"] = balancing.gramian(trunk_task_grads)  # XLA shares it with the rule
+            metrics["gram"] = gram
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics.update(
@@ -263,9 +351,13 @@ class Trainer:
             self.state_sharding,
         )
         self._key = key
+        if config.balancing.gramian_params:  # a pattern that matches nothing fails here
+            scope_mask(abstract.params["trunk"], config.balancing.gramian_params)
         batch_sharding = parallel.batch_sharding(self.mesh)
         self.train_step = jax.jit(
-            make_train_step(self.model, self.tasks, self.tx, self.rule),
+            make_train_step(
+                self.model, self.tasks, self.tx, self.rule, config.balancing.gramian_params
+            ),
             in_shardings=(self.state_sharding, batch_sharding),
             out_shardings=(self.state_sharding, replicated),
             donate_argnums=(0,),

@@ -29,6 +29,9 @@ def default_config(task_names: Sequence[str], method: str = "ew") -> ml_collecti
     c = ml_collections.ConfigDict()
     c.method = method
     c.weights = ml_collections.ConfigDict({t: 1.0 for t in task_names})
+    # Gradient methods: a regex over trunk parameter paths to take the Gramian over (e.g.
+    # 'experts/(kernel|bias)_1$', the last expert layer); '' = the whole trunk (exact).
+    c.gramian_params = ""
     for kwarg, kind in sorted(_all_kwargs().items()):
         c[kwarg] = ml_collections.FieldReference(None, field_type=kind)
     return c
