@@ -30,6 +30,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = base.base_config(TASKS, INPUT_FEATURES, early_stopping_metric="rating/rmse")
     c.data = ml_collections.ConfigDict(dict(name="movielens", data_dir=""))
     c.train.update(num_steps=2000, eval_every=100, checkpoint_every=200, patience=5)
+    # Top-10 over every unseen movie for each test user, ranked by P(like); relevant = the
+    # user's test movies rated >= 4. MMR re-ranks by genre for each lambda (1.0 = none).
+    c.ranking.update(enabled=True, relevance_task="like")
+    c.ranking.fusion.like = 1.0
     if arg == "smoke":
         base.shrink_for_smoke(c)
     c.lock()

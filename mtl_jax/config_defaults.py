@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import ml_collections
 
+from mtl_jax import ranking
 from mtl_jax.balancing import config as balancing_config
 
 
@@ -57,6 +58,8 @@ def base_config(
             patience=4,
         )
     )
+    # Top-k evaluation over the whole catalogue (datasets with one, e.g. MovieLens).
+    c.ranking = ranking.default_config(tasks)
     c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=2, async_save=True))
     c.mesh = ml_collections.ConfigDict(dict(num_devices=0))  # 0: all devices
     return c

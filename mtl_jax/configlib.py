@@ -15,7 +15,7 @@ from typing import Any
 
 import ml_collections
 
-from mtl_jax import balancing
+from mtl_jax import balancing, ranking
 from mtl_jax.balancing.config import rule_from_config
 from mtl_jax.data import DATASETS, MultiTaskDataset
 from mtl_jax.models import TRUNKS
@@ -112,6 +112,15 @@ def validate_against_dataset(config: ml_collections.ConfigDict, dataset: MultiTa
     task, _, name = metric.partition("/")
     valid = [f"{t}/{m}" for t in config.tasks for m in METRICS[task_kinds[t]]]
     _require(metric in valid, "train.early_stopping_metric", f"{metric!r}; valid: {valid}")
+    problems = ranking.check_config(
+        config.ranking, [t for t in dataset.tasks if t.name in config.tasks]
+    )
+    _require(not problems, "ranking", "; ".join(problems))
+    _require(
+        not config.ranking.enabled or dataset.catalogue is not None,
+        "ranking.enabled",
+        f"dataset {dataset.name!r} has no item catalogue to rank over",
+    )
     try:
         rule_from_config(config.balancing, list(config.tasks))
     except ValueError as e:

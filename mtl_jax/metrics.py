@@ -124,3 +124,149 @@ def macro_auc(labels: np.ndarray, predictions: np.ndarray) -> float:
     per_label = [auc(labels[:, c], predictions[:, c]) for c in range(labels.shape[1])]
     defined = [a for a in per_label if not np.isnan(a)]
     return float(np.mean(defined)) if defined else float("nan")
+
+
+# --- Top-k ranking metrics -------------------------------------------------------------
+# ``ranked`` is (U, k): each evaluated user's recommended item ids, best first.
+# ``relevant`` is (U, I) bool: which items are relevant to that user (e.g. test items they
+# liked). Per-user metrics are averaged over users with at least one relevant item.
+
+
+def _check_ranked(ranked: np.ndarray, relevant: np.ndarray | None = None) -> np.ndarray:
+    ranked = np.asarray(ranked)
+    if ranked.ndim != 2:
+        raise ValueError(f"ranked must be (users, k), got shape {ranked.shape}")
+    if relevant is not None and (relevant.ndim != 2 or relevant.shape[0] != ranked.shape[0]):
+        raise ValueError(
+            f"relevant must be (users, items) with ranked's {ranked.shape[0]} users, "
+            f"got shape {relevant.shape}"
+        )
+    return ranked
+
+
+def _hits(ranked: np.ndarray, relevant: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(U, k) bool hit matrix and the (U,) relevant counts, for users with any relevant."""
+    ranked = _check_ranked(ranked, relevant)
+    relevant = np.asarray(relevant, bool)
+    hits = np.take_along_axis(relevant, ranked, axis=1)
+    counts = relevant.sum(axis=1)
+    keep = counts > 0
+    if not keep.any():
+        raise ValueError("no user has a relevant item; ranking metrics are undefined")
+    return hits[keep], counts[keep]
+
+
+def top_k(scores: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.ndarray:
+    """(U, k) ids of each row's k highest scores, best first; ``exclude`` (U, I) bool items
+    are never recommended (already seen, not in the catalogue). Ties go to the lower id."""
+    scores = np.asarray(scores, np.float64)
+    if exclude is not None:
+        scores = np.where(exclude, -np.inf, scores)
+    if k > scores.shape[1]:
+        raise ValueError(f"k={k} exceeds the {scores.shape[1]} items")
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
+def recall_at_k(ranked: np.ndarray, relevant: np.ndarray) -> float:
+    """Mean over users of |top-k ∩ relevant| / |relevant|."""
+    hits, counts = _hits(ranked, relevant)
+    return float(np.mean(hits.sum(axis=1) / counts))
+
+
+def hit_rate_at_k(ranked: np.ndarray, relevant: np.ndarray) -> float:
+    """Share of users with at least one relevant item in their top k."""
+    hits, _ = _hits(ranked, relevant)
+    return float(np.mean(hits.any(axis=1)))
+
+
+def ndcg_at_k(ranked: np.ndarray, relevant: np.ndarray) -> float:
+    """Mean binary-relevance NDCG@k: DCG over the ideal DCG of min(|relevant|, k) hits."""
+    hits, counts = _hits(ranked, relevant)
+    k = hits.shape[1]
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    dcg = hits @ discounts
+    ideal = np.cumsum(discounts)[np.minimum(counts, k) - 1]
+    return float(np.mean(dcg / ideal))
+
+
+def catalogue_coverage(ranked: np.ndarray, num_items: int) -> float:
+    """Share of the catalogue's ``num_items`` items that appear in any user's top k."""
+    ranked = _check_ranked(ranked)
+    return float(len(np.unique(ranked)) / num_items)
+
+
+def jaccard_similarity(attributes: np.ndarray) -> np.ndarray:
+    """(I, I) Jaccard similarity of items' attribute sets from an (I, G) multi-hot matrix;
+    two items without attributes count as identical (similarity 1)."""
+    a = np.asarray(attributes, bool).astype(np.float64)
+    inter = a @ a.T
+    sizes = a.sum(axis=1)
+    union = sizes[:, None] + sizes[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1.0), 1.0)
+
+
+def intra_list_diversity(ranked: np.ndarray, attributes: np.ndarray) -> float:
+    """Mean over users of the mean pairwise Jaccard distance of their top-k items'
+    attribute sets (e.g. genres): 0 when every list is one kind of item."""
+    ranked = _check_ranked(ranked)
+    k = ranked.shape[1]
+    if k < 2:
+        raise ValueError("intra-list diversity needs k >= 2")
+    sim = jaccard_similarity(attributes)
+    pair_sims = sim[ranked[:, :, None], ranked[:, None, :]]  # (U, k, k)
+    i, j = np.triu_indices(k, k=1)
+    return float(np.mean(1.0 - pair_sims[:, i, j]))
+
+
+def head_items(counts: np.ndarray, fraction: float = 0.2) -> np.ndarray:
+    """(I,) bool: the ``fraction`` most-interacted items (by ``counts``, ties to the lower
+    id) among those with any interaction; the rest is the long tail."""
+    counts = np.asarray(counts)
+    num_head = int(np.ceil(fraction * np.count_nonzero(counts)))
+    order = np.lexsort((np.arange(len(counts)), -counts))
+    head = np.zeros(len(counts), bool)
+    head[order[:num_head]] = True
+    return head
+
+
+def long_tail_share(ranked: np.ndarray, is_head: np.ndarray) -> float:
+    """Share of all recommended slots filled by long-tail (not head) items."""
+    ranked = _check_ranked(ranked)
+    return float(1.0 - np.mean(np.asarray(is_head, bool)[ranked]))
+
+
+def mmr_rerank(
+    relevance: np.ndarray,
+    similarity: np.ndarray,
+    k: int,
+    lam: float,
+    exclude: np.ndarray | None = None,
+) -> np.ndarray:
+    """Maximal marginal relevance (Carbonell & Goldstein, 1998): greedily pick the item
+    maximising ``lam * relevance - (1 - lam) * max similarity to the items already picked``.
+
+    ``relevance`` (U, I) should share the scale of ``similarity`` (I, I), e.g. both in [0, 1];
+    ``lam=1`` is plain top-k. Returns (U, k) ids; ties go to the lower id.
+    """
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"MMR lambda must lie in [0, 1], got {lam}")
+    relevance = np.asarray(relevance, np.float64)
+    users, items = relevance.shape
+    if similarity.shape != (items, items):
+        raise ValueError(
+            f"similarity must be ({items}, {items}) for {items} items, got {similarity.shape}"
+        )
+    available = np.ones((users, items), bool) if exclude is None else ~np.asarray(exclude, bool)
+    if k > available.sum(axis=1).min():
+        raise ValueError(f"k={k} exceeds the candidates of some user")
+    max_sim = np.zeros((users, items))
+    rows = np.arange(users)
+    picked = np.zeros((users, k), np.int64)
+    for step in range(k):
+        gain = lam * relevance - (1.0 - lam) * max_sim
+        gain = np.where(available, gain, -np.inf)
+        choice = np.argmax(gain, axis=1)  # first maximum: the lower id
+        picked[:, step] = choice
+        available[rows, choice] = False
+        max_sim = np.maximum(max_sim, similarity[choice])
+    return picked

@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from mtl_jax import balancing, configlib, parallel, reporting
+from mtl_jax import balancing, configlib, parallel, ranking, reporting
 from mtl_jax import tasks as tasks_lib
 from mtl_jax.balancing.config import rule_from_config
 from mtl_jax.checkpoint import Checkpointer
@@ -622,13 +622,21 @@ def train_and_evaluate(
         "peak_rss_mb": reporting.peak_rss_mb(),
         "num_devices": trainer.mesh.size,
     }
-    if reporting.is_lead_process():
-        reporting.write_json(workdir_path / "results.json", results)
     log.info("test metrics (best validation step %s):", meta["best_step"])
     for task in trainer.tasks:
         name = task.name
         ref = f"  oracle {_fmt(oracle[name])}" if name in oracle else ""
         log.info("  %-9s %s  | trivial %s%s", name, _fmt(test[name]), _fmt(trivial[name]), ref)
+    if config.ranking.enabled:
+        log.info("ranking the catalogue for every test user ...")
+        results["ranking"] = ranking.evaluate_ranking(
+            lambda split: trainer.predict(best_params, split)[0], dataset, config.ranking
+        )
+        log.info("test ranking (%s):", results["ranking"]["setup"])
+        for line in ranking.format_ranking(results["ranking"]):
+            log.info("  %s", line)
+    if reporting.is_lead_process():
+        reporting.write_json(workdir_path / "results.json", results)
     ckpt.close()
     return results
 

@@ -142,3 +142,8 @@ def test_movielens_config_trains_smoke(tmp_path, monkeypatch):
     assert results["dataset_sizes"] == {"train": 79122, "validation": 10439, "test": 10439}
     assert results["test"]["rating"]["rmse"] < results["trivial"]["rating"]["rmse"]
     assert results["test"]["genre"]["macro_auc"] > 0.5
+    ranking = results["ranking"]
+    assert ranking["setup"]["users"] > 800 and ranking["setup"]["items"] == 1682
+    plain, diverse = ranking["mmr_lambda=1"], ranking["mmr_lambda=0.5"]
+    assert all(0.0 <= v <= 1.0 for v in plain.values())
+    assert diverse["ild@10"] >= plain["ild@10"]  # MMR's genre penalty buys diversity

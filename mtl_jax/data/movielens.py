@@ -24,7 +24,7 @@ import zipfile
 
 import numpy as np
 
-from mtl_jax.data.schema import FeatureSpec, MultiTaskDataset, Split
+from mtl_jax.data.schema import Catalogue, FeatureSpec, MultiTaskDataset, Split
 from mtl_jax.tasks import TaskSpec
 
 GENRES = (
@@ -311,7 +311,18 @@ def build_dataset(data_dir: str = "", seed: int = 0) -> MultiTaskDataset:
         TaskSpec("like", "binary"),
         TaskSpec("genre", "multilabel", num_classes=len(GENRES)),
     )
+    item_ids = np.asarray(sorted(data.item_title), np.int64)
+    catalogue = Catalogue(
+        user_features={
+            "user_id": np.arange(num_users, dtype=np.int32), "age": age, "gender": gender,
+            "occupation": occupation, "zip_prefix": zip_code,
+        },
+        item_features={"item_id": np.arange(num_items, dtype=np.int32), "decade": decade},
+        items=item_ids,
+        item_attributes=genres > 0,
+    )  # fmt: skip
     return MultiTaskDataset(
         name="movielens", features=specs, tasks=tasks, train=everything.take(train),
         validation=everything.take(val), test=everything.take(test), item_text=tuple(titles),
+        catalogue=catalogue,
     )  # fmt: skip

@@ -53,6 +53,31 @@ class Split:
 
 
 @dataclasses.dataclass(frozen=True)
+class Catalogue:
+    """Per-user and per-item feature tables, so that any (user, item) pair can be scored:
+    what top-k ranking over the whole catalogue needs (the splits hold only observed pairs).
+
+    ``user_features`` / ``item_features`` map feature names to arrays indexed by user / item
+    id; ``items`` lists the ids that exist; ``item_attributes`` (num item ids, G) multi-hot
+    (e.g. genres) measures list diversity.
+    """
+
+    user_features: dict[str, np.ndarray]
+    item_features: dict[str, np.ndarray]
+    items: np.ndarray
+    item_attributes: np.ndarray
+    user_key: str = "user_id"
+    item_key: str = "item_id"
+
+    def pair_features(self, users: np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
+        """Feature columns for the pairs ``(users[n], items[n])``."""
+        return {
+            **{k: v[users] for k, v in self.user_features.items()},
+            **{k: v[items] for k, v in self.item_features.items()},
+        }
+
+
+@dataclasses.dataclass(frozen=True)
 class MultiTaskDataset:
     """Feature and task schema plus the train / validation / test splits."""
 
@@ -63,6 +88,7 @@ class MultiTaskDataset:
     validation: Split
     test: Split
     item_text: tuple[str, ...] = ()
+    catalogue: Catalogue | None = None  # for top-k ranking evaluation, where available
 
     def split(self, name: str) -> Split:
         if name not in ("train", "validation", "test"):
