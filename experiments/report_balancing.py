@@ -21,6 +21,9 @@ import pathlib
 
 from mtl_jax import balancing
 
+_GRADIENT_METHODS = {
+    m for m in balancing.names() if m != "static" and balancing.make_rule(m).needs_gramian
+}
 _HIGHER_IS_BETTER = {"auc": True, "accuracy": True, "logloss": False, "rmse": False, "mae": False}
 
 
@@ -28,28 +31,40 @@ def _short(commit: str) -> str:
     return commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")
 
 
+def _scope_cell(scope: str, needs_gramian: bool) -> str:
+    """What a gradient method's Gramian was taken over ('|' escaped for Markdown)."""
+    if scope:
+        return "`" + scope.replace("|", "\\|") + "`"
+    return "trunk" if needs_gramian else "-"
+
+
 def _cost_by_method(bench: pathlib.Path) -> dict[str, dict]:
     cost: dict[str, dict] = {}
     if bench.exists():
         for line in bench.read_text().splitlines():
             row = json.loads(line)
-            cost[row["method"]] = row  # later lines win
+            cost[(row["method"], row.get("gramian_params", ""))] = row  # later lines win
     return cost
 
 
-def build(runs: pathlib.Path, bench: pathlib.Path) -> str:
+def build(runs_dirs: list[pathlib.Path], bench: pathlib.Path) -> str:
     cost = _cost_by_method(bench)
     header = None
     lines = []
-    for method in balancing.names():
-        path = runs / method / "results.json"
-        if not path.exists():
-            continue
-        r = json.loads(path.read_text())
+    found = [
+        json.loads((runs / m / "results.json").read_text())
+        for runs in runs_dirs
+        for m in balancing.names()
+        if (runs / m / "results.json").exists()
+    ]
+    for r in found:
+        method = r["config"]["balancing"]["method"]
+        scope = r["config"]["balancing"].get("gramian_params", "")
         columns = [(t, m) for t, ms in r["test"].items() for m in ms if m != "loss"]
         if header is None:
             header = [
                 "method",
+                "Gramian over",
                 "commit",
                 "best step",
                 *(f"{t} {m}" for t, m in columns),
@@ -64,12 +79,14 @@ def build(runs: pathlib.Path, bench: pathlib.Path) -> str:
             if (r["test"][t][m] <= r["trivial"][t][m]) == _HIGHER_IS_BETTER[m]
             and r["test"][t][m] != r["trivial"][t][m]
         ]
-        c = cost.get(method, {})
+        c = cost.get((method, scope), {})
+        needs_gramian = method in _GRADIENT_METHODS
         lines.append(
             "| "
             + " | ".join(
                 [
                     method,
+                    _scope_cell(scope, needs_gramian),
                     _short(r["commit"]),
                     str(r["best_step"]),
                     *(f"{r['test'][t][m]:.4f}" for t, m in columns),
@@ -85,7 +102,13 @@ def build(runs: pathlib.Path, bench: pathlib.Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=pathlib.Path, default=pathlib.Path("runs/methods"))
+    parser.add_argument(
+        "--runs",
+        type=pathlib.Path,
+        nargs="+",
+        default=[pathlib.Path("runs/methods")],
+        help="directories holding one run per method (runs/methods/<method>/results.json)",
+    )
     parser.add_argument(
         "--bench",
         type=pathlib.Path,
