@@ -24,7 +24,11 @@ def base_config(
             trunk="mmoe",
             embed_dim=16,
             pairwise_dots=True,
-            num_experts=4,
+            num_experts=4,  # omoe, mmoe
+            num_task_experts=1,  # cgc, ple: experts of each task's own
+            num_shared_experts=2,  # cgc, ple: experts every task's gate sees
+            num_levels=2,  # ple: stacked CGC levels
+            cross_stitch_self_weight=0.9,  # cross_stitch: initial alpha diagonal
             trunk_hidden=(64, 32),
             tower_hidden=(32,),
             dropout=0.0,

@@ -45,7 +45,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
     m, o, t = config.model, config.optim, config.train
     _require(config.data.name in DATASETS, "data.name", f"{config.data.name!r}; valid: {DATASETS}")
     _require(m.trunk in TRUNKS, "model.trunk", f"unknown trunk {m.trunk!r}; valid: {TRUNKS}")
-    _require(m.num_experts >= 1, "model.num_experts", f"must be >= 1, got {m.num_experts}")
+    for key in ("num_experts", "num_task_experts", "num_levels"):
+        _require(m[key] >= 1, f"model.{key}", f"must be >= 1, got {m[key]}")
+    _require(
+        m.num_shared_experts >= 0,
+        "model.num_shared_experts",
+        f"must be >= 0, got {m.num_shared_experts}",
+    )
+    _require(
+        0.0 <= m.cross_stitch_self_weight <= 1.0,
+        "model.cross_stitch_self_weight",
+        f"must lie in [0, 1], got {m.cross_stitch_self_weight}",
+    )
     _require(m.embed_dim >= 1, "model.embed_dim", f"must be >= 1, got {m.embed_dim}")
     _positive_ints("model.trunk_hidden", m.trunk_hidden)
     _require(len(m.trunk_hidden) >= 1, "model.trunk_hidden", "needs at least one layer")

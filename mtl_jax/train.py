@@ -29,7 +29,8 @@ from mtl_jax.balancing.config import rule_from_config
 from mtl_jax.checkpoint import Checkpointer
 from mtl_jax.data import MultiTaskDataset, Split, load_dataset
 from mtl_jax.data.pipeline import check_batch_divides, eval_batches, train_iterator
-from mtl_jax.models import MultiTaskModel
+from mtl_jax.models import MultiTaskModel, gate_stats
+from mtl_jax.models.gate_stats import make_gate_stats
 from mtl_jax.optim import make_optimizer
 from mtl_jax.tasks import TaskSpec
 
@@ -368,6 +369,11 @@ class Trainer:
             out_shardings=(batch_sharding, replicated, replicated),
         )
 
+        self.gate_stats = jax.jit(
+            make_gate_stats(self.model),
+            in_shardings=(self.state_sharding.params, batch_sharding),
+            out_shardings=replicated,
+        )
         self.trunk_gramian = jax.jit(
             make_trunk_gramian(self.model, self.tasks),
             in_shardings=(self.state_sharding.params, batch_sharding),
@@ -532,6 +538,7 @@ def train_and_evaluate(
             if gram is None:  # loss-weighting methods: one extra backward, on log steps only
                 gram = jax.device_get(trainer.trunk_gramian(state.params, batch))
             diagnostics = gradient_diagnostics(gram, host["weights"], config.tasks)
+            gates = gate_stats.summarize(jax.device_get(trainer.gate_stats(state.params, batch)))
             speed = throughput.mark(step)
             record = {
                 "step": step,
@@ -540,6 +547,7 @@ def train_and_evaluate(
                 "grad_norm": host["grad_norm"],
                 **{f"{n}/loss": v for n, v in zip(config.tasks, host["task_losses"], strict=True)},
                 **diagnostics,
+                **gates,
                 **speed,
             }
             metrics_log.write(record)
@@ -552,6 +560,8 @@ def train_and_evaluate(
             log.info("step %d/%d | loss %.4f%s", step, t.num_steps, host["loss"], speed_text)
             if step % (t.log_every * 10) == 0 or last:
                 log.info("  %s", _format_diagnostics(diagnostics, config.tasks))
+                if gates:
+                    log.info("  gates %s", " ".join(f"{k[6:]}={v:.3f}" for k, v in gates.items()))
 
         if step % t.eval_every == 0 or last:
             val = trainer.evaluate(state.params, dataset.validation)

@@ -147,3 +147,27 @@ def test_movielens_config_trains_smoke(tmp_path, monkeypatch):
     plain, diverse = ranking["mmr_lambda=1"], ranking["mmr_lambda=0.5"]
     assert all(0.0 <= v <= 1.0 for v in plain.values())
     assert diverse["ild@10"] >= plain["ild@10"]  # MMR's genre penalty buys diversity
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "trunk", ["shared_bottom", "single_task", "omoe", "cgc", "ple", "cross_stitch"]
+)
+def test_every_trunk_steps_on_movielens(trunk):
+    """Each trunk on the real MovieLens tasks (regression, binary, 19-label multilabel)."""
+    from configs import movielens as movielens_config
+    from mtl_jax import parallel
+    from mtl_jax.data import load_dataset
+    from mtl_jax.train import Trainer
+
+    try:
+        movielens.fetch()
+    except movielens.FetchError as e:
+        pytest.skip(f"no network route to MovieLens-100K here: {e}")
+    config = movielens_config.get_config("smoke")
+    config.model.trunk = trunk
+    trainer = Trainer(config, load_dataset(config.data, config.seed), mesh=parallel.make_mesh(1))
+    state, it = trainer.init_state(), trainer.train_iterator()
+    for _ in range(3):
+        state, metrics = trainer.train_step(state, parallel.to_global_batch(next(it), trainer.mesh))
+    assert np.isfinite(float(metrics["loss"]))

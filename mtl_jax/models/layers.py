@@ -29,7 +29,8 @@ class ExpertMLPs(nn.Module):
 
     One (E, in, out) kernel per layer instead of E separate Dense modules: the experts run
     as a single matmul, which is what makes MMoE cheap on accelerators.
-    Input (B, D) -> output (B, E, H).
+    Input (B, D), shared by every expert, or (B, E, D), one input per expert (PLE's task
+    experts read their own task's representation) -> output (B, E, H).
     """
 
     num_experts: int
@@ -41,7 +42,11 @@ class ExpertMLPs(nn.Module):
         init = nn.initializers.variance_scaling(
             1.0, "fan_in", "truncated_normal", in_axis=-2, out_axis=-1, batch_axis=(0,)
         )
-        h = jnp.broadcast_to(x[:, None, :], (x.shape[0], self.num_experts, x.shape[-1]))
+        if x.ndim == 2:
+            x = jnp.broadcast_to(x[:, None, :], (x.shape[0], self.num_experts, x.shape[-1]))
+        if x.shape[1] != self.num_experts:
+            raise ValueError(f"per-expert input {x.shape} does not have {self.num_experts} experts")
+        h = x
         for i, width in enumerate(self.hidden):
             kernel = self.param(f"kernel_{i}", init, (self.num_experts, h.shape[-1], width))
             bias = self.param(f"bias_{i}", nn.initializers.zeros, (self.num_experts, width))

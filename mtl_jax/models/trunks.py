@@ -1,7 +1,9 @@
 """Shared trunks: map the embedded input to one representation per task.
 
 Every trunk returns a list of T arrays (B, H), one per task, so heads never need to know
-how sharing was done.
+how sharing was done. Gated trunks sow their softmax gate weights as
+``intermediates/.../gate_weights`` (B, G, E) so training can log gate entropy and expert
+utilisation (a collapsed gate is a common silent failure).
 """
 
 from __future__ import annotations
@@ -13,6 +15,12 @@ import jax
 import jax.numpy as jnp
 
 from mtl_jax.models.layers import MLP, ExpertMLPs
+
+
+def _softmax_gates(dense: nn.Dense, x_bd: jax.Array, num_gates: int) -> jax.Array:
+    """``num_gates`` softmax gates from one Dense with G * E outputs: (B, G, E)."""
+    logits = dense(x_bd)
+    return jax.nn.softmax(logits.reshape(x_bd.shape[0], num_gates, -1), axis=-1)
 
 
 class SharedBottom(nn.Module):
@@ -28,12 +36,50 @@ class SharedBottom(nn.Module):
         return [h] * self.num_tasks
 
 
+class SingleTask(nn.Module):
+    """No sharing in the trunk: an independent MLP column per task (one batched einsum).
+
+    The baseline that delta-m% is measured against; only the feature embeddings are shared
+    (train one model per task, ``config.tasks=(task,)``, to share nothing at all).
+    """
+
+    num_tasks: int
+    hidden: Sequence[int]
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> list[jax.Array]:
+        columns_bth = ExpertMLPs(self.num_tasks, self.hidden, self.dropout, name="columns")(
+            x, train=train
+        )
+        return [columns_bth[:, t] for t in range(self.num_tasks)]
+
+
+class OMoE(nn.Module):
+    """One-gate mixture of experts (the MMoE paper's OMoE baseline): every task reads the
+    same gated mixture of experts."""
+
+    num_tasks: int
+    num_experts: int
+    hidden: Sequence[int]
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> list[jax.Array]:
+        experts_beh = ExpertMLPs(self.num_experts, self.hidden, self.dropout, name="experts")(
+            x, train=train
+        )
+        gate_b1e = _softmax_gates(nn.Dense(self.num_experts, name="gate"), x, 1)
+        self.sow("intermediates", "gate_weights", gate_b1e)
+        mixed_bh = jnp.einsum("be,beh->bh", gate_b1e[:, 0], experts_beh)
+        return [mixed_bh] * self.num_tasks
+
+
 class MMoE(nn.Module):
     """Multi-gate mixture of experts (Ma et al., KDD 2018).
 
     Experts are shared; each task has its own softmax gate over them, so tasks that disagree
-    can draw on different experts. The gates' mixture weights are sown as
-    ``intermediates/gate_weights`` (B, T, E) for diagnostics (gate entropy, utilisation).
+    can draw on different experts. Gate weights are sown as ``gate_weights`` (B, T, E).
     """
 
     num_tasks: int
@@ -47,22 +93,139 @@ class MMoE(nn.Module):
             x, train=train
         )
         # All T gates as one Dense with T * E outputs: (B, T, E) softmax weights.
-        gate_logits = nn.Dense(self.num_tasks * self.num_experts, name="gates")(x)
-        gates_bte = jax.nn.softmax(
-            gate_logits.reshape(x.shape[0], self.num_tasks, self.num_experts), axis=-1
+        gates_bte = _softmax_gates(
+            nn.Dense(self.num_tasks * self.num_experts, name="gates"), x, self.num_tasks
         )
         self.sow("intermediates", "gate_weights", gates_bte)
         mixed_bth = jnp.einsum("bte,beh->bth", gates_bte, experts_beh)
         return [mixed_bth[:, t] for t in range(self.num_tasks)]
 
 
-TRUNKS = ("shared_bottom", "mmoe")
+class CGCLevel(nn.Module):
+    """Customized gate control (Tang et al., RecSys 2020): each task has ``num_task_experts``
+    experts of its own plus ``num_shared_experts`` experts shared by all; task t's gate mixes
+    its own and the shared experts only. With ``shared_output`` (PLE's lower levels) a shared
+    gate over all experts also produces the shared input of the next level.
+
+    Input: the T task representations (B, T, D) and the shared one (B, D).
+    Output: (B, T, H) task representations and, with ``shared_output``, (B, H).
+    """
+
+    num_tasks: int
+    num_task_experts: int
+    num_shared_experts: int
+    hidden: Sequence[int]
+    dropout: float = 0.0
+    shared_output: bool = False
+
+    @nn.compact
+    def __call__(self, task_btd: jax.Array, shared_bd: jax.Array, *, train: bool = False):
+        t, k, s = self.num_tasks, self.num_task_experts, self.num_shared_experts
+        batch = shared_bd.shape[0]
+        # Every expert in one batched einsum: task t's k experts read task t's input.
+        inputs = jnp.concatenate(
+            [
+                jnp.repeat(task_btd, k, axis=1),
+                jnp.broadcast_to(shared_bd[:, None], (batch, s, shared_bd.shape[-1])),
+            ],
+            axis=1,
+        )
+        experts = ExpertMLPs(t * k + s, self.hidden, self.dropout, name="experts")(
+            inputs, train=train
+        )
+        task_experts_btkh = experts[:, : t * k].reshape(batch, t, k, -1)
+        shared_experts_bsh = experts[:, t * k :]
+
+        # Task t's gate reads task t's input: T gates as one einsum over per-task kernels.
+        kernel = self.param(
+            "task_gates_kernel",
+            nn.initializers.lecun_normal(batch_axis=(0,)),
+            (t, task_btd.shape[-1], k + s),
+        )
+        bias = self.param("task_gates_bias", nn.initializers.zeros, (t, k + s))
+        gates_btg = jax.nn.softmax(jnp.einsum("btd,tdg->btg", task_btd, kernel) + bias, -1)
+        self.sow("intermediates", "gate_weights", gates_btg)
+        task_out = jnp.einsum("btk,btkh->bth", gates_btg[..., :k], task_experts_btkh)
+        task_out = task_out + jnp.einsum("bts,bsh->bth", gates_btg[..., k:], shared_experts_bsh)
+        if not self.shared_output:
+            return task_out, None
+        shared_gate_b1e = _softmax_gates(nn.Dense(t * k + s, name="shared_gate"), shared_bd, 1)
+        self.sow("intermediates", "shared_gate_weights", shared_gate_b1e)
+        shared_out = jnp.einsum("be,beh->bh", shared_gate_b1e[:, 0], experts)
+        return task_out, shared_out
+
+
+class PLE(nn.Module):
+    """Progressive layered extraction (Tang et al., RecSys 2020): ``num_levels`` stacked CGC
+    levels; ``num_levels=1`` is CGC. Lower levels pass a shared representation upward."""
+
+    num_tasks: int
+    num_task_experts: int
+    num_shared_experts: int
+    num_levels: int
+    hidden: Sequence[int]
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> list[jax.Array]:
+        task_btd = jnp.broadcast_to(x[:, None], (x.shape[0], self.num_tasks, x.shape[-1]))
+        shared_bd = x
+        for level in range(self.num_levels):
+            task_btd, shared_bd = CGCLevel(
+                self.num_tasks,
+                self.num_task_experts,
+                self.num_shared_experts,
+                self.hidden,
+                self.dropout,
+                shared_output=level < self.num_levels - 1,
+                name=f"level_{level}",
+            )(task_btd, shared_bd, train=train)
+        return [task_btd[:, t] for t in range(self.num_tasks)]
+
+
+class CrossStitch(nn.Module):
+    """Cross-stitch networks (Misra et al., CVPR 2016): one MLP column per task, and after
+    every layer a learned T x T unit mixes the columns, ``h_t <- sum_s alpha_ts h_s``.
+
+    ``self_weight`` initialises alpha to ``self_weight`` on the diagonal and shares the rest
+    evenly off it (the paper's 0.9 / 0.1); 1.0 starts as independent columns.
+    """
+
+    num_tasks: int
+    hidden: Sequence[int]
+    dropout: float = 0.0
+    self_weight: float = 0.9
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> list[jax.Array]:
+        t = self.num_tasks
+        off = (1.0 - self.self_weight) / max(t - 1, 1)
+        alpha_init = off * jnp.ones((t, t)) + (self.self_weight - off) * jnp.eye(t)
+        h = jnp.broadcast_to(x[:, None], (x.shape[0], t, x.shape[-1]))
+        for i, width in enumerate(self.hidden):
+            h = ExpertMLPs(t, (width,), self.dropout, name=f"columns_{i}")(h, train=train)
+            alpha = self.param(f"stitch_{i}", lambda *_, a=alpha_init: a)
+            h = jnp.einsum("ts,bsh->bth", alpha, h)
+        return [h[:, k] for k in range(t)]
+
+
+TRUNKS = ("shared_bottom", "single_task", "omoe", "mmoe", "cgc", "ple", "cross_stitch")
 
 
 def make_trunk(name: str, num_tasks: int, model_config) -> nn.Module:
-    hidden = tuple(model_config.trunk_hidden)
+    c = model_config
+    hidden = tuple(c.trunk_hidden)
     if name == "shared_bottom":
-        return SharedBottom(num_tasks, hidden, model_config.dropout)
+        return SharedBottom(num_tasks, hidden, c.dropout)
+    if name == "single_task":
+        return SingleTask(num_tasks, hidden, c.dropout)
+    if name == "omoe":
+        return OMoE(num_tasks, c.num_experts, hidden, c.dropout)
     if name == "mmoe":
-        return MMoE(num_tasks, model_config.num_experts, hidden, model_config.dropout)
+        return MMoE(num_tasks, c.num_experts, hidden, c.dropout)
+    if name in ("cgc", "ple"):
+        levels = 1 if name == "cgc" else c.num_levels
+        return PLE(num_tasks, c.num_task_experts, c.num_shared_experts, levels, hidden, c.dropout)
+    if name == "cross_stitch":
+        return CrossStitch(num_tasks, hidden, c.dropout, c.cross_stitch_self_weight)
     raise ValueError(f"unknown trunk {name!r}; valid: {TRUNKS}")
