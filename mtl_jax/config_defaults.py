@@ -29,6 +29,10 @@ def base_config(
             num_shared_experts=2,  # cgc, ple: experts every task's gate sees
             num_levels=2,  # ple: stacked CGC levels
             cross_stitch_self_weight=0.9,  # cross_stitch: initial alpha diagonal
+            # ESMM (Ma et al. 2018) for a click -> conversion funnel: the ctcvr task's output
+            # becomes pCTR * pCVR over all impressions; '' = off.
+            esmm_ctr_task="",
+            esmm_ctcvr_task="",
             trunk_hidden=(64, 32),
             tower_hidden=(32,),
             dropout=0.0,

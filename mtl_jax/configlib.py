@@ -119,6 +119,15 @@ def validate_against_dataset(config: ml_collections.ConfigDict, dataset: MultiTa
             "input_features",
             f"{name!r} is also a prediction target; withhold it from the inputs",
         )
+    ctr, ctcvr = config.model.esmm_ctr_task, config.model.esmm_ctcvr_task
+    if ctr or ctcvr:
+        binary = [t for t in config.tasks if task_kinds.get(t) == "binary"]
+        _require(
+            ctr in binary and ctcvr in binary and ctr != ctcvr,
+            "model.esmm_ctr_task",
+            f"ESMM needs two different binary tasks of this run (esmm_ctr_task={ctr!r}, "
+            f"esmm_ctcvr_task={ctcvr!r}); binary tasks: {binary}",
+        )
     metric = config.train.early_stopping_metric
     task, _, name = metric.partition("/")
     valid = [f"{t}/{m}" for t in config.tasks for m in METRICS[task_kinds[t]]]

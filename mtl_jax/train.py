@@ -31,6 +31,7 @@ from mtl_jax.data import MultiTaskDataset, Split, load_dataset
 from mtl_jax.data.pipeline import check_batch_divides, eval_batches, train_iterator
 from mtl_jax.models import MultiTaskModel, gate_stats
 from mtl_jax.models.gate_stats import make_gate_stats
+from mtl_jax.models.model import esmm_tasks
 from mtl_jax.optim import make_optimizer
 from mtl_jax.tasks import TaskSpec
 
@@ -52,17 +53,26 @@ class NonFiniteLossError(FloatingPointError):
     """Training diverged; the last good checkpoint in the workdir is left untouched."""
 
 
-def output_biases(tasks: Sequence[TaskSpec], train: Split) -> tuple[tuple[float, ...], ...]:
+def output_biases(
+    tasks: Sequence[TaskSpec], train: Split, esmm: tuple[str, str] = ("", "")
+) -> tuple[tuple[float, ...], ...]:
     """Initial output biases that make the untrained model predict the train prior.
 
     Without them a rating head starts near 0 while ratings average ~4, and its huge early
-    loss swamps the other tasks' gradients for the first few hundred steps.
+    loss swamps the other tasks' gradients for the first few hundred steps. Under ESMM the
+    conversion tower starts at P(ctcvr) / P(ctr), so that its product with pCTR does.
     """
+    ctr, ctcvr = esmm
     out = []
     for task in tasks:
         mask = train.masks[task.name] > 0
         labels = train.labels[task.name][mask]
         prior = tasks_lib.trivial_predictions(task, labels, 1)[0]
+        if task.name == ctcvr and ctr:
+            ctr_task = next(t for t in tasks if t.name == ctr)
+            ctr_mask = train.masks[ctr] > 0
+            ctr_rate = tasks_lib.trivial_predictions(ctr_task, train.labels[ctr][ctr_mask], 1)[0]
+            prior = prior / max(float(ctr_rate), 1e-6)
         if task.kind == "binary":
             p = float(np.clip(prior, 1e-4, 1 - 1e-4))
             out.append((math.log(p / (1 - p)),))
@@ -334,7 +344,10 @@ class Trainer:
         feature_by_name = {f.name: f for f in dataset.features}
         features = tuple(feature_by_name[name] for name in config.input_features)
         self.model = MultiTaskModel(
-            features, self.tasks, config.model, output_biases(self.tasks, dataset.train)
+            features,
+            self.tasks,
+            config.model,
+            output_biases(self.tasks, dataset.train, esmm_tasks(config.model)),
         )
         self.tx = make_optimizer(config.optim, config.train.num_steps)
         self.rule = rule_from_config(config.balancing, config.tasks)

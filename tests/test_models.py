@@ -118,3 +118,30 @@ def test_pairwise_dots_match_reference():
     rows = [np.asarray(params[n]["embedding"])[np.asarray(feats[n])] for n in "abc"]
     dots = [np.sum(rows[i] * rows[j], axis=-1) for i, j in ((0, 1), (0, 2), (1, 2))]
     np.testing.assert_allclose(out, np.concatenate([*rows, np.stack(dots, -1)], -1), rtol=1e-6)
+
+
+def test_esmm_ctcvr_is_the_product_of_its_two_towers():
+    from mtl_jax.models.model import product_logit
+    from mtl_jax.tasks import predict
+
+    config = ml_collections.ConfigDict(
+        dict(trunk="mmoe", embed_dim=4, pairwise_dots=True, num_experts=2, trunk_hidden=(8,),
+             tower_hidden=(4,), dropout=0.0, esmm_ctr_task="click",
+             esmm_ctcvr_task="purchase")
+    )  # fmt: skip
+    features = (FeatureSpec("user_id", 10), FeatureSpec("item_id", 7))
+    specs = (TaskSpec("click", "binary"), TaskSpec("purchase", "binary"))
+    model = MultiTaskModel(features, specs, config, ((-1.0,), (-3.0,)))
+    feats = {"user_id": jnp.array([0, 9, 3]), "item_id": jnp.array([6, 0, 1])}
+    params = model.init(jax.random.PRNGKey(0), feats)["params"]
+    out, state = model.apply({"params": params}, feats, mutable=["intermediates"])
+    cvr_logit = state["intermediates"]["cvr_logit"][0]
+    p_ctr = jax.nn.sigmoid(out["click"])
+    np.testing.assert_allclose(
+        predict(specs[1], out["purchase"]), p_ctr * jax.nn.sigmoid(cvr_logit), rtol=1e-5
+    )
+    # The log-space product stays exact where naive products underflow or round to 1.
+    a = jnp.array([-40.0, 0.0, 30.0])
+    b = jnp.array([-40.0, 2.0, 30.0])
+    p = np.exp(-np.logaddexp(0, -np.float64(a)) - np.logaddexp(0, -np.float64(b)))
+    np.testing.assert_allclose(jax.nn.sigmoid(product_logit(a, b)), p, rtol=1e-5)

@@ -16,6 +16,19 @@ from mtl_jax.models.trunks import make_trunk
 from mtl_jax.tasks import TaskSpec
 
 
+def esmm_tasks(model_config: Any) -> tuple[str, str]:
+    """``(ctr task, ctcvr task)`` when ESMM is on, else ``("", "")``."""
+    return model_config.get("esmm_ctr_task", ""), model_config.get("esmm_ctcvr_task", "")
+
+
+def product_logit(logit_a: jax.Array, logit_b: jax.Array) -> jax.Array:
+    """The logit of ``sigmoid(a) * sigmoid(b)``, computed in log space so that neither tiny
+    nor near-one probabilities lose precision."""
+    log_p = jax.nn.log_sigmoid(logit_a) + jax.nn.log_sigmoid(logit_b)
+    log_p = jnp.minimum(log_p, -1e-7)  # p < 1 strictly, so log(1 - p) is finite
+    return log_p - jnp.log(-jnp.expm1(log_p))
+
+
 class Tower(nn.Module):
     """A task's head: an MLP and an output layer sized for the task kind."""
 
@@ -68,10 +81,17 @@ class MultiTaskModel(nn.Module):
 
     def from_embedded(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
         reps = self.trunk(x, train=train)
-        return {
+        logits = {
             task.name: self.towers[task.name](rep, train=train)
             for task, rep in zip(self.tasks, reps, strict=True)
         }
+        ctr, ctcvr = esmm_tasks(self.config)
+        if ctr:
+            # ESMM: the conversion tower predicts pCVR = P(convert | click), never supervised
+            # directly; the task's output is pCTCVR = pCTR * pCVR over every impression.
+            self.sow("intermediates", "cvr_logit", logits[ctcvr])
+            logits[ctcvr] = product_logit(logits[ctr], logits[ctcvr])
+        return logits
 
     def __call__(self, features: dict[str, jax.Array], *, train: bool = False):
         return self.from_embedded(self.embed(features), train=train)
