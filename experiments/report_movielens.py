@@ -129,6 +129,15 @@ def build(runs: pathlib.Path, baselines: pathlib.Path) -> str:
                 for m, v in models.items()
             ],
         )
+        if "ranking" in b:
+            out += ["", "Ranking without a model, same candidates and relevant items:", ""]
+            out += _table(
+                ["ranking by", *ranking_metrics],
+                [
+                    [name, *(f"{values[m]:.4f}" for m in ranking_metrics)]
+                    for name, values in b["ranking"].items()
+                ],
+            )
     return "\n".join(out) + "\n"
 
 
