@@ -30,7 +30,7 @@ def test_unknown_variant():
 @pytest.mark.parametrize(
     "key, value, match",
     [
-        ("model.trunk", "transformer", r"model.trunk.*valid: \('shared_bottom', 'mmoe'"),
+        ("model.trunk", "transformer", r"model.trunk.*valid: \('shared_bottom', 'single_task'"),
         ("model.num_experts", 0, r"model.num_experts: must be >= 1"),
         ("optim.learning_rate", -1e-3, r"optim.learning_rate: must be > 0"),
         ("balancing.method", "magic", r"balancing.method.*valid: \(.ew., .static., .uw."),
