@@ -24,6 +24,9 @@ from mtl_jax import reporting
 from mtl_jax.data import movielens
 
 
+_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
 def _surprise_models(seed: int) -> dict:
     from surprise import SVD, BaselineOnly, SVDpp
 
@@ -37,11 +40,10 @@ def _surprise_models(seed: int) -> dict:
 def _ranking_baselines(data_dir: str) -> dict:
     """Top-10 by train popularity and at random, through the same ranking evaluation (and
     the same candidates and relevant items) as our models, at MMR lambda 1."""
-    from configs import movielens as movielens_config
-    from mtl_jax import ranking
+    from mtl_jax import configlib, ranking
     from mtl_jax.data import load_dataset
 
-    config = movielens_config.get_config()
+    config = configlib.load_config_file(str(_ROOT / "configs" / "movielens.py"))
     config.data.data_dir = data_dir
     dataset = load_dataset(config.data, config.seed)
     c = config.ranking
