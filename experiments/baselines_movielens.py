@@ -23,7 +23,6 @@ import numpy as np
 from mtl_jax import reporting
 from mtl_jax.data import movielens
 
-
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 

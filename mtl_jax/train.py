@@ -102,7 +102,7 @@ def task_loss_sums(
 def _split_params(params: dict) -> tuple[Any, Any, dict]:
     """(embedding, trunk, the rest): the three ways a gradient method treats parameters."""
     rest = {k: v for k, v in params.items() if k not in ("embedding", "trunk")}
-    return params["embedding"], params["trunk"], rest
+    return params.get("embedding", {}), params["trunk"], rest
 
 
 def _mean_task_losses(tasks: Sequence[TaskSpec], logits: dict, batch: dict) -> jax.Array:
@@ -262,7 +262,9 @@ def make_train_step(
                 _, rest_grads, x_grad = vjp_fn(rest_weights)
                 gram = balancing.gramian(trunk_task_grads)  # XLA shares it with the rule
             (embedding_grads,) = embed_vjp(x_grad)
-            grads = {"embedding": embedding_grads, "trunk": trunk_update, **rest_grads}
+            grads = {"trunk": trunk_update, **rest_grads}
+            if "embedding" in state.params:  # absent when every input feature is dense
+                grads["embedding"] = embedding_grads
             metrics["gram"] = gram
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -353,7 +355,7 @@ class Trainer:
         self.rule = rule_from_config(config.balancing, config.tasks)
 
         # Shapes first: derive the state's shardings from an abstract init, then init under jit.
-        sample = {f.name: jnp.zeros((1,), jnp.int32) for f in features}
+        sample = {f.name: jnp.asarray(f.placeholder()) for f in features}
         key = jax.random.PRNGKey(config.seed)
         self._init_fn = lambda k: self._init_state(k, sample)
         abstract = jax.eval_shape(self._init_fn, key)

@@ -5,10 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from mtl_jax.data.ecommerce import simulate_ecommerce
+from mtl_jax.data.mmoe_synthetic import simulate_mmoe_synthetic
 from mtl_jax.data.movielens import build_dataset as movielens_dataset
 from mtl_jax.data.schema import FeatureSpec, MultiTaskDataset, Split
 
-_BUILDERS = {"ecommerce": simulate_ecommerce, "movielens": movielens_dataset}
+_BUILDERS = {
+    "ecommerce": simulate_ecommerce,
+    "movielens": movielens_dataset,
+    "mmoe_synthetic": simulate_mmoe_synthetic,
+}
 
 DATASETS = tuple(_BUILDERS)
 

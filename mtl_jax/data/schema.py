@@ -15,10 +15,22 @@ from mtl_jax.tasks import TaskSpec
 
 @dataclasses.dataclass(frozen=True)
 class FeatureSpec:
-    """A categorical input feature with ids in ``[0, vocab_size)``."""
+    """An input feature: categorical with ids in ``[0, vocab_size)``, or, with
+    ``dense_dim > 0``, a float vector of that size fed to the trunk as it is."""
 
     name: str
     vocab_size: int
+    dense_dim: int = 0
+
+    @property
+    def is_dense(self) -> bool:
+        return self.dense_dim > 0
+
+    def placeholder(self) -> np.ndarray:
+        """One example's worth of zeros with this feature's dtype and shape (for init)."""
+        if self.is_dense:
+            return np.zeros((1, self.dense_dim), np.float32)
+        return np.zeros((1,), np.int32)
 
 
 @dataclasses.dataclass(frozen=True)

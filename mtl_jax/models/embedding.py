@@ -12,7 +12,8 @@ from mtl_jax.data.schema import FeatureSpec
 
 
 class FeatureEmbedding(nn.Module):
-    """Looks up every feature's id in its own table; (B,) ids per feature -> (B, F * dim).
+    """Looks up every categorical feature's id in its own table and appends the dense
+    features as they are; (B,) ids per feature -> (B, F * dim + dense dims).
 
     With ``pairwise_dots`` the F * (F - 1) / 2 dot products between feature embeddings are
     appended (as in DLRM): user-item affinity is largely bilinear, which an MLP over
@@ -34,8 +35,10 @@ class FeatureEmbedding(nn.Module):
                 features[spec.name]
             )
             for spec in self.features
+            if not spec.is_dense
         ]
-        out = jnp.concatenate(vectors, axis=-1)
+        dense = [features[spec.name].astype(jnp.float32) for spec in self.features if spec.is_dense]
+        out = jnp.concatenate(vectors + dense, axis=-1)
         if self.pairwise_dots and len(vectors) > 1:
             stacked_bfd = jnp.stack(vectors, axis=1)
             dots_bff = jnp.einsum("bfd,bgd->bfg", stacked_bfd, stacked_bfd)
