@@ -1,6 +1,6 @@
 """Classic rating-prediction baselines on our MovieLens-100K split, with scikit-surprise.
 
-  pip install -e '.[baselines]'
+  pip install -e '.[experiments]'
   python experiments/baselines_movielens.py
 
 Fits global mean, baseline-only biases, SVD and SVD++ (surprise's default parameters) on
@@ -79,7 +79,7 @@ def main() -> None:
         from surprise import Dataset, Reader, accuracy
     except ImportError as e:
         raise SystemExit(
-            f"needs scikit-surprise and pandas: pip install -e '.[baselines]' ({e})"
+            f"needs scikit-surprise and pandas: pip install -e '.[experiments]' ({e})"
         ) from e
 
     data = movielens.load(movielens.fetch(args.data_dir or None))

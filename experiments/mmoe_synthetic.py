@@ -1,6 +1,7 @@
 """The MMoE paper's synthetic experiment: Shared-Bottom, OMoE and MMoE at task correlations
 1.0, 0.9 and 0.5, several seeds each; a table of final test losses and a loss-curve plot.
 
+  pip install -e '.[experiments]'  # matplotlib for the plot
   python experiments/mmoe_synthetic.py --seeds=5
 
 Models are matched in size as in the paper: OMoE and MMoE have ``num_experts`` experts of
