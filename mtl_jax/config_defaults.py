@@ -38,6 +38,11 @@ def base_config(
             dropout=0.0,
         )
     )
+    # Per-task loss options for imbalanced labels: pos_weight (binary, multilabel) multiplies
+    # the loss of positive labels; class_weights (multiclass) one multiplier per class.
+    c.task_loss = ml_collections.ConfigDict(
+        {t: dict(pos_weight=1.0, class_weights=()) for t in tasks}
+    )
     # Any method in mtl_jax.balancing.names(), with its kwargs, e.g.
     # --config.balancing.method=cagrad --config.balancing.c=0.4
     c.balancing = balancing_config.default_config(tasks, method="ew")

@@ -6,6 +6,7 @@ checks reject bad values and name the allowed choices.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.util
 import json
@@ -119,6 +120,16 @@ def validate_against_dataset(config: ml_collections.ConfigDict, dataset: MultiTa
             "input_features",
             f"{name!r} is also a prediction target; withhold it from the inputs",
         )
+    for name in config.tasks:
+        options = config.task_loss[name]
+        try:
+            dataclasses.replace(
+                next(t for t in dataset.tasks if t.name == name),
+                pos_weight=float(options.pos_weight),
+                class_weights=tuple(float(w) for w in options.class_weights),
+            )
+        except ValueError as e:
+            raise ConfigError(f"config.task_loss.{name}: {e}") from e
     ctr, ctcvr = config.model.esmm_ctr_task, config.model.esmm_ctcvr_task
     if ctr or ctcvr:
         binary = [t for t in config.tasks if task_kinds.get(t) == "binary"]

@@ -28,17 +28,38 @@ class TaskSpec:
       name: key of the task's labels, masks and outputs.
       kind: one of ``TASK_KINDS``.
       num_classes: number of classes (``multiclass``) or labels (``multilabel``).
+      pos_weight: ``binary`` / ``multilabel``: the loss of a positive label is multiplied by
+        this (> 1 counters rare positives, as in ``BCEWithLogits(pos_weight=...)``).
+      class_weights: ``multiclass``: one loss multiplier per class; empty = all 1.
     """
 
     name: str
     kind: str
     num_classes: int = 0
+    pos_weight: float = 1.0
+    class_weights: tuple[float, ...] = ()
 
     def __post_init__(self):
         if self.kind not in TASK_KINDS:
             raise ValueError(f"task {self.name!r}: unknown kind {self.kind!r}; valid: {TASK_KINDS}")
         if self.kind in ("multiclass", "multilabel") and self.num_classes < 2:
             raise ValueError(f"task {self.name!r}: {self.kind} needs num_classes >= 2")
+        if self.pos_weight <= 0:
+            raise ValueError(f"task {self.name!r}: pos_weight must be > 0, got {self.pos_weight}")
+        if self.pos_weight != 1.0 and self.kind not in ("binary", "multilabel"):
+            raise ValueError(
+                f"task {self.name!r}: pos_weight applies to binary and multilabel tasks, "
+                f"not {self.kind}"
+            )
+        if self.class_weights:
+            if self.kind != "multiclass" or len(self.class_weights) != self.num_classes:
+                raise ValueError(
+                    f"task {self.name!r}: class_weights needs a multiclass task and one weight "
+                    f"per class ({self.num_classes}); got {len(self.class_weights)} for a "
+                    f"{self.kind} task"
+                )
+            if min(self.class_weights) <= 0:
+                raise ValueError(f"task {self.name!r}: class_weights must be > 0")
 
     @property
     def output_dim(self) -> int:
@@ -51,13 +72,20 @@ class TaskSpec:
 
 def per_example_loss(task: TaskSpec, logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Loss of each example, shape (B,). ``logits`` are (B,) or (B, C) for multiclass."""
-    if task.kind == "binary":
-        return optax.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype))
+    if task.kind in ("binary", "multilabel"):
+        labels = labels.astype(logits.dtype)
+        loss = optax.sigmoid_binary_cross_entropy(logits, labels)
+        if task.pos_weight != 1.0:
+            loss = loss * (1.0 + (task.pos_weight - 1.0) * labels)
+        # multilabel: mean over labels, so the scale does not grow with C
+        return loss if task.kind == "binary" else loss.mean(-1)
     if task.kind == "regression":
         return jnp.square(logits - labels.astype(logits.dtype))
-    if task.kind == "multilabel":  # mean over labels, so the scale does not grow with C
-        return optax.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype)).mean(-1)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels.astype(jnp.int32))
+    labels = labels.astype(jnp.int32)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    if task.class_weights:
+        loss = loss * jnp.asarray(task.class_weights, loss.dtype)[labels]
+    return loss
 
 
 def masked_loss_sum(

@@ -7,6 +7,7 @@ stopping, and reports test metrics of the best-on-validation parameters.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import pathlib
@@ -51,6 +52,19 @@ class TrainState:
 
 class NonFiniteLossError(FloatingPointError):
     """Training diverged; the last good checkpoint in the workdir is left untouched."""
+
+
+def configured_tasks(config: ml_collections.ConfigDict, dataset: MultiTaskDataset):
+    """The run's tasks, in config order, with the config's per-task loss options."""
+    by_name = {t.name: t for t in dataset.tasks}
+    return tuple(
+        dataclasses.replace(
+            by_name[name],
+            pos_weight=float(config.task_loss[name].pos_weight),
+            class_weights=tuple(float(w) for w in config.task_loss[name].class_weights),
+        )
+        for name in config.tasks
+    )
 
 
 def output_biases(
@@ -341,8 +355,7 @@ class Trainer:
         check_batch_divides(config.train.batch_size, n_data, "train.batch_size")
         check_batch_divides(config.train.eval_batch_size, n_data, "train.eval_batch_size")
 
-        task_by_name = {t.name: t for t in dataset.tasks}
-        self.tasks = tuple(task_by_name[name] for name in config.tasks)
+        self.tasks = configured_tasks(config, dataset)
         feature_by_name = {f.name: f for f in dataset.features}
         features = tuple(feature_by_name[name] for name in config.input_features)
         self.model = MultiTaskModel(

@@ -79,3 +79,33 @@ def test_multilabel_loss_and_prior():
     assert float(s) == pytest.approx(ref, rel=1e-5) and float(c) == 1.0
     prior = tasks.trivial_predictions(task, np.array([[1, 0, 0], [1, 1, 0]], float), 2)
     np.testing.assert_allclose(prior, [[1.0, 0.5, 0.0]] * 2)
+
+
+def test_pos_weight_and_class_weights_match_hand_written_losses():
+    from mtl_jax.tasks import TaskSpec, per_example_loss
+
+    logits = jnp.array([0.3, -1.2, 2.0, -0.1])
+    labels = jnp.array([1.0, 0.0, 1.0, 0.0])
+    p = 1 / (1 + np.exp(-np.asarray(logits, np.float64)))
+    want = -(3.0 * labels * np.log(p) + (1 - labels) * np.log(1 - p))
+    got = per_example_loss(TaskSpec("buy", "binary", pos_weight=3.0), logits, labels)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+    logits_mc = jnp.array([[0.1, 0.5, -0.3], [1.0, 0.0, 0.2]])
+    labels_mc = jnp.array([2, 0])
+    log_softmax = np.asarray(logits_mc) - np.log(
+        np.exp(np.asarray(logits_mc)).sum(-1, keepdims=True)
+    )
+    weights = np.array([0.5, 1.0, 4.0])
+    want_mc = -log_softmax[[0, 1], [2, 0]] * weights[[2, 0]]
+    task = TaskSpec("cat", "multiclass", 3, class_weights=(0.5, 1.0, 4.0))
+    np.testing.assert_allclose(per_example_loss(task, logits_mc, labels_mc), want_mc, rtol=1e-5)
+
+
+def test_loss_options_reject_the_wrong_task_kind():
+    from mtl_jax.tasks import TaskSpec
+
+    with pytest.raises(ValueError, match="pos_weight applies to binary and multilabel"):
+        TaskSpec("rating", "regression", pos_weight=2.0)
+    with pytest.raises(ValueError, match=r"one weight per class \(3\); got 2"):
+        TaskSpec("cat", "multiclass", 3, class_weights=(1.0, 2.0))
