@@ -9,6 +9,7 @@ utilisation (a collapsed gate is a common silent failure).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -55,50 +56,38 @@ class SingleTask(nn.Module):
         return [columns_bth[:, t] for t in range(self.num_tasks)]
 
 
-class OMoE(nn.Module):
-    """One-gate mixture of experts (the MMoE paper's OMoE baseline): every task reads the
-    same gated mixture of experts."""
-
-    num_tasks: int
-    num_experts: int
-    hidden: Sequence[int]
-    dropout: float = 0.0
-
-    @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> list[jax.Array]:
-        experts_beh = ExpertMLPs(self.num_experts, self.hidden, self.dropout, name="experts")(
-            x, train=train
-        )
-        gate_b1e = _softmax_gates(nn.Dense(self.num_experts, name="gate"), x, 1)
-        self.sow("intermediates", "gate_weights", gate_b1e)
-        mixed_bh = jnp.einsum("be,beh->bh", gate_b1e[:, 0], experts_beh)
-        return [mixed_bh] * self.num_tasks
-
-
 class MMoE(nn.Module):
     """Multi-gate mixture of experts (Ma et al., KDD 2018).
 
     Experts are shared; each task has its own softmax gate over them, so tasks that disagree
-    can draw on different experts. Gate weights are sown as ``gate_weights`` (B, T, E).
+    can draw on different experts. Gate weights are sown as ``gate_weights`` (B, G, E).
     """
 
     num_tasks: int
     num_experts: int
     hidden: Sequence[int]
     dropout: float = 0.0
+    one_gate: ClassVar[bool] = False  # OMoE: one gate that every task shares
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> list[jax.Array]:
         experts_beh = ExpertMLPs(self.num_experts, self.hidden, self.dropout, name="experts")(
             x, train=train
         )
-        # All T gates as one Dense with T * E outputs: (B, T, E) softmax weights.
-        gates_bte = _softmax_gates(
-            nn.Dense(self.num_tasks * self.num_experts, name="gates"), x, self.num_tasks
-        )
-        self.sow("intermediates", "gate_weights", gates_bte)
-        mixed_bth = jnp.einsum("bte,beh->bth", gates_bte, experts_beh)
-        return [mixed_bth[:, t] for t in range(self.num_tasks)]
+        # All G gates as one Dense with G * E outputs: (B, G, E) softmax weights.
+        num_gates = 1 if self.one_gate else self.num_tasks
+        dense = nn.Dense(num_gates * self.num_experts, name="gate" if self.one_gate else "gates")
+        gates_bge = _softmax_gates(dense, x, num_gates)
+        self.sow("intermediates", "gate_weights", gates_bge)
+        mixed_bgh = jnp.einsum("bge,beh->bgh", gates_bge, experts_beh)
+        return [mixed_bgh[:, 0 if self.one_gate else t] for t in range(self.num_tasks)]
+
+
+class OMoE(MMoE):
+    """One-gate mixture of experts (the MMoE paper's OMoE baseline): every task reads the
+    same gated mixture of experts."""
+
+    one_gate: ClassVar[bool] = True
 
 
 class CGCLevel(nn.Module):
