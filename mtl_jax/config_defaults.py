@@ -3,7 +3,9 @@ mesh. A scenario file adds its ``data`` section and overrides what differs."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import ml_collections
 
@@ -76,6 +78,14 @@ def base_config(
     c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=2, async_save=True))
     c.mesh = ml_collections.ConfigDict(dict(num_devices=0))  # 0: all devices
     return c
+
+
+def data_section(name: str, builder: Callable[..., Any]) -> ml_collections.ConfigDict:
+    """A ``data`` section holding every keyword of a dataset builder at its default (so each
+    knob is on the command line, e.g. ``--config.data.task_correlation=0.9``)."""
+    params = inspect.signature(builder).parameters
+    defaults = {k: p.default for k, p in params.items() if k != "seed" and p.default is not p.empty}
+    return ml_collections.ConfigDict({"name": name, **defaults})
 
 
 def shrink_for_smoke(c: ml_collections.ConfigDict) -> None:

@@ -7,12 +7,16 @@ from typing import Any
 from mtl_jax.data.ecommerce import simulate_ecommerce
 from mtl_jax.data.mmoe_synthetic import simulate_mmoe_synthetic
 from mtl_jax.data.movielens import build_dataset as movielens_dataset
+from mtl_jax.data.news import simulate_news
 from mtl_jax.data.schema import FeatureSpec, MultiTaskDataset, Split
+from mtl_jax.data.social import simulate_social
 
 _BUILDERS = {
     "ecommerce": simulate_ecommerce,
     "movielens": movielens_dataset,
     "mmoe_synthetic": simulate_mmoe_synthetic,
+    "news": simulate_news,
+    "social": simulate_social,
 }
 
 DATASETS = tuple(_BUILDERS)

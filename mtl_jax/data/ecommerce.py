@@ -24,6 +24,9 @@ import math
 import numpy as np
 
 from mtl_jax.data.schema import FeatureSpec, MultiTaskDataset, Split, random_split
+from mtl_jax.data.simulation import calibrate_bias as _calibrate_bias
+from mtl_jax.data.simulation import sigmoid as _sigmoid
+from mtl_jax.data.simulation import standardize as _standardize
 from mtl_jax.tasks import TaskSpec
 
 CATEGORY_WORDS = (
@@ -42,26 +45,6 @@ def _brand_names(n: int, rng: np.random.Generator) -> list[str]:
         k = 2 + (i % 2)
         names.append("".join(rng.choice(_SYLLABLES, size=k)).capitalize() + f"{i}")
     return names
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-def _calibrate_bias(z: np.ndarray, target_rate: float, weights: np.ndarray | None = None) -> float:
-    """The offset b with weighted-mean(sigmoid(z + b)) == target_rate, by bisection."""
-    lo, hi = -30.0, 30.0
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        if np.average(_sigmoid(z + mid), weights=weights) < target_rate:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
-
-
-def _standardize(x: np.ndarray) -> np.ndarray:
-    return (x - x.mean()) / (x.std() + 1e-12)
 
 
 _erf = np.frompyfunc(math.erf, 1, 1)

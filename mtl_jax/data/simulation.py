@@ -1,0 +1,54 @@
+"""Pieces every scenario simulator shares: calibrated Bernoulli rates, Zipf exposure, latent
+affinities built from feature tables, and task scores tied together by one correlation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def calibrate_bias(z: np.ndarray, target_rate: float, weights: np.ndarray | None = None) -> float:
+    """The offset b with weighted-mean(sigmoid(z + b)) == target_rate, by bisection."""
+    lo, hi = -30.0, 30.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if np.average(sigmoid(z + mid), weights=weights) < target_rate:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def standardize(x: np.ndarray) -> np.ndarray:
+    return (x - x.mean()) / (x.std() + 1e-12)
+
+
+def zipf_weights(num_items: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
+    """Exposure probabilities: a random popularity order with weight 1 / rank^exponent."""
+    rank = rng.permutation(num_items)
+    weight = 1.0 / np.power(rank + 1.0, exponent)
+    return weight / weight.sum()
+
+
+def latent(tables: list[tuple[np.ndarray, float, int]], k: int, rng: np.random.Generator):
+    """Sum over ``(ids, scale, vocab)`` of ``scale * table[ids]`` with a fresh N(0, 1/k)
+    table per feature: a latent vector for every row, structured by its features."""
+    s = 1.0 / math.sqrt(k)
+    return sum(scale * rng.normal(0, s, (vocab, k))[ids] for ids, scale, vocab in tables)
+
+
+def correlated_scores(
+    own_scores: dict[str, np.ndarray], anchor: str, rho: float
+) -> dict[str, np.ndarray]:
+    """``z_t = rho z_anchor + sqrt(1 - rho^2) own_t`` for every task but the anchor: the one
+    knob (``task_correlation``) that sets how related the scenario's tasks are."""
+    if not -1.0 <= rho <= 1.0:
+        raise ValueError(f"task_correlation must lie in [-1, 1], got {rho}")
+    own = math.sqrt(max(0.0, 1.0 - rho * rho))
+    base = own_scores[anchor]
+    return {t: base if t == anchor else rho * base + own * z for t, z in own_scores.items()}

@@ -1,0 +1,79 @@
+"""The news and social simulators: determinism, calibrated rates, the biases they promise,
+the correlation knob, and every trunk training on each."""
+
+import numpy as np
+import pytest
+
+from mtl_jax import configlib, parallel
+from mtl_jax.data import load_dataset
+from mtl_jax.data.news import simulate_news
+from mtl_jax.data.simulation import correlated_scores
+from mtl_jax.data.social import simulate_social
+from mtl_jax.models import TRUNKS
+from mtl_jax.train import Trainer
+
+SMALL = dict(num_users=800, num_items=600, num_impressions=60_000)
+
+
+def test_correlated_scores_set_the_correlation():
+    rng = np.random.default_rng(0)
+    own = {t: rng.normal(size=200_000) for t in ("a", "b", "c")}
+    for rho in (0.0, 0.5, 0.9):
+        z = correlated_scores(own, "a", rho)
+        np.testing.assert_array_equal(z["a"], own["a"])
+        assert np.corrcoef(z["a"], z["b"])[0, 1] == pytest.approx(rho, abs=0.01)
+        assert np.var(z["c"]) == pytest.approx(1.0, abs=0.02)
+    with pytest.raises(ValueError, match="task_correlation must lie in"):
+        correlated_scores(own, "a", 1.5)
+
+
+@pytest.mark.parametrize("simulate", [simulate_news, simulate_social])
+def test_simulators_are_deterministic_and_calibrated(simulate):
+    a, b = simulate(**SMALL, seed=4), simulate(**SMALL, seed=4)
+    for name in a.train.labels:
+        np.testing.assert_array_equal(a.train.labels[name], b.train.labels[name])
+    assert a.item_text == b.item_text and len(a.item_text) == 600
+    # Labels are draws from the oracle probabilities: their means agree.
+    for name, p in a.train.oracle.items():
+        if a.train.masks[name].min() == 1 and name != "dwell":
+            assert a.train.labels[name].mean() == pytest.approx(p.mean(), rel=0.1)
+
+
+def test_news_has_position_bias_and_dwell_only_for_clicks():
+    ds = simulate_news(**SMALL, seed=1)
+    rates = [ds.train.labels["click"][ds.train.features["position"] == p].mean() for p in range(10)]
+    assert rates[0] > 2 * rates[3] > 0 and rates[3] > rates[9]
+    assert ds.train.labels["click"].mean() == pytest.approx(0.08, rel=0.1)
+    np.testing.assert_array_equal(ds.train.masks["dwell"], ds.train.labels["click"])
+
+
+def test_social_shares_are_rare_and_rates_follow_the_config():
+    ds = simulate_social(**SMALL, seed=2, share_rate=0.003)
+    rates = {t: ds.train.labels[t].mean() for t in ("like", "comment", "share", "follow")}
+    assert rates["share"] < 0.01
+    assert rates["like"] == pytest.approx(0.05, rel=0.1)
+    assert rates["like"] > rates["comment"] > rates["share"]
+
+
+def test_higher_task_correlation_makes_interactions_more_correlated():
+    def corr(rho):
+        ds = simulate_social(**SMALL, seed=3, task_correlation=rho)
+        return np.corrcoef(ds.train.oracle["like"], ds.train.oracle["comment"])[0, 1]
+
+    assert corr(0.9) > corr(0.2) + 0.2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", ["news", "social"])
+def test_every_trunk_trains_on_the_scenario(scenario):
+    config = configlib.load_config_file(f"configs/{scenario}.py:smoke")
+    dataset = load_dataset(config.data, config.seed)
+    for trunk in TRUNKS:
+        config.model.trunk = trunk
+        trainer = Trainer(config, dataset, mesh=parallel.make_mesh(1))
+        state, it = trainer.init_state(), trainer.train_iterator()
+        for _ in range(3):
+            state, metrics = trainer.train_step(
+                state, parallel.to_global_batch(next(it), trainer.mesh)
+            )
+        assert np.isfinite(float(metrics["loss"])), trunk
