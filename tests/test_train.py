@@ -112,8 +112,10 @@ def test_scoped_gramian_step_matches_per_task_reference(method):
         return sums[t] / jnp.maximum(counts[t], 1.0)
 
     num_tasks = len(trainer.tasks)
-    per_task = [jax.grad(task_loss)(state.params, t) for t in range(num_tasks)]
-    losses = jnp.stack([task_loss(state.params, t) for t in range(num_tasks)])
+    grad_fn = jax.jit(jax.value_and_grad(task_loss), static_argnums=1)
+    values_and_grads = [grad_fn(state.params, t) for t in range(num_tasks)]
+    losses = jnp.stack([v for v, _ in values_and_grads])
+    per_task = [g for _, g in values_and_grads]
     scoped = [{k: g["trunk"]["experts"][k] for k in ("kernel_1", "bias_1")} for g in per_task]
     gram = np.array([[sum(float(jnp.vdot(a[k], b[k])) for k in a) for b in scoped] for a in scoped])
     np.testing.assert_allclose(metrics["gram"], gram, rtol=1e-4, atol=1e-9)
