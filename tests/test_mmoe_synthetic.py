@@ -12,6 +12,7 @@ from mtl_jax.data.mmoe_synthetic import (
     simulate_mmoe_synthetic,
     task_weights,
 )
+from mtl_jax.models import TRUNKS
 from mtl_jax.train import Trainer
 
 
@@ -48,7 +49,7 @@ def test_label_correlation_falls_with_the_weight_cosine():
 
 
 @pytest.mark.parametrize(
-    "trunk, method", [("shared_bottom", "ew"), ("omoe", "ew"), ("mmoe", "mgda")]
+    "trunk, method", [*((t, "ew") for t in TRUNKS if t != "mmoe"), ("mmoe", "mgda")]
 )
 def test_dense_inputs_train_without_embedding_tables(trunk, method):
     config = configlib.load_config_file("configs/mmoe_synthetic.py:smoke")
