@@ -189,9 +189,9 @@ def _scoped_gradient_step(model, tasks, rule, balancer_state, batch, parts, rngs
     trunk, rest, x = parts
     scoped, unscoped = _split_by_mask(trunk, scope_mask(trunk, pattern))
 
-    def losses(sc, un, re, x):
+    def losses(sc, un, others, x):
         return _losses_from_embedded(
-            model, tasks, batch, _merge_flat(sc, un), re, x, train=True, rngs=rngs
+            model, tasks, batch, _merge_flat(sc, un), others, x, train=True, rngs=rngs
         )
 
     task_losses, vjp_fn = jax.vjp(losses, scoped, unscoped, rest, x)
@@ -262,8 +262,8 @@ def make_train_step(
                 )
             else:
                 task_losses, vjp_fn = jax.vjp(
-                    lambda tr, re, x: _losses_from_embedded(
-                        model, tasks, batch, tr, re, x, train=True, rngs=rngs
+                    lambda tr, others, x: _losses_from_embedded(
+                        model, tasks, batch, tr, others, x, train=True, rngs=rngs
                     ),
                     trunk,
                     rest,
