@@ -34,6 +34,7 @@ from mtl_jax.models import MultiTaskModel, gate_stats
 from mtl_jax.models.gate_stats import make_gate_stats
 from mtl_jax.models.model import esmm_tasks
 from mtl_jax.optim import make_optimizer
+from mtl_jax.preemption import PreemptionWatch
 from mtl_jax.tasks import TaskSpec
 
 log = logging.getLogger("mtl_jax")
@@ -504,7 +505,20 @@ def train_and_evaluate(
       workdir: where checkpoints, metrics and results go; resumed from if it holds a run.
       max_steps_this_run: train at most this many steps in this call, then checkpoint and
         return None; a later call resumes. For time-sliced queues (and resume tests).
+
+    SIGTERM during training (a cloud VM's preemption notice) checkpoints at the next step
+    boundary and returns None, so the process can exit 0 and a rerun resumes exactly.
     """
+    with PreemptionWatch() as preemption:
+        return _train_and_evaluate(config, workdir, max_steps_this_run, preemption)
+
+
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    max_steps_this_run: int | None,
+    preemption: PreemptionWatch,
+) -> dict[str, Any] | None:
     start_time = time.perf_counter()
     configlib.validate(config)
     workdir_path = pathlib.Path(workdir)
@@ -623,18 +637,17 @@ def train_and_evaluate(
                     meta["best_step"],
                 )
             throughput.restart(step)
-        if (
-            max_steps_this_run is not None
-            and step - start_step >= max_steps_this_run
-            and not meta["finished"]
-        ):
+        budget_spent = max_steps_this_run is not None and step - start_step >= max_steps_this_run
+        preempted = preemption.reached(step)
+        if (budget_spent or preempted) and not meta["finished"]:
             if ckpt.latest_step() != step:
                 _fetch_finite(train_metrics, step, config.tasks, ckpt)
                 ckpt.save(step, state, data_iter, {**meta, "step": step})
             ckpt.wait()
             ckpt.close()
             log.info(
-                "stopping after %d steps this run; rerun to resume at step %d",
+                "%s after %d steps this run; rerun to resume at step %d",
+                "preempted: checkpointed and stopping" if preempted else "stopping",
                 step - start_step,
                 step,
             )
