@@ -2,11 +2,15 @@
 
   python run.py --config=configs/ecommerce.py --workdir=runs/ecommerce
 
-Running again with the same --workdir resumes from its latest checkpoint.
+Running again with the same --workdir resumes from its latest checkpoint. To size a mesh
+before training (compile only, print XLA's per-device memory estimate):
+
+  python run.py --config=configs/ecommerce.py --compile_only --mesh=8
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 
@@ -16,6 +20,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from mtl_jax import configlib
+from mtl_jax.aot import compile_train_step
 from mtl_jax.train import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/ecommerce.py")
@@ -25,7 +30,13 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
-flags.mark_flags_as_required(["config", "workdir"])
+_COMPILE_ONLY = flags.DEFINE_bool(
+    "compile_only", False, "Lower and compile the train step, print its memory estimate, exit."
+)
+_MESH = flags.DEFINE_integer(
+    "mesh", None, "With --compile_only: devices of the data-parallel mesh (default: all)."
+)
+flags.mark_flags_as_required(["config"])
 
 
 def main(argv: list[str]) -> None:
@@ -43,6 +54,12 @@ def main(argv: list[str]) -> None:
             num_processes=_NUM_PROCESSES.value,
             process_id=_PROCESS_ID.value,
         )
+    if _COMPILE_ONLY.value:
+        report = compile_train_step(_CONFIG.value, _MESH.value)
+        print(json.dumps(report, indent=1))
+        return
+    if not _WORKDIR.value:
+        raise app.UsageError("--workdir is required (except with --compile_only)")
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

@@ -272,3 +272,16 @@ def test_divergence_stops_with_last_good_checkpoint_intact(tmp_path, monkeypatch
     ckpt = checkpoint.Checkpointer(tmp_path)
     assert ckpt.latest_step() == 10
     ckpt.close()
+
+
+def test_compile_only_reports_per_device_memory_that_shrinks_with_data_parallelism():
+    from mtl_jax.aot import compile_train_step
+
+    config = tiny_config(batch_size=256)
+    one = compile_train_step(config, 1)
+    eight = compile_train_step(config, 8)
+    assert (one["devices"], eight["devices"]) == (1, 8)
+    assert one["params"] == eight["params"] > 0
+    # Parameters and optimizer state are replicated, activations are split over the batch.
+    assert eight["arguments_mib"] < one["arguments_mib"]
+    assert eight["temporaries_mib"] < one["temporaries_mib"]

@@ -1,0 +1,65 @@
+"""Ahead-of-time sizing: lower and compile the train step for a mesh without training, and
+report what XLA says one device will hold, so a slice can be sized before it is paid for."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+import ml_collections
+
+from mtl_jax import configlib, parallel
+from mtl_jax.data import load_dataset
+from mtl_jax.train import Trainer
+
+
+def compile_train_step(
+    config: ml_collections.ConfigDict, num_devices: int | None = None
+) -> dict[str, Any]:
+    """Compiles the configured train step over ``num_devices`` (default: all) from abstract
+    shapes only (no parameters are initialised, no batch is read) and returns XLA's
+    per-device memory estimate in MiB with the compile time.
+
+    The dataset's schema (vocabulary sizes, tasks, label priors) is still built, since it
+    decides the shapes; for simulators that is a few seconds.
+    """
+    configlib.validate(config)
+    dataset = load_dataset(config.data, config.seed)
+    mesh = parallel.make_mesh(num_devices)
+    trainer = Trainer(config, dataset, mesh=mesh)
+    batch = next(trainer.train_iterator(num_steps=1))
+    sharding = parallel.batch_sharding(mesh)
+    processes = jax.process_count()  # the iterator yields this process's rows only
+    abstract_batch = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(
+            (x.shape[0] * processes, *x.shape[1:]), x.dtype, sharding=sharding
+        ),
+        batch,
+    )
+    start = time.perf_counter()
+    compiled = trainer.train_step.lower(trainer.abstract_state, abstract_batch).compile()
+    compile_s = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+    report: dict[str, Any] = {
+        "devices": mesh.size,
+        "device_kind": jax.devices()[0].device_kind,
+        "global_batch": config.train.batch_size,
+        "params": int(sum(x.size for x in jax.tree.leaves(trainer.abstract_state.params))),
+        "compile_s": compile_s,
+    }
+    if memory is not None:
+        mib = lambda b: b / 2**20
+        report.update(
+            arguments_mib=mib(memory.argument_size_in_bytes),
+            outputs_mib=mib(memory.output_size_in_bytes),
+            temporaries_mib=mib(memory.temp_size_in_bytes),
+            aliased_mib=mib(memory.alias_size_in_bytes),
+            per_device_total_mib=mib(
+                memory.argument_size_in_bytes
+                + memory.output_size_in_bytes
+                + memory.temp_size_in_bytes
+                - memory.alias_size_in_bytes
+            ),
+        )
+    return report
