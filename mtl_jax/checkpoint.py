@@ -11,11 +11,14 @@ mid-save leaves the previous step as the latest one.
 
 from __future__ import annotations
 
+import logging
 import pathlib
 from typing import Any
 
 import grain
 import orbax.checkpoint as ocp
+
+log = logging.getLogger("mtl_jax")
 
 # Config keys that may change between a checkpoint and its resume without changing the math.
 RESUMABLE_KEYS = (
@@ -113,6 +116,47 @@ class Checkpointer:
             ),
         )
         return restored["state"], restored["meta"]
+
+    def restore_newest(
+        self, abstract_state: Any, data_iterator: grain.DatasetIterator, config: dict[str, Any]
+    ) -> tuple[int, Any, dict[str, Any]] | None:
+        """``(step, state, meta)`` of the newest checkpoint that restores, or None if none.
+
+        A checkpoint that fails to restore (files truncated or missing, e.g. a disk filled up
+        or a copy was cut short) is renamed ``<step>.damaged`` and kept for inspection, and
+        the next older one is tried, so a damaged latest checkpoint costs the steps since
+        the one before it, never the run. A checkpoint from a different config still fails
+        with ``IncompatibleCheckpointError``.
+        """
+        for step in sorted(self._latest.all_steps(), reverse=True):
+            try:
+                self.check_compatible(step, config)
+                state, meta = self.restore(step, abstract_state, data_iterator)
+                return step, state, meta
+            except IncompatibleCheckpointError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any failure to read means "damaged"
+                damaged = self._set_aside(step)
+                log.warning(
+                    "checkpoint at step %d does not restore (%s: %s); moved to %s, trying "
+                    "an older one",
+                    step,
+                    type(e).__name__,
+                    str(e).splitlines()[0][:200] if str(e) else "",
+                    damaged,
+                )
+        return None
+
+    def _set_aside(self, step: int) -> pathlib.Path:
+        source = pathlib.Path(self._latest.directory) / str(step)
+        target = source.with_name(f"{step}.damaged")
+        suffix = 1
+        while target.exists():
+            target = source.with_name(f"{step}.damaged{suffix}")
+            suffix += 1
+        source.rename(target)
+        self._latest.reload()
+        return target
 
     def save_best(self, step: int, params: Any) -> None:
         if step in self._best.all_steps():  # re-reached after a resume: identical params

@@ -27,7 +27,7 @@ from flax import traverse_util
 from mtl_jax import balancing, configlib, parallel, ranking, reporting
 from mtl_jax import tasks as tasks_lib
 from mtl_jax.balancing.config import rule_from_config
-from mtl_jax.checkpoint import Checkpointer
+from mtl_jax.checkpoint import Checkpointer, IncompatibleCheckpointError
 from mtl_jax.data import MultiTaskDataset, Split, load_dataset
 from mtl_jax.data.pipeline import check_batch_divides, eval_batches, train_iterator
 from mtl_jax.models import MultiTaskModel, gate_stats
@@ -528,7 +528,13 @@ def _train_and_evaluate(
 
     ckpt = Checkpointer(workdir_path, config.checkpoint.max_to_keep, config.checkpoint.async_save)
     latest = ckpt.latest_step()
-    meta = ckpt.check_compatible(latest, config_dict) if latest is not None else None
+    if latest is not None:  # fail fast on a config mismatch, before building anything
+        try:
+            ckpt.check_compatible(latest, config_dict)
+        except IncompatibleCheckpointError:
+            raise
+        except Exception:  # noqa: BLE001 - unreadable: restore_newest below deals with it
+            pass
 
     log.info("building dataset %s", config.data.name)
     dataset = load_dataset(config.data, config.seed)
@@ -542,8 +548,13 @@ def _train_and_evaluate(
     )
     data_iter = trainer.train_iterator()
     metrics_log = reporting.MetricsLog(workdir_path / "metrics.jsonl")
-    if meta is not None:
-        state, meta = ckpt.restore(latest, trainer.abstract_state, data_iter)
+    restored = (
+        ckpt.restore_newest(trainer.abstract_state, data_iter, config_dict)
+        if latest is not None
+        else None
+    )
+    if restored is not None:
+        latest, state, meta = restored
         metrics_log.truncate_after(latest)
         log.info("resumed from step %d in %s", latest, workdir_path)
     else:

@@ -246,6 +246,26 @@ def test_resume_is_exact(tmp_path, method):
 
 
 @pytest.mark.slow
+def test_truncated_latest_checkpoint_falls_back_to_the_one_before(tmp_path):
+    """The newest checkpoint's files are cut short (a full disk, an interrupted copy): the
+    rerun sets it aside, resumes from the previous one, and ends as an uninterrupted run."""
+    config = tiny_config(num_steps=20, eval_every=5, checkpoint_every=5)
+    straight = train_and_evaluate(config, str(tmp_path / "straight"))
+    workdir = tmp_path / "damaged"
+    assert train_and_evaluate(config, str(workdir), max_steps_this_run=12) is None
+    ckpt_dir = workdir / "checkpoints"
+    assert sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()) == [10, 12]
+    state_files = [p for p in (ckpt_dir / "12" / "state").rglob("*") if p.is_file()]
+    assert state_files
+    for path in state_files:
+        path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 3])
+    resumed = train_and_evaluate(config, str(workdir))
+    assert (ckpt_dir / "12.damaged").is_dir(), "the damaged checkpoint is kept, set aside"
+    assert resumed["test"] == straight["test"]
+    assert resumed["best_step"] == straight["best_step"]
+
+
+@pytest.mark.slow
 def test_incompatible_checkpoint_is_refused(tmp_path):
     config = tiny_config(num_steps=10, eval_every=5, checkpoint_every=5)
     assert train_and_evaluate(config, str(tmp_path), max_steps_this_run=5) is None
