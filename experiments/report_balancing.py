@@ -20,15 +20,12 @@ import json
 import pathlib
 
 from mtl_jax import balancing
+from mtl_jax.reporting import short_commit
 
 _GRADIENT_METHODS = {
     m for m in balancing.names() if m != "static" and balancing.make_rule(m).needs_gramian
 }
 _HIGHER_IS_BETTER = {"auc": True, "accuracy": True, "logloss": False, "rmse": False, "mae": False}
-
-
-def _short(commit: str) -> str:
-    return commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")
 
 
 def _scope_cell(scope: str, needs_gramian: bool) -> str:
@@ -87,7 +84,7 @@ def build(runs_dirs: list[pathlib.Path], bench: pathlib.Path) -> str:
                 [
                     method,
                     _scope_cell(scope, needs_gramian),
-                    _short(r["commit"]),
+                    short_commit(r["commit"]),
                     str(r["best_step"]),
                     *(f"{r['test'][t][m]:.4f}" for t, m in columns),
                     ", ".join(worse) or "none",

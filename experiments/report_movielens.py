@@ -21,6 +21,8 @@ import json
 import pathlib
 import statistics
 
+from mtl_jax.reporting import short_commit
+
 _TASK_METRICS = [
     ("rating", "rmse"), ("rating", "mae"), ("like", "auc"), ("like", "logloss"),
     ("genre", "micro_auc"), ("genre", "macro_auc"),
@@ -31,10 +33,6 @@ def _mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.4f}"
     return f"{statistics.mean(values):.4f} +- {statistics.stdev(values):.4f}"
-
-
-def _short(commit: str) -> str:
-    return commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")
 
 
 def _load_runs(runs: pathlib.Path) -> dict[str, list[dict]]:
@@ -86,7 +84,7 @@ def build(runs: pathlib.Path, baselines: pathlib.Path) -> str:
     header += ["like auc", f"ndcg@10 ({plain})"]
     rows = [
         [
-            r["_name"], str(r["config"]["seed"]), _short(r["commit"]), str(r["best_step"]),
+            r["_name"], str(r["config"]["seed"]), short_commit(r["commit"]), str(r["best_step"]),
             f"{r['best_validation']['rating/rmse']:.4f}", f"{r['test']['rating']['rmse']:.4f}",
             f"{r['test']['like']['auc']:.4f}", f"{r['ranking'][plain]['ndcg@10']:.4f}",
         ]
@@ -111,7 +109,7 @@ def build(runs: pathlib.Path, baselines: pathlib.Path) -> str:
             "## Classic baselines on the same split",
             "",
             f"scikit-surprise, default parameters, fitted on train + validation "
-            f"({b['split_sizes']}), commit {_short(b['commit'])}:",
+            f"({b['split_sizes']}), commit {short_commit(b['commit'])}:",
             "",
         ]
         models = collections.defaultdict(list)

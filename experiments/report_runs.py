@@ -14,9 +14,7 @@ import json
 import pathlib
 import statistics
 
-
-def _short(commit: str) -> str:
-    return commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")
+from mtl_jax.reporting import short_commit
 
 
 def _metric_columns(results: dict) -> list[tuple[str, str]]:
@@ -34,7 +32,12 @@ def build_table(workdirs: list[pathlib.Path], summary: bool = True) -> str:
     header = ["run", "seed", "commit", "best step"] + [f"{t} {m}" for t, m in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for workdir, r in zip(workdirs, runs, strict=True):
-        cells = [workdir.name, str(r["config"]["seed"]), _short(r["commit"]), str(r["best_step"])]
+        cells = [
+            workdir.name,
+            str(r["config"]["seed"]),
+            short_commit(r["commit"]),
+            str(r["best_step"]),
+        ]
         cells += [f"{r['test'][t][m]:.4f}" for t, m in columns]
         lines.append("| " + " | ".join(cells) + " |")
     if summary and len(runs) > 1:

@@ -6,7 +6,6 @@ checks reject bad values and name the allowed choices.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import importlib.util
 import json
@@ -21,7 +20,7 @@ from mtl_jax.balancing.config import rule_from_config
 from mtl_jax.data import DATASETS, MultiTaskDataset
 from mtl_jax.models import TRUNKS
 from mtl_jax.optim import EMBEDDING_OPTIMIZERS
-from mtl_jax.tasks import METRICS
+from mtl_jax.tasks import METRICS, with_loss_options
 
 
 class ConfigError(ValueError):
@@ -121,12 +120,9 @@ def validate_against_dataset(config: ml_collections.ConfigDict, dataset: MultiTa
             f"{name!r} is also a prediction target; withhold it from the inputs",
         )
     for name in config.tasks:
-        options = config.task_loss[name]
         try:
-            dataclasses.replace(
-                next(t for t in dataset.tasks if t.name == name),
-                pos_weight=float(options.pos_weight),
-                class_weights=tuple(float(w) for w in options.class_weights),
+            with_loss_options(
+                next(t for t in dataset.tasks if t.name == name), config.task_loss[name]
             )
         except ValueError as e:
             raise ConfigError(f"config.task_loss.{name}: {e}") from e

@@ -62,6 +62,11 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+def short_commit(commit: str) -> str:
+    """``git_commit()``'s value shortened for tables: 7 hex digits, ``-dirty`` kept."""
+    return commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
 def write_json(path: str | pathlib.Path, obj: Any) -> None:
     """Writes atomically (temp file + rename) so a kill never leaves half a file."""
     path = pathlib.Path(path)

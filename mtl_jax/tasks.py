@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -68,6 +69,16 @@ class TaskSpec:
     @property
     def higher_is_better(self) -> dict[str, bool]:
         return {name: hib for name, (_, hib) in METRICS[self.kind].items()}
+
+
+def with_loss_options(task: TaskSpec, options: Any) -> TaskSpec:
+    """``task`` with a config's ``task_loss.<task>`` section (pos_weight, class_weights)
+    applied; invalid options raise ``ValueError`` naming the task."""
+    return dataclasses.replace(
+        task,
+        pos_weight=float(options.pos_weight),
+        class_weights=tuple(float(w) for w in options.class_weights),
+    )
 
 
 def per_example_loss(task: TaskSpec, logits: jax.Array, labels: jax.Array) -> jax.Array:

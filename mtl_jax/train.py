@@ -7,7 +7,6 @@ stopping, and reports test metrics of the best-on-validation parameters.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import pathlib
@@ -59,12 +58,7 @@ def configured_tasks(config: ml_collections.ConfigDict, dataset: MultiTaskDatase
     """The run's tasks, in config order, with the config's per-task loss options."""
     by_name = {t.name: t for t in dataset.tasks}
     return tuple(
-        dataclasses.replace(
-            by_name[name],
-            pos_weight=float(config.task_loss[name].pos_weight),
-            class_weights=tuple(float(w) for w in config.task_loss[name].class_weights),
-        )
-        for name in config.tasks
+        tasks_lib.with_loss_options(by_name[name], config.task_loss[name]) for name in config.tasks
     )
 
 
@@ -398,10 +392,17 @@ class Trainer:
             out_shardings=(batch_sharding, replicated, replicated),
         )
 
-        self.gate_stats = jax.jit(
-            make_gate_stats(self.model),
-            in_shardings=(self.state_sharding.params, batch_sharding),
-            out_shardings=replicated,
+        # Gate statistics cost one more forward pass per log step: only for gated trunks.
+        gate_fn = make_gate_stats(self.model)
+        has_gates = bool(jax.eval_shape(gate_fn, abstract.params, {"features": sample}))
+        self.gate_stats = (
+            jax.jit(
+                gate_fn,
+                in_shardings=(self.state_sharding.params, batch_sharding),
+                out_shardings=replicated,
+            )
+            if has_gates
+            else None
         )
         self.trunk_gramian = jax.jit(
             make_trunk_gramian(self.model, self.tasks),
@@ -591,7 +592,11 @@ def _train_and_evaluate(
             if gram is None:  # loss-weighting methods: one extra backward, on log steps only
                 gram = jax.device_get(trainer.trunk_gramian(state.params, batch))
             diagnostics = gradient_diagnostics(gram, host["weights"], config.tasks)
-            gates = gate_stats.summarize(jax.device_get(trainer.gate_stats(state.params, batch)))
+            gates = (
+                gate_stats.summarize(jax.device_get(trainer.gate_stats(state.params, batch)))
+                if trainer.gate_stats is not None
+                else {}
+            )
             speed = throughput.mark(step)
             record = {
                 "step": step,

@@ -22,11 +22,12 @@ import numpy as np
 
 from mtl_jax.data.schema import FeatureSpec, MultiTaskDataset, Split, random_split
 from mtl_jax.data.simulation import (
+    affinity_scores,
     calibrate_bias,
     correlated_scores,
-    latent,
+    sample_impressions,
     sigmoid,
-    standardize,
+    task_latents,
     zipf_weights,
 )
 from mtl_jax.tasks import TaskSpec
@@ -81,20 +82,22 @@ def simulate_news(
         for i in range(num_items)
     )
 
-    def pair():
-        user = latent([(user_age, 1.0, num_age_buckets), (user_region, 0.7, num_regions),
-                       (user_topic, 1.0, num_topics), (np.arange(num_users), 0.3, num_users)],
-                      k, rng)  # fmt: skip
-        item = latent([(item_topic, 1.0, num_topics), (item_source, 0.5, num_sources),
-                       (item_fresh, 0.5, num_freshness), (np.arange(num_items), 0.5, num_items)],
-                      k, rng)  # fmt: skip
-        return user, item
-
-    latents = {t: pair() for t in ("click", "dwell")}
-    user = rng.integers(num_users, size=num_impressions)
-    item = rng.choice(num_items, size=num_impressions, p=exposure)
+    user_tables = [
+        (user_age, 1.0, num_age_buckets),
+        (user_region, 0.7, num_regions),
+        (user_topic, 1.0, num_topics),
+        (np.arange(num_users), 0.3, num_users),
+    ]
+    item_tables = [
+        (item_topic, 1.0, num_topics),
+        (item_source, 0.5, num_sources),
+        (item_fresh, 0.5, num_freshness),
+        (np.arange(num_items), 0.5, num_items),
+    ]
+    latents = task_latents(("click", "dwell"), user_tables, item_tables, k, rng)
+    user, item = sample_impressions(num_users, exposure, num_impressions, rng)
     position = rng.integers(num_positions, size=num_impressions)
-    own = {t: standardize(np.einsum("nk,nk->n", u[user], v[item])) for t, (u, v) in latents.items()}
+    own = affinity_scores(latents, user, item)
     z = correlated_scores(own, "click", task_correlation)
 
     same_topic = (user_topic[user] == item_topic[item]).astype(np.float64)

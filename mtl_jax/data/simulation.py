@@ -52,3 +52,27 @@ def correlated_scores(
     own = math.sqrt(max(0.0, 1.0 - rho * rho))
     base = own_scores[anchor]
     return {t: base if t == anchor else rho * base + own * z for t, z in own_scores.items()}
+
+
+Table = tuple[np.ndarray, float, int]  # (ids per row, scale, vocabulary size)
+
+
+def task_latents(
+    tasks: tuple[str, ...], user_tables: list[Table], item_tables: list[Table], k: int, rng
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per task, user and item latent vectors from the given feature tables (see ``latent``)."""
+    return {t: (latent(user_tables, k, rng), latent(item_tables, k, rng)) for t in tasks}
+
+
+def sample_impressions(num_users: int, exposure: np.ndarray, n: int, rng):
+    """``(user, item)`` ids of ``n`` impressions: uniform users, items by ``exposure``."""
+    user = rng.integers(num_users, size=n)
+    item = rng.choice(len(exposure), size=n, p=exposure)
+    return user, item
+
+
+def affinity_scores(latents: dict, user: np.ndarray, item: np.ndarray) -> dict[str, np.ndarray]:
+    """Each task's standardised bilinear user-item affinity for every impression."""
+    return {
+        t: standardize(np.einsum("nk,nk->n", u[user], v[item])) for t, (u, v) in latents.items()
+    }
