@@ -6,6 +6,7 @@ Running again with the same --workdir resumes from its latest checkpoint. To siz
 before training (compile only, print XLA's per-device memory estimate):
 
   python run.py --config=configs/ecommerce.py --compile_only --mesh=8
+  python run.py --config=configs/ecommerce.py --compile_only --mesh=4x2  # tables over 2
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from mtl_jax import configlib
+from mtl_jax import configlib, parallel
 from mtl_jax.aot import compile_train_step
 from mtl_jax.train import train_and_evaluate
 
@@ -33,8 +34,11 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _COMPILE_ONLY = flags.DEFINE_bool(
     "compile_only", False, "Lower and compile the train step, print its memory estimate, exit."
 )
-_MESH = flags.DEFINE_integer(
-    "mesh", None, "With --compile_only: devices of the data-parallel mesh (default: all)."
+_MESH = flags.DEFINE_string(
+    "mesh",
+    None,
+    "With --compile_only: the mesh, N devices (data parallel) or DATAxMODEL, e.g. 4x2 "
+    "(default: all devices, model axis from config.mesh.model).",
 )
 flags.mark_flags_as_required(["config"])
 
@@ -55,7 +59,14 @@ def main(argv: list[str]) -> None:
             process_id=_PROCESS_ID.value,
         )
     if _COMPILE_ONLY.value:
-        report = compile_train_step(_CONFIG.value, _MESH.value)
+        if _MESH.value:
+            try:
+                num_devices, model = parallel.parse_mesh_shape(_MESH.value)
+            except ValueError as e:
+                raise app.UsageError(f"--mesh: {e}") from e
+            report = compile_train_step(_CONFIG.value, num_devices, model)
+        else:
+            report = compile_train_step(_CONFIG.value)
         print(json.dumps(report, indent=1))
         return
     if not _WORKDIR.value:

@@ -15,18 +15,19 @@ from mtl_jax.train import Trainer
 
 
 def compile_train_step(
-    config: ml_collections.ConfigDict, num_devices: int | None = None
+    config: ml_collections.ConfigDict, num_devices: int | None = None, model: int | None = None
 ) -> dict[str, Any]:
-    """Compiles the configured train step over ``num_devices`` (default: all) from abstract
-    shapes only (no parameters are initialised, no batch is read) and returns XLA's
-    per-device memory estimate in MiB with the compile time.
+    """Compiles the configured train step over ``num_devices`` (default: all), ``model`` of
+    them on the mesh's model axis (default: ``config.mesh.model``), from abstract shapes only
+    (no parameters are initialised, no batch is read) and returns XLA's per-device memory
+    estimate in MiB with the compile time.
 
     The dataset's schema (vocabulary sizes, tasks, label priors) is still built, since it
     decides the shapes; for simulators that is a few seconds.
     """
     configlib.validate(config)
     dataset = load_dataset(config.data, config.seed)
-    mesh = parallel.make_mesh(num_devices)
+    mesh = parallel.make_mesh(num_devices, model=config.mesh.model if model is None else model)
     trainer = Trainer(config, dataset, mesh=mesh)
     batch = next(trainer.train_iterator(num_steps=1))
     sharding = parallel.batch_sharding(mesh)
@@ -43,6 +44,7 @@ def compile_train_step(
     memory = compiled.memory_analysis()
     report: dict[str, Any] = {
         "devices": mesh.size,
+        "mesh": dict(mesh.shape),
         "device_kind": jax.devices()[0].device_kind,
         "global_batch": config.train.batch_size,
         "params": int(sum(x.size for x in jax.tree.leaves(trainer.abstract_state.params))),

@@ -20,11 +20,11 @@ import orbax.checkpoint as ocp
 
 log = logging.getLogger("mtl_jax")
 
-# Config keys that may change between a checkpoint and its resume without changing the math.
+# Config keys that may change between a checkpoint and its resume without changing the math
+# (and every ``mesh.*`` key: Orbax reshards a checkpoint onto any mesh).
 RESUMABLE_KEYS = (
     "train.log_every",
     "train.eval_batch_size",
-    "mesh.num_devices",
     "checkpoint.max_to_keep",
     "checkpoint.async_save",
 )
@@ -51,7 +51,7 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> dict[s
     return {
         k: (a.get(k, "<absent>"), b.get(k, "<absent>"))
         for k in sorted(set(a) | set(b))
-        if k not in RESUMABLE_KEYS and a.get(k) != b.get(k)
+        if k not in RESUMABLE_KEYS and not k.startswith("mesh.") and a.get(k) != b.get(k)
     }
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import ml_collections
 
-from mtl_jax import ranking
+from mtl_jax import parallel, ranking
 from mtl_jax.balancing import config as balancing_config
 
 
@@ -76,7 +76,11 @@ def base_config(
     # Top-k evaluation over the whole catalogue (datasets with one, e.g. MovieLens).
     c.ranking = ranking.default_config(tasks)
     c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=2, async_save=True))
-    c.mesh = ml_collections.ConfigDict(dict(num_devices=0))  # 0: all devices
+    # num_devices 0: all devices. model: devices on the mesh's model axis (the rest go to
+    # data). axis_rules: logical parameter axis -> mesh axis ('' replicates), see parallel.py.
+    c.mesh = ml_collections.ConfigDict(
+        dict(num_devices=0, model=1, axis_rules=dict(parallel.DEFAULT_AXIS_RULES))
+    )
     return c
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import ml_collections
 
-from mtl_jax import balancing, ranking
+from mtl_jax import balancing, parallel, ranking
 from mtl_jax.balancing.config import rule_from_config
 from mtl_jax.data import DATASETS, MultiTaskDataset
 from mtl_jax.models import TRUNKS
@@ -98,6 +98,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
             re.compile(gramian_params)
         except re.error as e:
             raise ConfigError(f"balancing.gramian_params: {gramian_params!r}: {e}") from e
+    _require(config.mesh.num_devices >= 0, "mesh.num_devices", "must be >= 0 (0: all)")
+    _require(config.mesh.model >= 1, "mesh.model", f"must be >= 1, got {config.mesh.model}")
+    try:
+        parallel.check_axis_rules(dict(config.mesh.axis_rules))
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     _require(len(config.tasks) >= 1, "tasks", "needs at least one task")
     _require(len(set(config.tasks)) == len(config.tasks), "tasks", f"duplicates in {config.tasks}")
 

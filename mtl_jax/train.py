@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -344,7 +345,9 @@ class Trainer:
         self.config = config
         self.dataset = dataset
         self.mesh = (
-            mesh if mesh is not None else parallel.make_mesh(config.mesh.num_devices or None)
+            mesh
+            if mesh is not None
+            else parallel.make_mesh(config.mesh.num_devices or None, model=config.mesh.model)
         )
         n_data = parallel.data_axis_size(self.mesh)
         check_batch_divides(config.train.batch_size, n_data, "train.batch_size")
@@ -367,8 +370,8 @@ class Trainer:
         key = jax.random.PRNGKey(config.seed)
         self._init_fn = lambda k: self._init_state(k, sample)
         abstract = jax.eval_shape(self._init_fn, key)
+        self.state_sharding = self._state_shardings(key, sample, abstract)
         replicated = parallel.replicated(self.mesh)
-        self.state_sharding = jax.tree.map(lambda _: replicated, abstract)
         self.abstract_state = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
             abstract,
@@ -410,8 +413,28 @@ class Trainer:
             out_shardings=replicated,
         )
 
+    def _state_shardings(self, key: jax.Array, sample: dict, abstract: TrainState) -> TrainState:
+        """Parameters by the mesh's logical axis rules; each optimizer-state copy of the
+        parameters like its parameters; everything else (counters, combiner state) whole."""
+        boxed = jax.eval_shape(
+            lambda k: self.model.init({"params": k}, sample, train=False)["params"], key
+        )
+        rules = dict(self.config.mesh.axis_rules)
+        params = parallel.param_shardings(boxed, self.mesh, rules)
+        replicated = parallel.replicated(self.mesh)
+        opt_state = parallel.like_params(abstract.opt_state, abstract.params, params, replicated)
+        whole = lambda tree: jax.tree.map(lambda _: replicated, tree)
+        return TrainState(
+            step=replicated,
+            params=params,
+            opt_state=opt_state,
+            balancer=whole(abstract.balancer),
+            rng=replicated,
+        )
+
     def _init_state(self, key: jax.Array, sample: dict) -> TrainState:
-        params = self.model.init({"params": key}, sample, train=False)["params"]
+        # Unboxed: the logical axis names only serve ``_state_shardings``.
+        params = nn.meta.unbox(self.model.init({"params": key}, sample, train=False)["params"])
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
@@ -547,6 +570,9 @@ def _train_and_evaluate(
         len(trainer.tasks),
         [task.name for task in trainer.tasks],
     )
+    sharded = parallel.sharded_params(trainer.state_sharding.params)
+    if trainer.mesh.size > 1:
+        log.info("parameters split over the mesh: %s", "; ".join(sharded) or "none (replicated)")
     data_iter = trainer.train_iterator()
     metrics_log = reporting.MetricsLog(workdir_path / "metrics.jsonl")
     restored = (

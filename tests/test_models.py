@@ -1,5 +1,6 @@
 """Trunk structure, tower shapes and parameter-group labels."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -17,7 +18,7 @@ def test_experts_equal_independent_mlps():
     """The batched-einsum experts compute exactly what E separate MLPs would."""
     x = jax.random.normal(jax.random.PRNGKey(0), (5, 7))
     experts = ExpertMLPs(num_experts=3, hidden=(6, 4))
-    params = experts.init(jax.random.PRNGKey(1), x)["params"]
+    params = nn.meta.unbox(experts.init(jax.random.PRNGKey(1), x)["params"])
     out = experts.apply({"params": params}, x)
     assert out.shape == (5, 3, 4)
     for e in range(3):
@@ -32,7 +33,7 @@ def test_experts_equal_independent_mlps():
 def test_mmoe_with_one_expert_is_shared_bottom():
     x = jax.random.normal(jax.random.PRNGKey(0), (4, 6))
     mmoe = MMoE(num_tasks=2, num_experts=1, hidden=(8, 5))
-    params = mmoe.init(jax.random.PRNGKey(1), x)["params"]
+    params = nn.meta.unbox(mmoe.init(jax.random.PRNGKey(1), x)["params"])
     bottom = {
         "bottom": {
             f"dense_{i}": {
@@ -50,7 +51,7 @@ def test_mmoe_with_one_expert_is_shared_bottom():
 def test_mmoe_gates_are_per_task_distributions():
     x = jax.random.normal(jax.random.PRNGKey(0), (4, 6))
     mmoe = MMoE(num_tasks=3, num_experts=5, hidden=(8,))
-    params = mmoe.init(jax.random.PRNGKey(1), x)["params"]
+    params = nn.meta.unbox(mmoe.init(jax.random.PRNGKey(1), x)["params"])
     _, state = mmoe.apply({"params": params}, x, mutable=["intermediates"])
     gates = state["intermediates"]["gate_weights"][0]
     assert gates.shape == (4, 3, 5)
@@ -84,7 +85,7 @@ def test_model_outputs_and_param_groups(trunk):
     biases = ((-2.0,), (3.5,), (0.1, 0.2, 0.3))
     model = _model(trunk, biases)
     feats = {"user_id": jnp.array([0, 9, 3]), "item_id": jnp.array([6, 0, 1])}
-    params = model.init(jax.random.PRNGKey(0), feats)["params"]
+    params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), feats)["params"])
     out = model.apply({"params": params}, feats)
     assert out["click"].shape == (3,) and out["rating"].shape == (3,)
     assert out["category"].shape == (3, 3)
@@ -113,7 +114,7 @@ def test_pairwise_dots_match_reference():
     specs = (FeatureSpec("a", 5), FeatureSpec("b", 6), FeatureSpec("c", 7))
     feats = {"a": jnp.array([1, 4]), "b": jnp.array([0, 5]), "c": jnp.array([6, 2])}
     module = FeatureEmbedding(specs, embed_dim=3, pairwise_dots=True)
-    params = module.init(jax.random.PRNGKey(0), feats)["params"]
+    params = nn.meta.unbox(module.init(jax.random.PRNGKey(0), feats)["params"])
     out = np.asarray(module.apply({"params": params}, feats))
     rows = [np.asarray(params[n]["embedding"])[np.asarray(feats[n])] for n in "abc"]
     dots = [np.sum(rows[i] * rows[j], axis=-1) for i, j in ((0, 1), (0, 2), (1, 2))]
@@ -133,7 +134,7 @@ def test_esmm_ctcvr_is_the_product_of_its_two_towers():
     specs = (TaskSpec("click", "binary"), TaskSpec("purchase", "binary"))
     model = MultiTaskModel(features, specs, config, ((-1.0,), (-3.0,)))
     feats = {"user_id": jnp.array([0, 9, 3]), "item_id": jnp.array([6, 0, 1])}
-    params = model.init(jax.random.PRNGKey(0), feats)["params"]
+    params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), feats)["params"])
     out, state = model.apply({"params": params}, feats, mutable=["intermediates"])
     cvr_logit = state["intermediates"]["cvr_logit"][0]
     p_ctr = jax.nn.sigmoid(out["click"])

@@ -1,5 +1,6 @@
 """Each trunk's defining structure, checked against plain per-expert / per-column references."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +13,7 @@ X = jax.random.normal(jax.random.PRNGKey(0), (5, 6))
 
 
 def _init(module, *args):
-    params = module.init(jax.random.PRNGKey(1), *args)["params"]
+    params = nn.meta.unbox(module.init(jax.random.PRNGKey(1), *args)["params"])
     return params, module.apply({"params": params}, *args)
 
 
@@ -139,7 +140,7 @@ def test_cross_stitch_units_mix_columns_layer_by_layer():
 
 def test_single_task_columns_do_not_share_gradients():
     module = SingleTask(3, (6,))
-    params = module.init(jax.random.PRNGKey(1), X)["params"]
+    params = nn.meta.unbox(module.init(jax.random.PRNGKey(1), X)["params"])
     grads = jax.grad(lambda p: module.apply({"params": p}, X)[2].sum())(params)
     kernel = np.asarray(grads["columns"]["kernel_0"])
     assert np.abs(kernel[2]).sum() > 0
@@ -150,7 +151,7 @@ def test_gate_statistics_flag_a_collapsed_gate():
     from mtl_jax.models.gate_stats import gate_statistics, summarize
 
     module = MMoE(num_tasks=2, num_experts=4, hidden=(6,))
-    params = module.init(jax.random.PRNGKey(1), X)["params"]
+    params = nn.meta.unbox(module.init(jax.random.PRNGKey(1), X)["params"])
     params["gates"]["kernel"] = jnp.zeros_like(params["gates"]["kernel"])
     bias = np.zeros(8, np.float32)
     bias[0] = 50.0  # task 0's gate: all weight on expert 0; task 1's gate: uniform

@@ -209,7 +209,7 @@ class GradNormState(NamedTuple):
     opt_state: optax.OptState
 
 
-def gradnorm(alpha: float = 1.5, learning_rate: float = 1e-2) -> WeightingRule:
+def gradnorm(alpha: float = 1.5, learning_rate: float = 1e-3) -> WeightingRule:
     """GradNorm (Chen et al., ICML 2018).
 
     Learns loss weights ``w`` (summing to T) so that each task's weighted gradient norm on the
@@ -219,6 +219,11 @@ def gradnorm(alpha: float = 1.5, learning_rate: float = 1e-2) -> WeightingRule:
     paper) and are renormalised to sum to T; they weight the whole model's loss. The norms
     are taken over the routed shared group (the whole trunk here; the paper allows any
     shared subset and suggests the last shared layer to save compute).
+
+    The weights' learning rate defaults to 1e-3, the order of the networks' own (the paper
+    trains ``w`` alongside the network): at 1e-2 the weights of the sparse e-commerce rating
+    task fall to 0.04-0.1 within a few hundred steps and its test RMSE ends worse than the
+    training mean's.
     """
     optimizer = optax.adam(learning_rate)
 

@@ -29,7 +29,8 @@ class FeatureEmbedding(nn.Module):
         missing = [spec.name for spec in self.features if spec.name not in features]
         if missing:
             raise KeyError(f"batch lacks input features {missing}; it has {sorted(features)}")
-        init = nn.initializers.normal(stddev=0.05)
+        # Rows are the logical "vocab" axis: the mesh rules shard big tables by rows.
+        init = nn.with_logical_partitioning(nn.initializers.normal(stddev=0.05), ("vocab", "embed"))
         vectors = [
             nn.Embed(spec.vocab_size, self.embed_dim, embedding_init=init, name=spec.name)(
                 features[spec.name]

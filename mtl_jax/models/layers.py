@@ -18,7 +18,15 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         for i, width in enumerate(self.hidden):
-            x = nn.relu(nn.Dense(width, name=f"dense_{i}")(x))
+            dense = nn.Dense(
+                width,
+                kernel_init=nn.with_logical_partitioning(
+                    nn.initializers.lecun_normal(), ("mlp_in", "mlp_out")
+                ),
+                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp_out",)),
+                name=f"dense_{i}",
+            )
+            x = nn.relu(dense(x))
             if self.dropout > 0:
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return x
@@ -39,9 +47,13 @@ class ExpertMLPs(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        init = nn.initializers.variance_scaling(
-            1.0, "fan_in", "truncated_normal", in_axis=-2, out_axis=-1, batch_axis=(0,)
+        init = nn.with_logical_partitioning(
+            nn.initializers.variance_scaling(
+                1.0, "fan_in", "truncated_normal", in_axis=-2, out_axis=-1, batch_axis=(0,)
+            ),
+            ("expert", "mlp_in", "mlp_out"),
         )
+        bias_init = nn.with_logical_partitioning(nn.initializers.zeros, ("expert", "mlp_out"))
         if x.ndim == 2:
             x = jnp.broadcast_to(x[:, None, :], (x.shape[0], self.num_experts, x.shape[-1]))
         if x.shape[1] != self.num_experts:
@@ -49,7 +61,7 @@ class ExpertMLPs(nn.Module):
         h = x
         for i, width in enumerate(self.hidden):
             kernel = self.param(f"kernel_{i}", init, (self.num_experts, h.shape[-1], width))
-            bias = self.param(f"bias_{i}", nn.initializers.zeros, (self.num_experts, width))
+            bias = self.param(f"bias_{i}", bias_init, (self.num_experts, width))
             h = nn.relu(jnp.einsum("bei,eio->beo", h, kernel) + bias)
             if self.dropout > 0:
                 h = nn.Dropout(self.dropout, deterministic=not train)(h)
