@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
 import jax
@@ -31,6 +32,12 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost",
+    False,
+    "Join a multi-process run whose coordinator, process count and index JAX detects from "
+    "the environment (Cloud TPU VM slices, SLURM, Open MPI, JAX_COORDINATOR_ADDRESS).",
+)
 _COMPILE_ONLY = flags.DEFINE_bool(
     "compile_only", False, "Lower and compile the train step, print its memory estimate, exit."
 )
@@ -52,12 +59,7 @@ def main(argv: list[str]) -> None:
     # Our progress at INFO; library chatter (Orbax logs every save) only from WARNING up.
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("mtl_jax").setLevel(logging.INFO)
-    if _COORDINATOR.value:
-        jax.distributed.initialize(
-            coordinator_address=_COORDINATOR.value,
-            num_processes=_NUM_PROCESSES.value,
-            process_id=_PROCESS_ID.value,
-        )
+    _initialize_distributed()
     if _COMPILE_ONLY.value:
         if _MESH.value:
             try:
@@ -72,6 +74,24 @@ def main(argv: list[str]) -> None:
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required (except with --compile_only)")
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+def _initialize_distributed() -> None:
+    """``jax.distributed.initialize`` when this is one process of several; then only
+    process 0 logs progress (every process still computes, reads its data shard and takes
+    part in checkpoint saves)."""
+    if _COORDINATOR.value:
+        jax.distributed.initialize(
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+        )
+    elif _MULTIHOST.value or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        jax.distributed.initialize()  # auto-detected from the cluster environment
+    else:
+        return
+    if jax.process_index() != 0:
+        logging.getLogger("mtl_jax").setLevel(logging.WARNING)
 
 
 def _check_overrides(argv: list[str]) -> None:

@@ -117,6 +117,12 @@ class Checkpointer:
         )
         return restored["state"], restored["meta"]
 
+    def restore_state(self, step: int, abstract_state: Any) -> Any:
+        """Only the train state of checkpoint ``step`` (for inspection and comparisons)."""
+        return self._latest.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+        )["state"]
+
     def restore_newest(
         self, abstract_state: Any, data_iterator: grain.DatasetIterator, config: dict[str, Any]
     ) -> tuple[int, Any, dict[str, Any]] | None:
