@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import json
 import pathlib
-import statistics
-import time
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from mtl_jax import balancing, parallel, reporting
+from mtl_jax import balancing, benchmark, parallel, reporting
 from mtl_jax.data import load_dataset
 from mtl_jax.train import Trainer
 
@@ -51,35 +49,17 @@ def time_method(config, dataset, method: str) -> dict:
     trainer = Trainer(config, dataset)
     state = trainer.init_state()
     batch = parallel.to_global_batch(next(trainer.train_iterator()), trainer.mesh)
-    start = time.perf_counter()
-    compiled = trainer.train_step.lower(state, batch).compile()
-    compile_s = time.perf_counter() - start
-    memory = compiled.memory_analysis()
-    memory_mb = None
-    if memory is not None:
-        total = (
-            memory.argument_size_in_bytes
-            + memory.output_size_in_bytes
-            + memory.temp_size_in_bytes
-            - memory.alias_size_in_bytes
-        )
-        memory_mb = total / 2**20
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-    times = []
-    for _ in range(_REPEATS.value):
-        start = time.perf_counter()
-        for _ in range(_STEPS.value):
-            state, metrics = compiled(state, batch)
-        jax.block_until_ready(metrics)
-        times.append((time.perf_counter() - start) / _STEPS.value)
+    timing = benchmark.time_train_step(
+        trainer.train_step, state, batch, _STEPS.value, _REPEATS.value
+    )
+    memory = timing["memory"]
     return {
         "method": method,
         "needs_task_gradients": trainer.rule.needs_gramian,
         "gramian_params": config.balancing.gramian_params,
-        "step_ms": 1e3 * statistics.median(times),
-        "compile_s": compile_s,
-        "xla_memory_mb": memory_mb,
+        "step_ms": timing["step_ms"],
+        "compile_s": timing["compile_s"],
+        "xla_memory_mb": memory["per_device_total_mib"] if memory else None,
     }
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from mtl_jax import configlib, parallel
+from mtl_jax import benchmark, configlib, parallel
 from mtl_jax.data import load_dataset
 from mtl_jax.train import Trainer
 
@@ -41,7 +41,6 @@ def compile_train_step(
     start = time.perf_counter()
     compiled = trainer.train_step.lower(trainer.abstract_state, abstract_batch).compile()
     compile_s = time.perf_counter() - start
-    memory = compiled.memory_analysis()
     report: dict[str, Any] = {
         "devices": mesh.size,
         "mesh": dict(mesh.shape),
@@ -50,18 +49,5 @@ def compile_train_step(
         "params": int(sum(x.size for x in jax.tree.leaves(trainer.abstract_state.params))),
         "compile_s": compile_s,
     }
-    if memory is not None:
-        mib = lambda b: b / 2**20
-        report.update(
-            arguments_mib=mib(memory.argument_size_in_bytes),
-            outputs_mib=mib(memory.output_size_in_bytes),
-            temporaries_mib=mib(memory.temp_size_in_bytes),
-            aliased_mib=mib(memory.alias_size_in_bytes),
-            per_device_total_mib=mib(
-                memory.argument_size_in_bytes
-                + memory.output_size_in_bytes
-                + memory.temp_size_in_bytes
-                - memory.alias_size_in_bytes
-            ),
-        )
+    report.update(benchmark.memory_mib(compiled) or {})
     return report

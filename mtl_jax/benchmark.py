@@ -1,0 +1,57 @@
+"""Measuring a compiled train step: XLA's per-device memory estimate and the median step
+time, shared by the ``--compile_only`` report and the benchmarks in ``experiments/``."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import jax
+
+
+def memory_mib(compiled: Any) -> dict[str, float] | None:
+    """XLA's per-device estimate for a compiled function, in MiB (None where the backend
+    does not say): arguments, outputs, temporaries, the outputs aliased onto donated
+    arguments, and the total a device holds while it runs."""
+    memory = compiled.memory_analysis()
+    if memory is None:
+        return None
+    mib = lambda b: b / 2**20
+    return dict(
+        arguments_mib=mib(memory.argument_size_in_bytes),
+        outputs_mib=mib(memory.output_size_in_bytes),
+        temporaries_mib=mib(memory.temp_size_in_bytes),
+        aliased_mib=mib(memory.alias_size_in_bytes),
+        per_device_total_mib=mib(
+            memory.argument_size_in_bytes
+            + memory.output_size_in_bytes
+            + memory.temp_size_in_bytes
+            - memory.alias_size_in_bytes
+        ),
+    )
+
+
+def time_train_step(
+    train_step: Any, state: Any, batch: Any, steps: int, repeats: int
+) -> dict[str, Any]:
+    """Compiles ``train_step`` for ``(state, batch)``, runs it once, then times ``repeats``
+    runs of ``steps`` steps on the same on-device batch (input time excluded); returns the
+    median seconds per step in ms, the compile time and the memory estimate."""
+    start = time.perf_counter()
+    compiled = train_step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            state, metrics = compiled(state, batch)
+        jax.block_until_ready(metrics)
+        times.append((time.perf_counter() - start) / steps)
+    return {
+        "step_ms": 1e3 * statistics.median(times),
+        "compile_s": compile_s,
+        "memory": memory_mib(compiled),
+    }
