@@ -1,6 +1,7 @@
 """2-D (data, model) meshes: embedding tables sharded by rows train exactly like one device."""
 
 import functools
+import logging
 
 import chex
 import jax
@@ -10,7 +11,7 @@ import pytest
 
 from mtl_jax import configlib, parallel
 from mtl_jax.data import load_dataset
-from mtl_jax.train import Trainer
+from mtl_jax.train import Trainer, train_and_evaluate
 from tests.helpers import tiny_config
 
 
@@ -135,3 +136,21 @@ def test_batch_split_over_data_and_replicated_over_model():
     batch = parallel.to_global_batch({"x": np.arange(6, dtype=np.float32)}, mesh)
     shards = {tuple(s.data.tolist()) for s in batch["x"].addressable_shards}
     assert shards == {(0.0, 1.0, 2.0), (3.0, 4.0, 5.0)}
+
+
+def test_resume_on_another_mesh(tmp_path, caplog):
+    """A checkpoint written on 8x1 (tables whole) resumes on 2x4 (tables split by rows):
+    Orbax reshards on restore, and the run ends where an uninterrupted 8x1 run ends."""
+    config = tiny_config(num_steps=20, eval_every=5, checkpoint_every=5)
+    config.mesh.num_devices = 8
+    straight = train_and_evaluate(config, str(tmp_path / "straight"))
+    assert train_and_evaluate(config, str(tmp_path / "moved"), max_steps_this_run=10) is None
+    config.mesh.model = 4
+    with caplog.at_level(logging.INFO, logger="mtl_jax"):
+        moved = train_and_evaluate(config, str(tmp_path / "moved"))
+    assert "resumed from step 10" in caplog.text
+    assert "['user_id']['embedding']: ('model', None)" in caplog.text  # really on 2x4
+    assert moved["steps_trained"] == straight["steps_trained"]
+    for task, metrics in straight["test"].items():
+        for name, value in metrics.items():
+            assert moved["test"][task][name] == pytest.approx(value, rel=1e-4, abs=1e-6)
