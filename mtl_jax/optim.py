@@ -13,13 +13,26 @@ from typing import Any
 import jax
 import optax
 
-GROUPS = ("embeddings", "trunk", "heads")
+GROUPS = ("embeddings", "trunk", "heads", "text", "frozen")
+
+
+def _key(entry: Any) -> str:
+    return entry.key if hasattr(entry, "key") else str(entry)
 
 
 def group_of(path: tuple[Any, ...]) -> str:
-    """Parameter group of a parameter path like ``('trunk', 'experts', 'kernel_0')``."""
-    top = path[0].key if hasattr(path[0], "key") else str(path[0])
+    """Parameter group of a parameter path like ``('trunk', 'experts', 'kernel_0')``.
+
+    Pretrained text tables are ``frozen`` (never updated); the projections that read them
+    are dense layers of their own group ``text``.
+    """
+    top = _key(path[0])
     if top == "embedding":
+        sub = _key(path[1]) if len(path) > 1 else ""
+        if sub.startswith("text_table_"):
+            return "frozen"
+        if sub.startswith("text_proj_"):
+            return "text"
         return "embeddings"
     if top == "trunk":
         return "trunk"
@@ -80,7 +93,14 @@ def make_optimizer(optim_config: Any, total_steps: int) -> optax.GradientTransfo
         c.embedding_optimizer, schedule(c.embedding_learning_rate, c.warmup_steps, total_steps), c
     )
     partitioned = optax.partition(
-        {"embeddings": embeddings, "trunk": dense, "heads": dense}, param_labels
+        {
+            "embeddings": embeddings,
+            "trunk": dense,
+            "heads": dense,
+            "text": dense,
+            "frozen": optax.set_to_zero(),
+        },
+        param_labels,
     )
     if c.grad_clip_norm > 0:
         return optax.chain(optax.clip_by_global_norm(c.grad_clip_norm), partitioned)

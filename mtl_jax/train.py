@@ -36,6 +36,7 @@ from mtl_jax.models.model import esmm_tasks
 from mtl_jax.optim import make_optimizer
 from mtl_jax.preemption import PreemptionWatch
 from mtl_jax.tasks import TaskSpec
+from mtl_jax.text import features as text_features
 
 log = logging.getLogger("mtl_jax")
 
@@ -356,11 +357,16 @@ class Trainer:
         self.tasks = configured_tasks(config, dataset)
         feature_by_name = {f.name: f for f in dataset.features}
         features = tuple(feature_by_name[name] for name in config.input_features)
+        vocab = {f.name: f.vocab_size for f in dataset.features}
         self.model = MultiTaskModel(
             features,
             self.tasks,
             config.model,
             output_biases(self.tasks, dataset.train, esmm_tasks(config.model)),
+            text_features=tuple((name, vocab[name]) for name in config.text.features),
+            text_dim=text_features.embedding_dim(config.text.model_dir)
+            if config.text.features
+            else 384,
         )
         self.tx = make_optimizer(config.optim, config.train.num_steps)
         self.rule = rule_from_config(config.balancing, config.tasks)
@@ -446,7 +452,27 @@ class Trainer:
         )
 
     def init_state(self) -> TrainState:
-        return jax.jit(self._init_fn, out_shardings=self.state_sharding)(self._key)
+        state = jax.jit(self._init_fn, out_shardings=self.state_sharding)(self._key)
+        if not self.config.text.features:
+            return state
+        # The frozen text tables: each id's sentence embedding (cached on disk).
+        params = dict(state.params)
+        embedding = dict(params["embedding"])
+        for name in self.config.text.features:
+            key = f"text_table_{name}"
+            table = text_features.text_embeddings(
+                self.dataset.text_for(name),
+                self.config.text.model_dir,
+                self.config.text.encode_batch_size,
+            )
+            if table.shape != embedding[key].shape:
+                raise ValueError(
+                    f"text table for {name}: encoder gives {table.shape}, the model expects "
+                    f"{embedding[key].shape}"
+                )
+            embedding[key] = jax.device_put(table, self.state_sharding.params["embedding"][key])
+        params["embedding"] = embedding
+        return state.replace(params=params)
 
     def train_iterator(self, num_steps: int | None = None):
         t = self.config.train
@@ -720,6 +746,12 @@ def _train_and_evaluate(
         name = task.name
         ref = f"  oracle {_fmt(oracle[name])}" if name in oracle else ""
         log.info("  %-9s %s  | trivial %s%s", name, _fmt(test[name]), _fmt(trivial[name]), ref)
+    if dataset.test_subsets:
+        results["test_subsets"] = {}
+        for subset, rows in dataset.test_subsets.items():
+            metrics = trainer.evaluate(best_params, dataset.test.take(rows))
+            results["test_subsets"][subset] = {"examples": len(rows), **metrics}
+            log.info("  %s (%d test rows): %s", subset, len(rows), _format_task_metrics(metrics))
     if config.ranking.enabled:
         log.info("ranking the catalogue for every test user ...")
         results["ranking"] = ranking.evaluate_ranking(

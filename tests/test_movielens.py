@@ -171,3 +171,47 @@ def test_every_trunk_steps_on_movielens(trunk):
     for _ in range(3):
         state, metrics = trainer.train_step(state, parallel.to_global_batch(next(it), trainer.mesh))
     assert np.isfinite(float(metrics["loss"]))
+
+
+def test_text_templates():
+    data = movielens.MovieLens(
+        user=np.array([1]), item=np.array([1]), rating=np.array([5.0]), timestamp=np.array([0]),
+        user_age={1: 24, 2: 18, 3: 80}, user_gender={1: "M", 2: "F", 3: "M"},
+        user_occupation={1: "technician", 2: "none", 3: "other"}, user_zip={1: "1", 2: "2", 3: "3"},
+        item_title={1: "Toy Story", 2: "Unknown"}, item_year={1: 1995, 2: 0},
+        item_genres={1: np.eye(19)[[3, 4, 5]].sum(0), 2: np.eye(19)[0]},
+    )  # fmt: skip
+    assert movielens.item_text(data, 1) == "Toy Story (1995)"
+    assert movielens.item_text(data, 1, with_genres=True) == (
+        "Toy Story (1995). Genres: Animation, Children's, Comedy"
+    )
+    assert movielens.item_text(data, 2, with_genres=True) == "Unknown"  # no year, no genre
+    assert [movielens.user_text(data, u) for u in (1, 2, 3)] == [
+        "A 24-year-old male technician",
+        "An 18-year-old female person with no occupation",
+        "An 80-year-old male person",
+    ]
+
+
+@pytest.mark.slow
+def test_cold_start_split_holds_items_out_of_training():
+    try:
+        movielens.fetch()
+    except movielens.FetchError as e:
+        pytest.skip(f"no network route to MovieLens-100K here: {e}")
+    plain = movielens.build_dataset()
+    cold = movielens.build_dataset(seed=3, cold_item_fraction=0.1)
+    held = np.unique(cold.test.features["item_id"][cold.test_subsets["cold_items"]])
+    assert len(held) == round(0.1 * 1682)  # 10% of the movies
+    for split in (cold.train, cold.validation):
+        assert not np.isin(split.features["item_id"], held).any()
+    # Every rating of a cold item is in test; nothing else moved; subsets partition test.
+    everything = sum(len(plain.split(s)) for s in ("train", "validation", "test"))
+    assert sum(cold.sizes().values()) == everything
+    n_cold = sum(np.isin(plain.split(s).features["item_id"], held).sum()
+                 for s in ("train", "validation", "test"))  # fmt: skip
+    assert len(cold.test_subsets["cold_items"]) == n_cold
+    rows = np.sort(np.concatenate(list(cold.test_subsets.values())))
+    np.testing.assert_array_equal(rows, np.arange(len(cold.test)))
+    other = movielens.build_dataset(seed=4, cold_item_fraction=0.1)
+    assert not np.array_equal(other.test_subsets["cold_items"], cold.test_subsets["cold_items"])

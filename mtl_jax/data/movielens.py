@@ -246,15 +246,64 @@ def _index(values: list[str]) -> dict[str, int]:
     return {v: k for k, v in enumerate(sorted(set(values)))}
 
 
-def build_dataset(data_dir: str = "", seed: int = 0) -> MultiTaskDataset:
+_GENDER_WORDS = {"M": "male", "F": "female"}
+_OCCUPATION_WORDS = {"none": "person with no occupation", "other": "person"}
+
+
+def item_text(ml: MovieLens, item: int, with_genres: bool = False) -> str:
+    """ "Toy Story (1995)", plus ". Genres: Animation, Children's, Comedy" when asked: only
+    where genres are not a prediction target, or the text would hand the model its labels."""
+    year = ml.item_year.get(item, 0)
+    text = ml.item_title[item] + (f" ({year})" if year else "")
+    if with_genres:
+        on = ml.item_genres[item]
+        names = [g for g, flag in zip(GENRES, on, strict=True) if flag and g != "unknown"]
+        if names:
+            text += ". Genres: " + ", ".join(names)
+    return text
+
+
+def user_text(ml: MovieLens, user: int) -> str:
+    """ "A 24-year-old male technician"."""
+    age = f"{ml.user_age[user]}-year-old"
+    occupation = ml.user_occupation[user]
+    words = [
+        age,
+        _GENDER_WORDS.get(ml.user_gender[user], ""),
+        _OCCUPATION_WORDS.get(occupation, occupation),
+    ]
+    article = "An" if age.startswith(("8", "11-", "18-")) else "A"
+    return " ".join([article, *(w for w in words if w)])
+
+
+def cold_items(items: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A seeded ``fraction`` of the item ids in ``items``, sorted: the cold-start hold-out."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"cold_item_fraction must lie in [0, 1), got {fraction}")
+    unique = np.unique(items)
+    count = int(round(fraction * len(unique)))
+    return np.sort(np.random.default_rng(seed).choice(unique, size=count, replace=False))
+
+
+def build_dataset(
+    data_dir: str = "",
+    seed: int = 0,
+    cold_item_fraction: float = 0.0,
+    genres_in_text: bool = False,
+) -> MultiTaskDataset:
     """MovieLens-100K as a multi-task dataset: rating (regression), like = rating >= 4
     (binary) and genre (multilabel over ``GENRES``), split by ``temporal_split``.
 
     Inputs: user id, item id, age bucket, gender, occupation, zip prefix, release-decade
-    bucket. Genres are not an input (they are a target); titles are kept as ``item_text``.
-    ``seed`` is unused: the data and split are fixed.
+    bucket. Genres are not an input (they are a target). ``item_text`` holds "title (year)"
+    (plus the genres with ``genres_in_text``, for configs that do not predict them) and
+    ``user_text`` "A 24-year-old male technician", for text features.
+
+    Cold start: with ``cold_item_fraction`` > 0, that fraction of the movies (drawn with
+    ``seed``) is held out: every rating of theirs, from any split, goes to test only, so
+    the model never sees them in training or selection. ``test_subsets`` then names the
+    test rows of cold and of warm items. Otherwise ``seed`` is unused: the split is fixed.
     """
-    del seed
     data = load(fetch(data_dir or None))
     users = sorted(data.user_age)
     occupations = _index([data.user_occupation[u] for u in users])
@@ -279,9 +328,11 @@ def build_dataset(data_dir: str = "", seed: int = 0) -> MultiTaskDataset:
         decade[i] = 0 if year == 0 else int(np.clip((year - 1920) // 10 + 1, 1, 9))
         genres[i] = data.item_genres[i]
     titles = [""] * num_items
-    for i, title in data.item_title.items():
-        year = data.item_year[i]
-        titles[i] = f"{title} ({year})" if year else title
+    for i in data.item_title:
+        titles[i] = item_text(data, i, with_genres=genres_in_text)
+    descriptions = [""] * num_users
+    for u in users:
+        descriptions[u] = user_text(data, u)
 
     u, it = data.user, data.item
     features = {
@@ -300,6 +351,17 @@ def build_dataset(data_dir: str = "", seed: int = 0) -> MultiTaskDataset:
         masks={"rating": ones, "like": ones, "genre": ones},
     )
     train, val, test = temporal_split(data.user, data.item, data.timestamp)
+    subsets = {}
+    if cold_item_fraction > 0:
+        cold = np.isin(data.item, cold_items(data.item, cold_item_fraction, seed))
+        train, val = train[~cold[train]], val[~cold[val]]
+        test = np.sort(
+            np.concatenate([test, np.flatnonzero(cold & ~np.isin(np.arange(len(cold)), test))])
+        )
+        subsets = {
+            "cold_items": np.flatnonzero(cold[test]),
+            "warm_items": np.flatnonzero(~cold[test]),
+        }
     specs = (
         FeatureSpec("user_id", num_users), FeatureSpec("item_id", num_items),
         FeatureSpec("age", len(AGE_EDGES) + 1), FeatureSpec("gender", 2),
@@ -324,5 +386,5 @@ def build_dataset(data_dir: str = "", seed: int = 0) -> MultiTaskDataset:
     return MultiTaskDataset(
         name="movielens", features=specs, tasks=tasks, train=everything.take(train),
         validation=everything.take(val), test=everything.take(test), item_text=tuple(titles),
-        catalogue=catalogue,
+        catalogue=catalogue, user_text=tuple(descriptions), test_subsets=subsets,
     )  # fmt: skip

@@ -101,6 +101,21 @@ class MultiTaskDataset:
     test: Split
     item_text: tuple[str, ...] = ()
     catalogue: Catalogue | None = None  # for top-k ranking evaluation, where available
+    user_text: tuple[str, ...] = ()
+    # Named subsets of the test split (row indices), reported beside the whole split,
+    # e.g. ``cold_items`` / ``warm_items`` in the cold-start protocol.
+    test_subsets: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    def text_for(self, feature: str) -> tuple[str, ...]:
+        """One text per id of ``feature`` (``item_id`` or ``user_id``), indexed by id."""
+        texts = {"item_id": self.item_text, "user_id": self.user_text}.get(feature, ())
+        if not texts:
+            have = [f for f, t in (("item_id", self.item_text), ("user_id", self.user_text)) if t]
+            raise ValueError(
+                f"dataset {self.name!r} has no text for feature {feature!r}; it has text for "
+                f"{have}"
+            )
+        return texts
 
     def split(self, name: str) -> Split:
         if name not in ("train", "validation", "test"):

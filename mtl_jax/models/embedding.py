@@ -13,7 +13,8 @@ from mtl_jax.data.schema import FeatureSpec
 
 class FeatureEmbedding(nn.Module):
     """Looks up every categorical feature's id in its own table and appends the dense
-    features as they are; (B,) ids per feature -> (B, F * dim + dense dims).
+    features as they are; (B,) ids per feature -> (B, F * dim + dense dims), plus one
+    ``dim``-wide block per text feature.
 
     With ``pairwise_dots`` the F * (F - 1) / 2 dot products between feature embeddings are
     appended (as in DLRM): user-item affinity is largely bilinear, which an MLP over
@@ -23,6 +24,12 @@ class FeatureEmbedding(nn.Module):
     features: Sequence[FeatureSpec]
     embed_dim: int
     pairwise_dots: bool = False
+    # Text features: (id feature, number of ids) pairs. Each id's pretrained sentence
+    # embedding sits in a frozen ``text_table_<feature>`` (filled in by the trainer, never
+    # updated) and a learned ``text_proj_<feature>`` maps it to ``embed_dim``, appended
+    # like one more feature embedding: a cold item's text still says what it is.
+    text_features: Sequence[tuple[str, int]] = ()
+    text_dim: int = 384
 
     @nn.compact
     def __call__(self, features: dict[str, jax.Array]) -> jax.Array:
@@ -38,6 +45,14 @@ class FeatureEmbedding(nn.Module):
             for spec in self.features
             if not spec.is_dense
         ]
+        for name, num_ids in self.text_features:
+            table = self.param(
+                f"text_table_{name}",
+                nn.with_logical_partitioning(nn.initializers.zeros, ("vocab", None)),
+                (num_ids, self.text_dim),
+            )
+            text_vectors = jax.lax.stop_gradient(table)[features[name]]
+            vectors.append(nn.Dense(self.embed_dim, name=f"text_proj_{name}")(text_vectors))
         dense = [features[spec.name].astype(jnp.float32) for spec in self.features if spec.is_dense]
         out = jnp.concatenate(vectors + dense, axis=-1)
         if self.pairwise_dots and len(vectors) > 1:

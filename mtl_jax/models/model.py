@@ -61,10 +61,18 @@ class MultiTaskModel(nn.Module):
     tasks: Sequence[TaskSpec]
     config: Any  # the config's ``model`` section
     output_biases: Sequence[Sequence[float]] | None = None  # per task, see Tower
+    text_features: Sequence[tuple[str, int]] = ()  # see FeatureEmbedding
+    text_dim: int = 384
 
     def setup(self):
         c = self.config
-        self.embedding = FeatureEmbedding(self.features, c.embed_dim, c.pairwise_dots)
+        self.embedding = FeatureEmbedding(
+            self.features,
+            c.embed_dim,
+            c.pairwise_dots,
+            text_features=tuple(self.text_features),
+            text_dim=self.text_dim,
+        )
         self.trunk = make_trunk(c.trunk, len(self.tasks), c)
         self.towers = {
             task.name: Tower(

@@ -1,0 +1,115 @@
+"""Text features in the model: frozen sentence-embedding tables, learned projections, the
+disk cache, and the config checks. The encoder is replaced by a stub where the test is about
+the plumbing (the encoder itself is tested against the original model in test_text.py)."""
+
+import jax
+import numpy as np
+import pytest
+
+from mtl_jax import configlib, parallel
+from mtl_jax.data import load_dataset
+from mtl_jax.text import features as text_features
+from mtl_jax.train import Trainer
+from tests.helpers import tiny_config
+
+
+def _fake_table(texts, model_dir="", batch_size=64):
+    rng = np.random.default_rng(len(texts))
+    table = rng.normal(size=(len(texts), 384)).astype(np.float32)
+    return table / np.linalg.norm(table, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def text_config(monkeypatch):
+    monkeypatch.setattr(text_features, "text_embeddings", _fake_table)
+    monkeypatch.setattr(text_features, "embedding_dim", lambda model_dir="": 384)
+    config = tiny_config()
+    config.text.features = ("item_id",)
+    return config
+
+
+def test_text_table_is_frozen_and_projection_learns(text_config):
+    dataset = load_dataset(text_config.data, text_config.seed)
+    trainer = Trainer(text_config, dataset, mesh=parallel.make_mesh(1))
+    state = trainer.init_state()
+    table = np.asarray(state.params["embedding"]["text_table_item_id"])
+    np.testing.assert_array_equal(table, _fake_table(dataset.item_text))
+    proj = np.asarray(state.params["embedding"]["text_proj_item_id"]["kernel"])
+    it = trainer.train_iterator()
+    for _ in range(10):
+        state, _ = trainer.train_step(state, parallel.to_global_batch(next(it), trainer.mesh))
+    np.testing.assert_array_equal(state.params["embedding"]["text_table_item_id"], table)
+    assert (
+        np.abs(np.asarray(state.params["embedding"]["text_proj_item_id"]["kernel"]) - proj).max()
+        > 1e-4
+    )
+
+
+def test_predictions_read_the_text_of_the_batch_item(text_config):
+    """Swapping two items' text rows swaps what the text block contributes for them."""
+    dataset = load_dataset(text_config.data, text_config.seed)
+    trainer = Trainer(text_config, dataset, mesh=parallel.make_mesh(1))
+    params = trainer.init_state().params
+    feats = {k: v[:2] for k, v in dataset.test.features.items()}
+    feats["item_id"] = np.array([3, 5], np.int32)
+    embed = lambda p, f: trainer.model.apply({"params": p}, f, method=type(trainer.model).embed)
+    base = np.asarray(embed(params, feats))
+    swapped = jax.tree.map(lambda x: x, params)
+    table = np.asarray(params["embedding"]["text_table_item_id"]).copy()
+    table[[3, 5]] = table[[5, 3]]
+    swapped["embedding"] = {**params["embedding"], "text_table_item_id": table}
+    changed = np.asarray(embed(swapped, feats))
+    width = text_config.model.embed_dim
+    start = len(text_config.input_features) * width  # the text block follows the id blocks
+    text_block = slice(start, start + width)
+    np.testing.assert_allclose(changed[0, text_block], base[1, text_block], rtol=1e-6)
+    np.testing.assert_allclose(changed[1, text_block], base[0, text_block], rtol=1e-6)
+    np.testing.assert_array_equal(changed[:, :start], base[:, :start])
+
+
+def test_embeddings_are_cached_by_model_and_text(tmp_path, monkeypatch):
+    monkeypatch.setenv("MTL_JAX_DATA", str(tmp_path))
+    calls = []
+
+    class Stub:
+        def encode(self, texts, batch_size):
+            calls.append(list(texts))
+            return _fake_table(texts)
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for name in ("config.json", "tokenizer.json", "model.safetensors"):
+        (model_dir / name).write_text(name)
+    monkeypatch.setattr(text_features, "default_encoder", lambda directory: Stub())
+    first = text_features.text_embeddings(["a", "b"], str(model_dir))
+    again = text_features.text_embeddings(["a", "b"], str(model_dir))
+    np.testing.assert_array_equal(first, again)
+    assert len(calls) == 1, "the second call must read the cache"
+    text_features.text_embeddings(["a", "c"], str(model_dir))
+    assert len(calls) == 2, "other texts, other cache entry"
+    assert len(list((tmp_path / "text_features").glob("*.npy"))) == 2
+
+
+def test_text_config_errors_name_the_problem():
+    config = tiny_config()
+    config.text.features = ("title",)
+    with pytest.raises(configlib.ConfigError, match=r"text.features.*'title'.*item_id"):
+        configlib.validate(config)
+    config = tiny_config()
+    config.text.mode = "tuned"
+    with pytest.raises(configlib.ConfigError, match="text.mode"):
+        configlib.validate(config)
+    config = tiny_config()
+    config.text.features = ("user_id",)  # the e-commerce simulator has item titles only
+    dataset = load_dataset(config.data, config.seed)
+    with pytest.raises(configlib.ConfigError, match=r"no text for feature 'user_id'"):
+        configlib.validate_against_dataset(config, dataset)
+
+
+def test_genres_in_text_refused_when_genre_is_a_target():
+    from configs import movielens as movielens_config
+
+    config = movielens_config.get_config("smoke")
+    config.data.genres_in_text = True
+    with pytest.raises(configlib.ConfigError, match="leaks the labels"):
+        configlib.validate(config)
