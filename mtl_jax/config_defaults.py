@@ -77,9 +77,18 @@ def base_config(
     c.ranking = ranking.default_config(tasks)
     # Pretrained sentence embeddings of each id's text (e.g. item_id -> "Toy Story (1995)"),
     # projected into the embedding layer; see mtl_jax/text. model_dir '' = the default
-    # all-MiniLM-L6-v2 (HF cache, or fetched from PyPI).
+    # all-MiniLM-L6-v2 (HF cache, or fetched from PyPI). mode "frozen": vectors computed
+    # once (cached); "finetune": the encoder runs in the train step and its top
+    # finetune_layers layers train at finetune_learning_rate.
     c.text = ml_collections.ConfigDict(
-        dict(features=(), mode="frozen", model_dir="", encode_batch_size=64)
+        dict(
+            features=(),
+            mode="frozen",
+            model_dir="",
+            encode_batch_size=64,
+            finetune_layers=1,
+            finetune_learning_rate=1e-4,
+        )
     )
     c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=2, async_save=True))
     # num_devices 0: all devices. model: devices on the mesh's model axis (the rest go to

@@ -116,6 +116,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"no text for {name!r}; valid: {TEXT_FEATURES}",
         )
     _require(config.text.encode_batch_size >= 1, "text.encode_batch_size", "must be >= 1")
+    _require(config.text.finetune_layers >= 0, "text.finetune_layers", "must be >= 0")
+    _require(config.text.finetune_learning_rate > 0, "text.finetune_learning_rate", "must be > 0")
     if config.data.name == "movielens" and config.data.get("genres_in_text", False):
         _require(
             "genre" not in config.tasks,
@@ -126,7 +128,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(len(set(config.tasks)) == len(config.tasks), "tasks", f"duplicates in {config.tasks}")
 
 
-TEXT_MODES = ("frozen",)
+TEXT_MODES = ("frozen", "finetune")
 TEXT_FEATURES = ("item_id", "user_id")
 
 

@@ -13,24 +13,28 @@ from typing import Any
 import jax
 import optax
 
-GROUPS = ("embeddings", "trunk", "heads", "text", "frozen")
+GROUPS = ("embeddings", "trunk", "heads", "text", "text_encoder", "frozen")
 
 
 def _key(entry: Any) -> str:
     return entry.key if hasattr(entry, "key") else str(entry)
 
 
-def group_of(path: tuple[Any, ...]) -> str:
+def group_of(path: tuple[Any, ...], trainable_text_layers: frozenset[str] = frozenset()) -> str:
     """Parameter group of a parameter path like ``('trunk', 'experts', 'kernel_0')``.
 
-    Pretrained text tables are ``frozen`` (never updated); the projections that read them
-    are dense layers of their own group ``text``.
+    Pretrained text tables (vectors or token ids) are ``frozen`` (never updated), and so is
+    a fine-tuned text encoder except its layers named in ``trainable_text_layers``
+    (``text_encoder``); the projections that read the text are dense layers of group
+    ``text``.
     """
     top = _key(path[0])
     if top == "embedding":
         sub = _key(path[1]) if len(path) > 1 else ""
-        if sub.startswith("text_table_"):
+        if sub.startswith(("text_table_", "text_tokens_")):
             return "frozen"
+        if sub == "text_encoder":
+            return "text_encoder" if _key(path[2]) in trainable_text_layers else "frozen"
         if sub.startswith("text_proj_"):
             return "text"
         return "embeddings"
@@ -41,9 +45,11 @@ def group_of(path: tuple[Any, ...]) -> str:
     raise ValueError(f"parameter {'/'.join(map(str, path))} belongs to no group; groups: {GROUPS}")
 
 
-def param_labels(params: Any) -> Any:
+def param_labels(params: Any, trainable_text_layers: frozenset[str] = frozenset()) -> Any:
     """A pytree like ``params`` with each leaf replaced by its group name."""
-    return jax.tree_util.tree_map_with_path(lambda path, _: group_of(path), params)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: group_of(path, trainable_text_layers), params
+    )
 
 
 def schedule(peak: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
@@ -80,8 +86,15 @@ def make_embedding_optimizer(
     return tx
 
 
-def make_optimizer(optim_config: Any, total_steps: int) -> optax.GradientTransformation:
-    """Global-norm clipping, then a per-group optimizer through ``optax.partition``."""
+def make_optimizer(
+    optim_config: Any,
+    total_steps: int,
+    trainable_text_layers: frozenset[str] = frozenset(),
+    text_encoder_learning_rate: float = 1e-4,
+) -> optax.GradientTransformation:
+    """Global-norm clipping, then a per-group optimizer through ``optax.partition``: frozen
+    groups get ``optax.set_to_zero``, a fine-tuned text encoder's top layers Adam at their
+    own (small) rate."""
     c = optim_config
     dense = optax.adamw(
         schedule(c.learning_rate, c.warmup_steps, total_steps),
@@ -98,9 +111,15 @@ def make_optimizer(optim_config: Any, total_steps: int) -> optax.GradientTransfo
             "trunk": dense,
             "heads": dense,
             "text": dense,
+            "text_encoder": optax.adamw(
+                schedule(text_encoder_learning_rate, c.warmup_steps, total_steps),
+                b1=c.b1,
+                b2=c.b2,
+                weight_decay=c.weight_decay,
+            ),
             "frozen": optax.set_to_zero(),
         },
-        param_labels,
+        lambda params: param_labels(params, trainable_text_layers),
     )
     if c.grad_clip_norm > 0:
         return optax.chain(optax.clip_by_global_norm(c.grad_clip_norm), partitioned)

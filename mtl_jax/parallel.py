@@ -104,7 +104,11 @@ def param_shardings(boxed_params: Any, mesh: Mesh, rules: dict[str, str]) -> Any
             if axis and size % mesh.shape[axis]:
                 log.debug(
                     "%s: axis %s (%d) does not divide over %s=%d; kept whole",
-                    jax.tree_util.keystr(path), name, size, axis, mesh.shape[axis],
+                    jax.tree_util.keystr(path),
+                    name,
+                    size,
+                    axis,
+                    mesh.shape[axis],
                 )
                 axis = ""
             used.add(axis)
@@ -136,7 +140,8 @@ def like_params(tree: Any, abstract_params: Any, shardings: Any, default: NamedS
     by_path = {
         tuple(path): (leaf.shape, sharding)
         for (path, leaf), sharding in zip(
-            jax.tree_util.tree_leaves_with_path(abstract_params), jax.tree.leaves(shardings),
+            jax.tree_util.tree_leaves_with_path(abstract_params),
+            jax.tree.leaves(shardings),
             strict=True,
         )
     }

@@ -358,17 +358,25 @@ class Trainer:
         feature_by_name = {f.name: f for f in dataset.features}
         features = tuple(feature_by_name[name] for name in config.input_features)
         vocab = {f.name: f.vocab_size for f in dataset.features}
+        text = text_features.TextSetup.from_config(config.text, dataset)
+        self.text = text
         self.model = MultiTaskModel(
             features,
             self.tasks,
             config.model,
             output_biases(self.tasks, dataset.train, esmm_tasks(config.model)),
             text_features=tuple((name, vocab[name]) for name in config.text.features),
-            text_dim=text_features.embedding_dim(config.text.model_dir)
-            if config.text.features
-            else 384,
+            text_dim=text.dim,
+            text_encoder=text.bert_config,
+            text_token_length=text.token_length,
+            text_trainable_layers=config.text.finetune_layers,
         )
-        self.tx = make_optimizer(config.optim, config.train.num_steps)
+        self.tx = make_optimizer(
+            config.optim,
+            config.train.num_steps,
+            text.trainable_layers,
+            config.text.finetune_learning_rate,
+        )
         self.rule = rule_from_config(config.balancing, config.tasks)
 
         # Shapes first: derive the state's shardings from an abstract init, then init under jit.
@@ -455,24 +463,15 @@ class Trainer:
         state = jax.jit(self._init_fn, out_shardings=self.state_sharding)(self._key)
         if not self.config.text.features:
             return state
-        # The frozen text tables: each id's sentence embedding (cached on disk).
-        params = dict(state.params)
-        embedding = dict(params["embedding"])
-        for name in self.config.text.features:
-            key = f"text_table_{name}"
-            table = text_features.text_embeddings(
-                self.dataset.text_for(name),
-                self.config.text.model_dir,
-                self.config.text.encode_batch_size,
-            )
-            if table.shape != embedding[key].shape:
-                raise ValueError(
-                    f"text table for {name}: encoder gives {table.shape}, the model expects "
-                    f"{embedding[key].shape}"
-                )
-            embedding[key] = jax.device_put(table, self.state_sharding.params["embedding"][key])
-        params["embedding"] = embedding
-        return state.replace(params=params)
+        # The pretrained parts: text vectors or token ids per id, and the encoder's weights.
+        embedding = dict(state.params["embedding"])
+        shardings = self.state_sharding.params["embedding"]
+        for key, value in self.text.pretrained_params(self.config.text, self.dataset).items():
+            got, want = jax.tree.map(np.shape, value), jax.tree.map(np.shape, embedding[key])
+            if got != want:
+                raise ValueError(f"pretrained {key}: shapes {got}, the model expects {want}")
+            embedding[key] = jax.device_put(value, shardings[key])
+        return state.replace(params={**state.params, "embedding": embedding})
 
     def train_iterator(self, num_steps: int | None = None):
         t = self.config.train

@@ -22,7 +22,9 @@ def _fake_table(texts, model_dir="", batch_size=64):
 @pytest.fixture
 def text_config(monkeypatch):
     monkeypatch.setattr(text_features, "text_embeddings", _fake_table)
-    monkeypatch.setattr(text_features, "embedding_dim", lambda model_dir="": 384)
+    monkeypatch.setattr(
+        text_features.TextSetup, "from_config", classmethod(lambda cls, *_: cls(dim=384))
+    )
     config = tiny_config()
     config.text.features = ("item_id",)
     return config
@@ -113,3 +115,50 @@ def test_genres_in_text_refused_when_genre_is_a_target():
     config.data.genres_in_text = True
     with pytest.raises(configlib.ConfigError, match="leaks the labels"):
         configlib.validate(config)
+
+
+@pytest.fixture(scope="module")
+def real_encoder():
+    from mtl_jax import text
+
+    try:
+        return text.default_encoder()
+    except text.ModelFilesError as e:
+        pytest.skip(f"text model unavailable: {e}")
+
+
+@pytest.mark.slow
+def test_finetune_trains_only_the_top_layers(real_encoder):
+    """Fine-tune mode with finetune_layers=1: the in-model encoder starts as the pretrained
+    one (same sentence vectors as ``encode``), the top layer and the projection move, every
+    other encoder weight and the token table stay exactly as loaded."""
+    config = tiny_config(batch_size=16)
+    config.text.update(features=("item_id",), mode="finetune", finetune_layers=1)
+    config.text.finetune_learning_rate = 1e-3
+    dataset = load_dataset(config.data, config.seed)
+    trainer = Trainer(config, dataset, mesh=parallel.make_mesh(1))
+    state = trainer.init_state()
+    start = jax.device_get(state.params["embedding"])
+
+    # Sentence vectors inside the model equal the standalone encoder's.
+    tokens = np.asarray(start["text_tokens_item_id"])[:5].astype(np.int32)
+    mask = (tokens > 0).astype(np.int32)
+    np.testing.assert_allclose(
+        real_encoder.embed_padded(tokens, mask),
+        real_encoder.encode(list(dataset.item_text[:5])),
+        atol=1e-5,
+    )
+    it = trainer.train_iterator()
+    for _ in range(3):
+        state, _ = trainer.train_step(state, parallel.to_global_batch(next(it), trainer.mesh))
+    end = jax.device_get(state.params["embedding"])
+    moved = lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+    encoder_start, encoder_end = start["text_encoder"], end["text_encoder"]
+    for layer in encoder_start:
+        change = max(jax.tree.leaves(jax.tree.map(moved, encoder_start[layer], encoder_end[layer])))
+        if layer == "layer_5":
+            assert change > 0, "the top layer must train"
+        else:
+            assert change == 0, f"{layer} is frozen but moved by {change}"
+    assert moved(start["text_tokens_item_id"], end["text_tokens_item_id"]) == 0
+    assert moved(start["text_proj_item_id"]["kernel"], end["text_proj_item_id"]["kernel"]) > 0

@@ -112,8 +112,7 @@ class MultiTaskDataset:
         if not texts:
             have = [f for f, t in (("item_id", self.item_text), ("user_id", self.user_text)) if t]
             raise ValueError(
-                f"dataset {self.name!r} has no text for feature {feature!r}; it has text for "
-                f"{have}"
+                f"dataset {self.name!r} has no text for feature {feature!r}; it has text for {have}"
             )
         return texts
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from mtl_jax.data.schema import FeatureSpec
+from mtl_jax.text.bert import BertEncoder, mean_pool_normalize
 
 
 class FeatureEmbedding(nn.Module):
@@ -30,6 +32,13 @@ class FeatureEmbedding(nn.Module):
     # like one more feature embedding: a cold item's text still says what it is.
     text_features: Sequence[tuple[str, int]] = ()
     text_dim: int = 384
+    # Fine-tune mode: instead of frozen vectors, each id's token ids sit in a frozen
+    # ``text_tokens_<feature>`` table (float32 holds them exactly; 0 = [PAD]) and one shared
+    # ``text_encoder`` (this BERT config) runs on the batch's texts, its top
+    # ``text_trainable_layers`` layers training.
+    text_encoder: Any = None
+    text_token_length: int = 0
+    text_trainable_layers: int = 0
 
     @nn.compact
     def __call__(self, features: dict[str, jax.Array]) -> jax.Array:
@@ -45,13 +54,22 @@ class FeatureEmbedding(nn.Module):
             for spec in self.features
             if not spec.is_dense
         ]
-        for name, num_ids in self.text_features:
-            table = self.param(
-                f"text_table_{name}",
-                nn.with_logical_partitioning(nn.initializers.zeros, ("vocab", None)),
-                (num_ids, self.text_dim),
+        rows = nn.with_logical_partitioning(nn.initializers.zeros, ("vocab", None))
+        encoder = None
+        if self.text_encoder is not None and self.text_features:
+            encoder = BertEncoder(
+                self.text_encoder, self.text_trainable_layers, name="text_encoder"
             )
-            text_vectors = jax.lax.stop_gradient(table)[features[name]]
+        for name, num_ids in self.text_features:
+            if encoder is None:
+                table = self.param(f"text_table_{name}", rows, (num_ids, self.text_dim))
+                text_vectors = jax.lax.stop_gradient(table)[features[name]]
+            else:
+                shape = (num_ids, self.text_token_length)
+                tokens = self.param(f"text_tokens_{name}", rows, shape)
+                ids = jax.lax.stop_gradient(tokens)[features[name]].astype(jnp.int32)
+                mask = (ids > 0).astype(jnp.int32)
+                text_vectors = mean_pool_normalize(encoder(ids, mask), mask)
             vectors.append(nn.Dense(self.embed_dim, name=f"text_proj_{name}")(text_vectors))
         dense = [features[spec.name].astype(jnp.float32) for spec in self.features if spec.is_dense]
         out = jnp.concatenate(vectors + dense, axis=-1)

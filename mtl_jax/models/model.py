@@ -63,6 +63,9 @@ class MultiTaskModel(nn.Module):
     output_biases: Sequence[Sequence[float]] | None = None  # per task, see Tower
     text_features: Sequence[tuple[str, int]] = ()  # see FeatureEmbedding
     text_dim: int = 384
+    text_encoder: Any = None  # a BertConfig in fine-tune mode, see FeatureEmbedding
+    text_token_length: int = 0
+    text_trainable_layers: int = 0
 
     def setup(self):
         c = self.config
@@ -72,6 +75,9 @@ class MultiTaskModel(nn.Module):
             c.pairwise_dots,
             text_features=tuple(self.text_features),
             text_dim=self.text_dim,
+            text_encoder=self.text_encoder,
+            text_token_length=self.text_token_length,
+            text_trainable_layers=self.text_trainable_layers,
         )
         self.trunk = make_trunk(c.trunk, len(self.tasks), c)
         self.towers = {

@@ -77,9 +77,14 @@ class BertLayer(nn.Module):
 
 
 class BertEncoder(nn.Module):
-    """Token ids and attention mask (B, L) -> last hidden states (B, L, hidden)."""
+    """Token ids and attention mask (B, L) -> last hidden states (B, L, hidden).
+
+    ``trainable_layers`` (None: all) stops gradients below the top that many layers, so
+    fine-tuning the top k never pays for the backward pass through the frozen rest.
+    """
 
     config: BertConfig
+    trainable_layers: int | None = None
 
     @nn.compact
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
@@ -101,8 +106,15 @@ class BertEncoder(nn.Module):
         x = nn.LayerNorm(c.layer_norm_eps, name="embeddings_norm")(x)
         # Masked keys get the most negative float, as Hugging Face does: exp() is exactly 0.
         mask_bias = jnp.where(attention_mask > 0, 0.0, jnp.finfo(x.dtype).min).astype(x.dtype)
+        first_trainable = c.num_hidden_layers - (
+            c.num_hidden_layers if self.trainable_layers is None else self.trainable_layers
+        )
         for i in range(c.num_hidden_layers):
+            if i == first_trainable:
+                x = jax.lax.stop_gradient(x) if i > 0 else x
             x = BertLayer(c, name=f"layer_{i}")(x, mask_bias)
+        if first_trainable >= c.num_hidden_layers:
+            x = jax.lax.stop_gradient(x)
         return x
 
 

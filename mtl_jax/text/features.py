@@ -7,6 +7,7 @@ written to a temporary name and renamed, so a killed run never leaves a partial 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -15,11 +16,13 @@ import pathlib
 import tempfile
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
+from mtl_jax.data.schema import MultiTaskDataset
 from mtl_jax.text.bert import BertConfig
-from mtl_jax.text.encoder import default_encoder
+from mtl_jax.text.encoder import bucket_length, default_encoder
 from mtl_jax.text.weights import locate_model_dir
 
 log = logging.getLogger("mtl_jax")
@@ -47,15 +50,7 @@ def texts_key(texts: Sequence[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def embedding_dim(model_dir: str = "") -> int:
-    """Width of the model's sentence embeddings (its hidden size)."""
-    directory = locate_model_dir(model_dir or None)
-    return BertConfig.from_json(directory / "config.json").hidden_size
-
-
-def text_embeddings(
-    texts: Sequence[str], model_dir: str = "", batch_size: int = 64
-) -> np.ndarray:
+def text_embeddings(texts: Sequence[str], model_dir: str = "", batch_size: int = 64) -> np.ndarray:
     """(len(texts), dim) float32 sentence embeddings, from the disk cache when present."""
     directory = locate_model_dir(model_dir or None)
     path = cache_dir() / f"{model_key(directory)}-{texts_key(texts)}.npy"
@@ -79,3 +74,57 @@ def text_embeddings(
         np.save(tmp, table)
     os.replace(tmp.name, path)
     return table
+
+
+@dataclasses.dataclass(frozen=True)
+class TextSetup:
+    """What the model needs to know about the configured text features before init."""
+
+    dim: int = 384  # sentence-embedding width
+    bert_config: BertConfig | None = None  # fine-tune mode only
+    token_length: int = 0  # fine-tune mode: padded tokens per text
+    trainable_layers: frozenset[str] = frozenset()  # fine-tune mode: encoder layer names
+
+    @classmethod
+    def from_config(cls, text_config: Any, dataset: MultiTaskDataset) -> TextSetup:
+        if not text_config.features:
+            return cls()
+        directory = locate_model_dir(text_config.model_dir or None)
+        bert = BertConfig.from_json(directory / "config.json")
+        if text_config.mode == "frozen":
+            return cls(dim=bert.hidden_size)
+        layers = text_config.finetune_layers
+        if layers > bert.num_hidden_layers:
+            raise ValueError(
+                f"text.finetune_layers={layers} but the encoder has {bert.num_hidden_layers}"
+            )
+        encoder = default_encoder(str(directory))
+        longest = max(
+            len(ids)
+            for name in text_config.features
+            for ids in encoder.tokenize(dataset.text_for(name))
+        )
+        return cls(
+            dim=bert.hidden_size,
+            bert_config=bert,
+            token_length=bucket_length(longest, encoder.max_length),
+            trainable_layers=frozenset(
+                f"layer_{i}" for i in range(bert.num_hidden_layers - layers, bert.num_hidden_layers)
+            ),
+        )
+
+    def pretrained_params(self, text_config: Any, dataset: MultiTaskDataset) -> dict[str, Any]:
+        """``{embedding param name: value}`` to place into freshly initialised parameters."""
+        out: dict[str, Any] = {}
+        if self.bert_config is None:
+            for name in text_config.features:
+                out[f"text_table_{name}"] = text_embeddings(
+                    dataset.text_for(name), text_config.model_dir, text_config.encode_batch_size
+                )
+            return out
+        encoder = default_encoder(str(locate_model_dir(text_config.model_dir or None)))
+        for name in text_config.features:
+            ids, _ = encoder.pad(encoder.tokenize(dataset.text_for(name)), self.token_length)
+            out[f"text_tokens_{name}"] = ids.astype(np.float32)  # exact below 2**24
+        out["text_encoder"] = encoder.params
+        return out
