@@ -54,6 +54,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg in ("cold", "cold_text"):
         c.data.cold_item_fraction = 0.1
         c.ranking.enabled = False  # top-k over the catalogue is not the question here
+        # Unknown movies get a zero id embedding, and training zeroes a random quarter of the
+        # movie ids so the model learns to predict without one (DropoutNet).
+        c.model.update(zero_unseen_ids=True, id_dropout=0.25)
     if arg == "cold_text":
         c.text.features = ("item_id", "user_id")
     if arg == "smoke":

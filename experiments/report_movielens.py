@@ -21,18 +21,12 @@ import json
 import pathlib
 import statistics
 
-from mtl_jax.reporting import short_commit
+from mtl_jax.reporting import markdown_table, mean_std, short_commit
 
 _TASK_METRICS = [
     ("rating", "rmse"), ("rating", "mae"), ("like", "auc"), ("like", "logloss"),
     ("genre", "micro_auc"), ("genre", "macro_auc"),
 ]  # fmt: skip
-
-
-def _mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} +- {statistics.stdev(values):.4f}"
 
 
 def _load_runs(runs: pathlib.Path) -> dict[str, list[dict]]:
@@ -44,14 +38,6 @@ def _load_runs(runs: pathlib.Path) -> dict[str, list[dict]]:
     if not by_trunk:
         raise SystemExit(f"no */results.json under {runs}")
     return by_trunk
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + " --- |" * len(header),
-        *("| " + " | ".join(r) + " |" for r in rows),
-    ]
 
 
 def build(runs: pathlib.Path, baselines: pathlib.Path) -> str:
@@ -74,10 +60,10 @@ def build(runs: pathlib.Path, baselines: pathlib.Path) -> str:
     rows = []
     for trunk, group in by_trunk.items():
         row = [trunk, str(len(group))]
-        row += [_mean_std([r["test"][t][m] for r in group]) for t, m in _TASK_METRICS]
-        row += [_mean_std([r["ranking"][plain][m] for r in group]) for m in ranking_metrics]
+        row += [mean_std([r["test"][t][m] for r in group]) for t, m in _TASK_METRICS]
+        row += [mean_std([r["ranking"][plain][m] for r in group]) for m in ranking_metrics]
         rows.append(row)
-    out += _table(header, rows)
+    out += markdown_table(header, rows)
 
     out += ["", "Per run:", ""]
     header = ["run", "seed", "commit", "best step", "val rating rmse", "test rating rmse"]
@@ -91,7 +77,7 @@ def build(runs: pathlib.Path, baselines: pathlib.Path) -> str:
         for group in by_trunk.values()
         for r in group
     ]  # fmt: skip
-    out += _table(header, rows)
+    out += markdown_table(header, rows)
 
     out += ["", "## Diversity re-ranking (MMR by genre), mean over seeds", ""]
     header = ["trunk", "MMR lambda", *ranking_metrics]
@@ -100,7 +86,7 @@ def build(runs: pathlib.Path, baselines: pathlib.Path) -> str:
         for lam in lambdas:
             values = [statistics.mean(r["ranking"][lam][m] for r in group) for m in ranking_metrics]
             rows.append([trunk, lam.split("=")[1], *(f"{v:.4f}" for v in values)])
-    out += _table(header, rows)
+    out += markdown_table(header, rows)
 
     if baselines.exists():
         b = json.loads(baselines.read_text())
@@ -115,21 +101,21 @@ def build(runs: pathlib.Path, baselines: pathlib.Path) -> str:
         models = collections.defaultdict(list)
         for row in b["rows"]:
             models[row["model"]].append(row)
-        out += _table(
+        out += markdown_table(
             ["model", "fits", "test rmse", "test mae"],
             [
                 [
                     m,
                     str(len(v)),
-                    _mean_std([x["rmse"] for x in v]),
-                    _mean_std([x["mae"] for x in v]),
+                    mean_std([x["rmse"] for x in v]),
+                    mean_std([x["mae"] for x in v]),
                 ]
                 for m, v in models.items()
             ],
         )
         if "ranking" in b:
             out += ["", "Ranking without a model, same candidates and relevant items:", ""]
-            out += _table(
+            out += markdown_table(
                 ["ranking by", *ranking_metrics],
                 [
                     [name, *(f"{values[m]:.4f}" for m in ranking_metrics)]

@@ -38,6 +38,14 @@ def base_config(
             trunk_hidden=(64, 32),
             tower_hidden=(32,),
             dropout=0.0,
+            # Cold start (DropoutNet, Volkovs et al. 2017): in training, each example's id
+            # embedding of these features is zeroed with probability id_dropout, so the
+            # model learns to predict from side features and text when an id is unknown;
+            # zero_unseen_ids starts the rows of ids absent from the train split at zero
+            # (no gradient ever reaches them, so they stay "unknown").
+            id_dropout=0.0,
+            id_dropout_features=("item_id",),
+            zero_unseen_ids=False,
         )
     )
     # Per-task loss options for imbalanced labels: pos_weight (binary, multilabel) multiplies

@@ -62,6 +62,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(len(m.trunk_hidden) >= 1, "model.trunk_hidden", "needs at least one layer")
     _positive_ints("model.tower_hidden", m.tower_hidden)
     _require(0.0 <= m.dropout < 1.0, "model.dropout", f"must lie in [0, 1), got {m.dropout}")
+    _require(
+        0.0 <= m.id_dropout < 1.0, "model.id_dropout", f"must lie in [0, 1), got {m.id_dropout}"
+    )
+    unknown = sorted(set(m.id_dropout_features) - set(config.input_features))
+    _require(
+        not unknown or m.id_dropout == 0,
+        "model.id_dropout_features",
+        f"{unknown} are not input features; valid: {list(config.input_features)}",
+    )
     for key in ("learning_rate", "embedding_learning_rate"):
         _require(o[key] > 0, f"optim.{key}", f"must be > 0, got {o[key]}")
     _require(

@@ -12,8 +12,10 @@ import math
 import os
 import pathlib
 import resource
+import statistics
 import subprocess
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -143,3 +145,18 @@ class Throughput:
 
 def format_eta(seconds: float) -> str:
     return str(datetime.timedelta(seconds=round(seconds)))
+
+
+def mean_std(values: Sequence[float], digits: int = 4) -> str:
+    """``"0.9582 +- 0.0024"`` (sample std) over seeds; the value alone for one seed."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} +- {statistics.stdev(values):.{digits}f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + " --- |" * len(header),
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]

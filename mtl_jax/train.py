@@ -121,8 +121,16 @@ def _mean_task_losses(tasks: Sequence[TaskSpec], logits: dict, batch: dict) -> j
     return sums / jnp.maximum(counts, 1.0)
 
 
-def _embed(model: MultiTaskModel, embedding: Any, features: dict) -> jax.Array:
-    return model.apply({"params": {"embedding": embedding}}, features, method=MultiTaskModel.embed)
+def _embed(
+    model: MultiTaskModel, embedding: Any, features: dict, *, train: bool = False, rngs=None
+) -> jax.Array:
+    return model.apply(
+        {"params": {"embedding": embedding}},
+        features,
+        train=train,
+        rngs=rngs,
+        method=MultiTaskModel.embed,
+    )
 
 
 def _losses_from_embedded(model, tasks, batch, trunk, rest, x, *, train, rngs=None) -> jax.Array:
@@ -243,7 +251,9 @@ def make_train_step(
             (grads,) = vjp_fn(weights)
         else:
             embedding, trunk, rest = _split_params(state.params)
-            x, embed_vjp = jax.vjp(lambda e: _embed(model, e, batch["features"]), embedding)
+            x, embed_vjp = jax.vjp(
+                lambda e: _embed(model, e, batch["features"], train=True, rngs=rngs), embedding
+            )
             if gramian_params:
                 task_losses, trunk_update, rest_grads, x_grad, weights, balancer, gram = (
                     _scoped_gradient_step(
@@ -461,17 +471,34 @@ class Trainer:
 
     def init_state(self) -> TrainState:
         state = jax.jit(self._init_fn, out_shardings=self.state_sharding)(self._key)
-        if not self.config.text.features:
+        replace = {}
+        if self.config.model.zero_unseen_ids:
+            replace.update(self._zeroed_unseen_rows(state.params.get("embedding", {})))
+        if self.config.text.features:
+            # The pretrained parts: text vectors or token ids per id, the encoder's weights.
+            replace.update(self.text.pretrained_params(self.config.text, self.dataset))
+        if not replace:
             return state
-        # The pretrained parts: text vectors or token ids per id, and the encoder's weights.
         embedding = dict(state.params["embedding"])
         shardings = self.state_sharding.params["embedding"]
-        for key, value in self.text.pretrained_params(self.config.text, self.dataset).items():
+        for key, value in replace.items():
             got, want = jax.tree.map(np.shape, value), jax.tree.map(np.shape, embedding[key])
             if got != want:
                 raise ValueError(f"pretrained {key}: shapes {got}, the model expects {want}")
             embedding[key] = jax.device_put(value, shardings[key])
         return state.replace(params={**state.params, "embedding": embedding})
+
+    def _zeroed_unseen_rows(self, embedding: dict) -> dict[str, Any]:
+        """Id tables with the rows of ids that never occur in the train split set to zero."""
+        out = {}
+        for spec in self.dataset.features:
+            if spec.name not in embedding or spec.is_dense:
+                continue
+            seen = np.zeros(spec.vocab_size, bool)
+            seen[np.asarray(self.dataset.train.features[spec.name])] = True
+            table = np.asarray(jax.device_get(embedding[spec.name]["embedding"]))
+            out[spec.name] = {"embedding": np.where(seen[:, None], table, 0.0).astype(table.dtype)}
+        return out
 
     def train_iterator(self, num_steps: int | None = None):
         t = self.config.train

@@ -162,3 +162,44 @@ def test_finetune_trains_only_the_top_layers(real_encoder):
             assert change == 0, f"{layer} is frozen but moved by {change}"
     assert moved(start["text_tokens_item_id"], end["text_tokens_item_id"]) == 0
     assert moved(start["text_proj_item_id"]["kernel"], end["text_proj_item_id"]["kernel"]) > 0
+
+
+def test_unseen_ids_start_and_stay_at_zero():
+    config = tiny_config()
+    config.data.num_items = 2000  # 4000 impressions cannot reach them all
+    config.model.zero_unseen_ids = True
+    dataset = load_dataset(config.data, config.seed)
+    trainer = Trainer(config, dataset, mesh=parallel.make_mesh(1))
+    seen = np.zeros(config.data.num_items, bool)
+    seen[dataset.train.features["item_id"]] = True
+    assert 0 < seen.sum() < len(seen), "the tiny data must leave some items out of train"
+    state = trainer.init_state()
+    it = trainer.train_iterator()
+    for _ in range(5):
+        state, _ = trainer.train_step(state, parallel.to_global_batch(next(it), trainer.mesh))
+    table = np.asarray(state.params["embedding"]["item_id"]["embedding"])
+    assert np.all(table[~seen] == 0) and np.all(np.abs(table[seen]).sum(1) > 0)
+
+
+def test_id_dropout_zeroes_whole_id_embeddings_in_training_only():
+    config = tiny_config()
+    config.model.update(id_dropout=0.5, id_dropout_features=("item_id",))
+    dataset = load_dataset(config.data, config.seed)
+    trainer = Trainer(config, dataset, mesh=parallel.make_mesh(1))
+    params = trainer.init_state().params
+    feats = {k: v[:400] for k, v in dataset.train.features.items()}
+    embed = lambda **kw: np.asarray(
+        trainer.model.apply({"params": params}, feats, method=type(trainer.model).embed, **kw)
+    )
+    width = config.model.embed_dim
+    item = config.input_features.index("item_id")
+    block = slice(item * width, (item + 1) * width)
+    evaluation = embed()
+    training = embed(train=True, rngs={"dropout": jax.random.PRNGKey(0)})
+    dropped = np.all(training[:, block] == 0, axis=1)
+    assert 0.4 < dropped.mean() < 0.6
+    np.testing.assert_array_equal(training[~dropped, block], evaluation[~dropped, block])
+    others = [i for i in range(len(config.input_features)) if i != item]
+    for i in others:  # no other feature is touched
+        cols = slice(i * width, (i + 1) * width)
+        np.testing.assert_array_equal(training[:, cols], evaluation[:, cols])

@@ -39,21 +39,28 @@ class FeatureEmbedding(nn.Module):
     text_encoder: Any = None
     text_token_length: int = 0
     text_trainable_layers: int = 0
+    # In training, zero each example's embedding of these id features with this probability.
+    id_dropout: float = 0.0
+    id_dropout_features: Sequence[str] = ()
 
     @nn.compact
-    def __call__(self, features: dict[str, jax.Array]) -> jax.Array:
+    def __call__(self, features: dict[str, jax.Array], *, train: bool = False) -> jax.Array:
         missing = [spec.name for spec in self.features if spec.name not in features]
         if missing:
             raise KeyError(f"batch lacks input features {missing}; it has {sorted(features)}")
         # Rows are the logical "vocab" axis: the mesh rules shard big tables by rows.
         init = nn.with_logical_partitioning(nn.initializers.normal(stddev=0.05), ("vocab", "embed"))
-        vectors = [
-            nn.Embed(spec.vocab_size, self.embed_dim, embedding_init=init, name=spec.name)(
-                features[spec.name]
-            )
-            for spec in self.features
-            if not spec.is_dense
-        ]
+        vectors = []
+        for spec in self.features:
+            if spec.is_dense:
+                continue
+            table = nn.Embed(spec.vocab_size, self.embed_dim, embedding_init=init, name=spec.name)
+            vector = table(features[spec.name])
+            if train and self.id_dropout > 0 and spec.name in self.id_dropout_features:
+                rng = self.make_rng("dropout")
+                known = jax.random.bernoulli(rng, 1.0 - self.id_dropout, vector.shape[:1])
+                vector = vector * known[:, None]  # not rescaled: zero means "unknown id"
+            vectors.append(vector)
         rows = nn.with_logical_partitioning(nn.initializers.zeros, ("vocab", None))
         encoder = None
         if self.text_encoder is not None and self.text_features:

@@ -78,6 +78,8 @@ class MultiTaskModel(nn.Module):
             text_encoder=self.text_encoder,
             text_token_length=self.text_token_length,
             text_trainable_layers=self.text_trainable_layers,
+            id_dropout=c.get("id_dropout", 0.0),
+            id_dropout_features=tuple(c.get("id_dropout_features", ())),
         )
         self.trunk = make_trunk(c.trunk, len(self.tasks), c)
         self.towers = {
@@ -90,8 +92,8 @@ class MultiTaskModel(nn.Module):
             for i, task in enumerate(self.tasks)
         }
 
-    def embed(self, features: dict[str, jax.Array]) -> jax.Array:
-        return self.embedding(features)
+    def embed(self, features: dict[str, jax.Array], *, train: bool = False) -> jax.Array:
+        return self.embedding(features, train=train)
 
     def from_embedded(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
         reps = self.trunk(x, train=train)
@@ -108,4 +110,4 @@ class MultiTaskModel(nn.Module):
         return logits
 
     def __call__(self, features: dict[str, jax.Array], *, train: bool = False):
-        return self.from_embedded(self.embed(features), train=train)
+        return self.from_embedded(self.embed(features, train=train), train=train)
