@@ -49,9 +49,14 @@ def base_config(
         )
     )
     # Per-task loss options for imbalanced labels: pos_weight (binary, multilabel) multiplies
-    # the loss of positive labels; class_weights (multiclass) one multiplier per class.
+    # the loss of positive labels; class_weights (multiclass) one multiplier per class;
+    # focal_gamma (binary, multilabel) the focal loss; negative_rate (binary) keeps that
+    # fraction of negatives in training and corrects predictions (see tasks.TaskSpec).
     c.task_loss = ml_collections.ConfigDict(
-        {t: dict(pos_weight=1.0, class_weights=()) for t in tasks}
+        {
+            t: dict(pos_weight=1.0, class_weights=(), focal_gamma=0.0, negative_rate=1.0)
+            for t in tasks
+        }
     )
     # Any method in mtl_jax.balancing.names(), with its kwargs, e.g.
     # --config.balancing.method=cagrad --config.balancing.c=0.4

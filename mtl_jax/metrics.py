@@ -89,6 +89,27 @@ def mae(labels: np.ndarray, predictions: np.ndarray) -> float:
     return float(np.mean(np.abs(labels - predictions)))
 
 
+def expected_calibration_error(
+    labels: np.ndarray, predictions: np.ndarray, num_bins: int = 15
+) -> float:
+    """ECE (Naeini et al. 2015; Guo et al. 2017): over ``num_bins`` equal-width probability
+    bins, the example-weighted mean of |mean label - mean prediction|."""
+    labels = _as_1d("labels", labels).astype(np.float64)
+    predictions = _as_1d("predictions", predictions).astype(np.float64)
+    _check_same_length(labels, predictions)
+    bins = np.minimum((predictions * num_bins).astype(np.int64), num_bins - 1)
+    gap = np.bincount(bins, labels - predictions, minlength=num_bins)
+    return float(np.sum(np.abs(gap)) / max(len(labels), 1))
+
+
+def predicted_over_observed(labels: np.ndarray, predictions: np.ndarray) -> float:
+    """Mean prediction / mean label: 1 for a model calibrated on average."""
+    labels = _as_1d("labels", labels).astype(np.float64)
+    predictions = _as_1d("predictions", predictions).astype(np.float64)
+    _check_same_length(labels, predictions)
+    return float(predictions.mean() / max(labels.mean(), 1e-12))
+
+
 def accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
     """Share of correct predictions.
 

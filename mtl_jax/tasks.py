@@ -32,6 +32,12 @@ class TaskSpec:
       pos_weight: ``binary`` / ``multilabel``: the loss of a positive label is multiplied by
         this (> 1 counters rare positives, as in ``BCEWithLogits(pos_weight=...)``).
       class_weights: ``multiclass``: one loss multiplier per class; empty = all 1.
+      focal_gamma: ``binary`` / ``multilabel``: focal loss (Lin et al. 2017), each example's
+        cross-entropy times ``(1 - p_t) ** gamma``; 0 = plain cross-entropy.
+      negative_rate: ``binary``: in training, each negative example of this task is kept with
+        this probability (a fresh draw every step); predictions and evaluation add
+        ``log(negative_rate)`` to the logit, the exact correction that keeps probabilities
+        calibrated (``p = q r / (q r + 1 - q)``). 1 = no down-sampling.
     """
 
     name: str
@@ -39,6 +45,8 @@ class TaskSpec:
     num_classes: int = 0
     pos_weight: float = 1.0
     class_weights: tuple[float, ...] = ()
+    focal_gamma: float = 0.0
+    negative_rate: float = 1.0
 
     def __post_init__(self):
         if self.kind not in TASK_KINDS:
@@ -61,6 +69,16 @@ class TaskSpec:
                 )
             if min(self.class_weights) <= 0:
                 raise ValueError(f"task {self.name!r}: class_weights must be > 0")
+        if self.focal_gamma < 0 or (self.focal_gamma and self.kind not in ("binary", "multilabel")):
+            raise ValueError(
+                f"task {self.name!r}: focal_gamma must be >= 0 and applies to binary and "
+                f"multilabel tasks; got {self.focal_gamma} for a {self.kind} task"
+            )
+        if not 0 < self.negative_rate <= 1 or (self.negative_rate < 1 and self.kind != "binary"):
+            raise ValueError(
+                f"task {self.name!r}: negative_rate must lie in (0, 1] and applies to binary "
+                f"tasks; got {self.negative_rate} for a {self.kind} task"
+            )
 
     @property
     def output_dim(self) -> int:
@@ -78,7 +96,16 @@ def with_loss_options(task: TaskSpec, options: Any) -> TaskSpec:
         task,
         pos_weight=float(options.pos_weight),
         class_weights=tuple(float(w) for w in options.class_weights),
+        focal_gamma=float(options.get("focal_gamma", 0.0)),
+        negative_rate=float(options.get("negative_rate", 1.0)),
     )
+
+
+def calibrated_logits(task: TaskSpec, logits: jax.Array) -> jax.Array:
+    """Logits on the real distribution: undoes the prior shift of negative down-sampling."""
+    if task.negative_rate < 1.0:
+        return logits + jnp.log(jnp.asarray(task.negative_rate, logits.dtype))
+    return logits
 
 
 def per_example_loss(task: TaskSpec, logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -86,6 +113,10 @@ def per_example_loss(task: TaskSpec, logits: jax.Array, labels: jax.Array) -> ja
     if task.kind in ("binary", "multilabel"):
         labels = labels.astype(logits.dtype)
         loss = optax.sigmoid_binary_cross_entropy(logits, labels)
+        if task.focal_gamma > 0:
+            p = jax.nn.sigmoid(logits)
+            p_true = p * labels + (1.0 - p) * (1.0 - labels)
+            loss = loss * (1.0 - p_true) ** task.focal_gamma
         if task.pos_weight != 1.0:
             loss = loss * (1.0 + (task.pos_weight - 1.0) * labels)
         # multilabel: mean over labels, so the scale does not grow with C
@@ -100,10 +131,24 @@ def per_example_loss(task: TaskSpec, logits: jax.Array, labels: jax.Array) -> ja
 
 
 def masked_loss_sum(
-    task: TaskSpec, logits: jax.Array, labels: jax.Array, mask: jax.Array
+    task: TaskSpec,
+    logits: jax.Array,
+    labels: jax.Array,
+    mask: jax.Array,
+    sample_key: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """``(sum of losses over labelled examples, number of labelled examples)``."""
+    """``(sum of losses over labelled examples, number of labelled examples)``.
+
+    With ``sample_key`` (training), a down-sampled task keeps each negative with probability
+    ``negative_rate`` and its raw logits are scored; without (evaluation), every labelled
+    example counts and the logits are calibrated first.
+    """
     mask = mask.astype(jnp.float32)
+    if sample_key is None:
+        logits = calibrated_logits(task, logits)
+    elif task.negative_rate < 1.0:
+        keep = jax.random.bernoulli(sample_key, task.negative_rate, mask.shape)
+        mask = mask * jnp.where(labels > 0, 1.0, keep.astype(jnp.float32))
     # An unlabelled example may carry any placeholder (even NaN): replace it before the loss,
     # since a NaN there would leak into the gradient even through a zero mask.
     row_mask = mask.reshape(mask.shape + (1,) * (jnp.ndim(labels) - 1))  # multilabel: (B, 1)
@@ -115,7 +160,7 @@ def masked_loss_sum(
 def predict(task: TaskSpec, logits: jax.Array) -> jax.Array:
     """What a user reads off the head: a probability, a value, or class probabilities."""
     if task.kind in ("binary", "multilabel"):
-        return jax.nn.sigmoid(logits)
+        return jax.nn.sigmoid(calibrated_logits(task, logits))
     if task.kind == "regression":
         return logits
     return jax.nn.softmax(logits, axis=-1)

@@ -25,6 +25,7 @@ import optax
 from flax import traverse_util
 
 from mtl_jax import balancing, configlib, parallel, ranking, reporting
+from mtl_jax import metrics as metrics_lib
 from mtl_jax import tasks as tasks_lib
 from mtl_jax.balancing.config import rule_from_config
 from mtl_jax.checkpoint import Checkpointer, IncompatibleCheckpointError
@@ -86,7 +87,8 @@ def output_biases(
             prior = prior / max(float(ctr_rate), 1e-6)
         if task.kind == "binary":
             p = float(np.clip(prior, 1e-4, 1 - 1e-4))
-            out.append((math.log(p / (1 - p)),))
+            # Down-sampled negatives: the raw head learns odds / rate; start it there.
+            out.append((math.log(p / (1 - p)) - math.log(task.negative_rate),))
         elif task.kind == "regression":
             out.append((float(prior),))
         elif task.kind == "multilabel":
@@ -98,14 +100,22 @@ def output_biases(
 
 
 def task_loss_sums(
-    tasks: Sequence[TaskSpec], logits: dict[str, jax.Array], batch: dict[str, Any]
+    tasks: Sequence[TaskSpec],
+    logits: dict[str, jax.Array],
+    batch: dict[str, Any],
+    sample_key: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Per-task masked loss sums and label counts, each (T,)."""
+    """Per-task masked loss sums and label counts, each (T,); ``sample_key`` in training
+    (negative down-sampling), None in evaluation (see ``tasks.masked_loss_sum``)."""
     pairs = [
         tasks_lib.masked_loss_sum(
-            t, logits[t.name], batch["labels"][t.name], batch["masks"][t.name]
+            t,
+            logits[t.name],
+            batch["labels"][t.name],
+            batch["masks"][t.name],
+            None if sample_key is None else jax.random.fold_in(sample_key, i),
         )
-        for t in tasks
+        for i, t in enumerate(tasks)
     ]
     return jnp.stack([s for s, _ in pairs]), jnp.stack([c for _, c in pairs])
 
@@ -116,8 +126,12 @@ def _split_params(params: dict) -> tuple[Any, Any, dict]:
     return params.get("embedding", {}), params["trunk"], rest
 
 
-def _mean_task_losses(tasks: Sequence[TaskSpec], logits: dict, batch: dict) -> jax.Array:
-    sums, counts = task_loss_sums(tasks, logits, batch)
+def _mean_task_losses(
+    tasks: Sequence[TaskSpec], logits: dict, batch: dict, rngs: dict | None = None
+) -> jax.Array:
+    """Mean loss per task; with ``rngs`` (training) negatives are down-sampled as configured."""
+    key = None if rngs is None else jax.random.fold_in(rngs["dropout"], 0x5A3)
+    sums, counts = task_loss_sums(tasks, logits, batch, key)
     return sums / jnp.maximum(counts, 1.0)
 
 
@@ -142,7 +156,7 @@ def _losses_from_embedded(model, tasks, batch, trunk, rest, x, *, train, rngs=No
         rngs=rngs,
         method=MultiTaskModel.from_embedded,
     )
-    return _mean_task_losses(tasks, logits, batch)
+    return _mean_task_losses(tasks, logits, batch, rngs if train else None)
 
 
 def _per_task_trunk_grads(vjp_fn: Callable, num_tasks: int) -> Any:
@@ -242,7 +256,7 @@ def make_train_step(
 
         def losses_of_params(params):
             logits = model.apply({"params": params}, batch["features"], train=True, rngs=rngs)
-            return _mean_task_losses(tasks, logits, batch)
+            return _mean_task_losses(tasks, logits, batch, rngs)
 
         metrics = {}
         if not rule.needs_gramian:
@@ -531,6 +545,23 @@ class Trainer:
         }
 
 
+def calibration(
+    tasks: Sequence[TaskSpec], split: Split, predictions: dict[str, np.ndarray]
+) -> dict[str, dict[str, float]]:
+    """ECE and predicted / observed rate of every binary task on ``split``."""
+    out = {}
+    for t in tasks:
+        if t.kind != "binary":
+            continue
+        mask = split.masks[t.name] > 0
+        labels, probs = split.labels[t.name][mask], predictions[t.name][mask]
+        out[t.name] = {
+            "ece": metrics_lib.expected_calibration_error(labels, probs),
+            "predicted_over_observed": metrics_lib.predicted_over_observed(labels, probs),
+        }
+    return out
+
+
 def score_task(task: TaskSpec, split: Split, predictions: np.ndarray) -> dict[str, float]:
     mask = split.masks[task.name] > 0
     return tasks_lib.evaluate(task, split.labels[task.name][mask], predictions[mask])
@@ -772,6 +803,14 @@ def _train_and_evaluate(
         name = task.name
         ref = f"  oracle {_fmt(oracle[name])}" if name in oracle else ""
         log.info("  %-9s %s  | trivial %s%s", name, _fmt(test[name]), _fmt(trivial[name]), ref)
+    results["calibration"] = calibration(
+        trainer.tasks, dataset.test, trainer.predict(best_params, dataset.test)[0]
+    )
+    for name, c in results["calibration"].items():
+        log.info(
+            "  %-9s calibration: ECE %.4f, predicted/observed %.3f",
+            name, c["ece"], c["predicted_over_observed"],
+        )  # fmt: skip
     if dataset.test_subsets:
         results["test_subsets"] = {}
         for subset, rows in dataset.test_subsets.items():
