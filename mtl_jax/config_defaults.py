@@ -74,6 +74,18 @@ def base_config(
             grad_clip_norm=1.0,
         )
     )
+    # Penalties per parameter group. l1: strength * sum |w| (subgradient) on embeddings,
+    # trunk, heads, text (projections); l2: coupled L2 on the dense groups (the embedding
+    # tables' is optim.embedding_l2; optim.weight_decay is AdamW's decoupled decay).
+    # embedding_norm: strength * the mean over the batch of each example's squared id
+    # embeddings, so only the rows a batch touches are pulled, each as often as it is seen.
+    c.regularization = ml_collections.ConfigDict(
+        dict(
+            l1=dict(embeddings=0.0, trunk=0.0, heads=0.0, text=0.0),
+            l2=dict(trunk=0.0, heads=0.0, text=0.0),
+            embedding_norm=0.0,
+        )
+    )
     c.train = ml_collections.ConfigDict(
         dict(
             batch_size=1024,

@@ -133,6 +133,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
             "data.genres_in_text",
             "genres are a prediction target here; putting them in the text leaks the labels",
         )
+    r = config.regularization
+    for kind, groups in (("l1", r.l1), ("l2", r.l2)):
+        for group, strength in groups.items():
+            _require(
+                strength >= 0, f"regularization.{kind}.{group}", f"must be >= 0, got {strength}"
+            )
+    _require(r.embedding_norm >= 0, "regularization.embedding_norm", "must be >= 0")
     _require(len(config.tasks) >= 1, "tasks", "needs at least one task")
     _require(len(set(config.tasks)) == len(config.tasks), "tasks", f"duplicates in {config.tasks}")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 GROUPS = ("embeddings", "trunk", "heads", "text", "text_encoder", "frozen")
@@ -86,16 +87,41 @@ def make_embedding_optimizer(
     return tx
 
 
+def add_l1_penalty(strength: float) -> optax.GradientTransformation:
+    """Adds the (sub)gradient of ``strength * sum |w|``, ``strength * sign(w)``, to the
+    updates: an L1 penalty on a parameter group, applied before the group's optimizer."""
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("add_l1_penalty needs the parameters: pass params to update()")
+        return jax.tree.map(lambda g, w: g + strength * jnp.sign(w), updates, params), state
+
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
+def with_penalties(
+    tx: optax.GradientTransformation, l1: float, l2: float
+) -> optax.GradientTransformation:
+    """``tx`` preceded by L1 and (coupled) L2 penalty gradients where their strength is > 0."""
+    parts = ([add_l1_penalty(l1)] if l1 > 0 else []) + (
+        [optax.add_decayed_weights(l2)] if l2 > 0 else []
+    )
+    return optax.chain(*parts, tx) if parts else tx
+
+
 def make_optimizer(
     optim_config: Any,
     total_steps: int,
     trainable_text_layers: frozenset[str] = frozenset(),
     text_encoder_learning_rate: float = 1e-4,
+    regularization: Any = None,
 ) -> optax.GradientTransformation:
     """Global-norm clipping, then a per-group optimizer through ``optax.partition``: frozen
     groups get ``optax.set_to_zero``, a fine-tuned text encoder's top layers Adam at their
-    own (small) rate."""
+    own (small) rate, and each group its L1 / L2 penalties from ``regularization``."""
     c = optim_config
+    l1 = dict(regularization.l1) if regularization is not None else {}
+    l2 = dict(regularization.l2) if regularization is not None else {}
     dense = optax.adamw(
         schedule(c.learning_rate, c.warmup_steps, total_steps),
         b1=c.b1,
@@ -107,10 +133,11 @@ def make_optimizer(
     )
     partitioned = optax.partition(
         {
-            "embeddings": embeddings,
-            "trunk": dense,
-            "heads": dense,
-            "text": dense,
+            "embeddings": with_penalties(embeddings, l1.get("embeddings", 0.0), 0.0),
+            **{
+                group: with_penalties(dense, l1.get(group, 0.0), l2.get(group, 0.0))
+                for group in ("trunk", "heads", "text")
+            },
             "text_encoder": optax.adamw(
                 schedule(text_encoder_learning_rate, c.warmup_steps, total_steps),
                 b1=c.b1,

@@ -223,12 +223,28 @@ def _scoped_gradient_step(model, tasks, rule, balancer_state, batch, parts, rngs
     return task_losses, trunk_update, rest_grads, x_grad, weights, balancer, gram
 
 
+def embedding_norm_penalty(
+    model: MultiTaskModel, embedding: Any, features: dict, strength: float
+) -> jax.Array:
+    """``strength`` x the batch mean of each example's summed squared id embeddings: its
+    gradient reaches only the rows this batch looks up, in proportion to how often."""
+    total = 0.0
+    for spec in model.features:
+        if spec.is_dense or spec.name not in embedding:
+            continue
+        rows = embedding[spec.name]["embedding"][features[spec.name]]
+        total = total + jnp.sum(jnp.square(rows))
+    batch = next(iter(features.values())).shape[0]
+    return strength * total / batch
+
+
 def make_train_step(
     model: MultiTaskModel,
     tasks: Sequence[TaskSpec],
     tx: optax.GradientTransformation,
     rule: balancing.WeightingRule,
     gramian_params: str = "",
+    embedding_norm: float = 0.0,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """A pure ``(state, batch) -> (state, metrics)``; jit it with the shardings you need.
 
@@ -301,6 +317,12 @@ def make_train_step(
             if "embedding" in state.params:  # absent when every input feature is dense
                 grads["embedding"] = embedding_grads
             metrics["gram"] = gram
+        if embedding_norm > 0 and "embedding" in state.params:
+            penalty, penalty_grads = jax.value_and_grad(
+                lambda e: embedding_norm_penalty(model, e, batch["features"], embedding_norm)
+            )(state.params["embedding"])
+            grads = {**grads, "embedding": jax.tree.map(jnp.add, grads["embedding"], penalty_grads)}
+            metrics["embedding_norm_penalty"] = penalty
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics.update(
@@ -400,6 +422,7 @@ class Trainer:
             config.train.num_steps,
             text.trainable_layers,
             config.text.finetune_learning_rate,
+            config.regularization,
         )
         self.rule = rule_from_config(config.balancing, config.tasks)
 
@@ -421,7 +444,12 @@ class Trainer:
         batch_sharding = parallel.batch_sharding(self.mesh)
         self.train_step = jax.jit(
             make_train_step(
-                self.model, self.tasks, self.tx, self.rule, config.balancing.gramian_params
+                self.model,
+                self.tasks,
+                self.tx,
+                self.rule,
+                config.balancing.gramian_params,
+                config.regularization.embedding_norm,
             ),
             in_shardings=(self.state_sharding, batch_sharding),
             out_shardings=(self.state_sharding, replicated),
