@@ -86,6 +86,9 @@ def base_config(
             embedding_norm=0.0,
         )
     )
+    # k-fold cross-validation on the train split (folds >= 2): fold `fold` validates, the
+    # others train, test is untouched; experiments/cross_validate.py runs every fold.
+    c.cv = ml_collections.ConfigDict(dict(folds=0, fold=0))
     c.train = ml_collections.ConfigDict(
         dict(
             batch_size=1024,

@@ -133,6 +133,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
             "data.genres_in_text",
             "genres are a prediction target here; putting them in the text leaks the labels",
         )
+    cv = config.cv
+    _require(
+        cv.folds == 0 or (cv.folds >= 2 and 0 <= cv.fold < cv.folds),
+        "cv",
+        f"folds must be 0 (off) or >= 2 with 0 <= fold < folds; got folds={cv.folds}, "
+        f"fold={cv.fold}",
+    )
     r = config.regularization
     for kind, groups in (("l1", r.l1), ("l2", r.l2)):
         for group, strength in groups.items():

@@ -31,6 +31,7 @@ from mtl_jax.balancing.config import rule_from_config
 from mtl_jax.checkpoint import Checkpointer, IncompatibleCheckpointError
 from mtl_jax.data import MultiTaskDataset, Split, load_dataset
 from mtl_jax.data.pipeline import check_batch_divides, eval_batches, train_iterator
+from mtl_jax.data.schema import cross_validation_fold
 from mtl_jax.models import MultiTaskModel, gate_stats
 from mtl_jax.models.gate_stats import make_gate_stats
 from mtl_jax.models.model import esmm_tasks
@@ -673,6 +674,9 @@ def _train_and_evaluate(
 
     log.info("building dataset %s", config.data.name)
     dataset = load_dataset(config.data, config.seed)
+    if config.cv.folds:
+        dataset = cross_validation_fold(dataset, config.cv.folds, config.cv.fold, config.seed)
+        log.info("cross-validation: fold %d of %d validates", config.cv.fold, config.cv.folds)
     trainer = Trainer(config, dataset)
     log.info(
         "dataset sizes %s; mesh %s; %d tasks %s",
@@ -808,6 +812,7 @@ def _train_and_evaluate(
     ckpt.wait()
 
     best_params = ckpt.restore_best(trainer.abstract_state.params)
+    validation = trainer.evaluate(best_params, dataset.validation)
     test = trainer.evaluate(best_params, dataset.test)
     oracle, trivial = reference_metrics(trainer.tasks, dataset, dataset.test)
     results = {
@@ -816,6 +821,7 @@ def _train_and_evaluate(
         "dataset_sizes": dataset.sizes(),
         "best_step": meta["best_step"],
         "best_validation": {t.early_stopping_metric: meta["best_value"]},
+        "validation": validation,
         "steps_trained": meta["step"],
         "early_stopped": meta["step"] < t.num_steps,
         "test": test,

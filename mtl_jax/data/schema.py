@@ -134,3 +134,20 @@ def random_split(
     n_val = int(round(n * val_fraction))
     test, val, train = perm[:n_test], perm[n_test : n_test + n_val], perm[n_test + n_val :]
     return np.sort(train), np.sort(val), np.sort(test)
+
+
+def cross_validation_fold(
+    dataset: MultiTaskDataset, folds: int, fold: int, seed: int
+) -> MultiTaskDataset:
+    """Fold ``fold`` of a seeded ``folds``-way split of the train split: that fold becomes
+    the validation split, the other folds the train split; the test split is untouched (and
+    the original validation split unused), so model selection never sees test data."""
+    if folds < 2 or not 0 <= fold < folds:
+        raise ValueError(f"need folds >= 2 and 0 <= fold < folds; got folds={folds}, fold={fold}")
+    order = np.random.default_rng(seed).permutation(len(dataset.train))
+    parts = np.array_split(order, folds)
+    held = np.sort(parts[fold])
+    kept = np.sort(np.concatenate([p for i, p in enumerate(parts) if i != fold]))
+    return dataclasses.replace(
+        dataset, train=dataset.train.take(kept), validation=dataset.train.take(held)
+    )
