@@ -845,12 +845,20 @@ def _train_and_evaluate(
             "  %-9s calibration: ECE %.4f, predicted/observed %.3f",
             name, c["ece"], c["predicted_over_observed"],
         )  # fmt: skip
-    if dataset.test_subsets:
-        results["test_subsets"] = {}
-        for subset, rows in dataset.test_subsets.items():
-            metrics = trainer.evaluate(best_params, dataset.test.take(rows))
-            results["test_subsets"][subset] = {"examples": len(rows), **metrics}
-            log.info("  %s (%d test rows): %s", subset, len(rows), _format_task_metrics(metrics))
+    for split_name, subsets in (
+        ("validation", dataset.validation_subsets),
+        ("test", dataset.test_subsets),
+    ):
+        if not subsets:
+            continue
+        out = results[f"{split_name}_subsets"] = {}
+        for subset, rows in subsets.items():
+            metrics = trainer.evaluate(best_params, dataset.split(split_name).take(rows))
+            out[subset] = {"examples": len(rows), **metrics}
+            log.info(
+                "  %s (%d %s rows): %s",
+                subset, len(rows), split_name, _format_task_metrics(metrics),
+            )  # fmt: skip
     if config.ranking.enabled:
         log.info("ranking the catalogue for every test user ...")
         results["ranking"] = ranking.evaluate_ranking(

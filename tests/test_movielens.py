@@ -201,17 +201,27 @@ def test_cold_start_split_holds_items_out_of_training():
         pytest.skip(f"no network route to MovieLens-100K here: {e}")
     plain = movielens.build_dataset()
     cold = movielens.build_dataset(seed=3, cold_item_fraction=0.1)
-    held = np.unique(cold.test.features["item_id"][cold.test_subsets["cold_items"]])
-    assert len(held) == round(0.1 * 1682)  # 10% of the movies
-    for split in (cold.train, cold.validation):
-        assert not np.isin(split.features["item_id"], held).any()
-    # Every rating of a cold item is in test; nothing else moved; subsets partition test.
-    everything = sum(len(plain.split(s)) for s in ("train", "validation", "test"))
-    assert sum(cold.sizes().values()) == everything
-    n_cold = sum(np.isin(plain.split(s).features["item_id"], held).sum()
-                 for s in ("train", "validation", "test"))  # fmt: skip
-    assert len(cold.test_subsets["cold_items"]) == n_cold
-    rows = np.sort(np.concatenate(list(cold.test_subsets.values())))
-    np.testing.assert_array_equal(rows, np.arange(len(cold.test)))
+    ids = lambda split, rows: np.unique(split.features["item_id"][rows])
+    test_cold = ids(cold.test, cold.test_subsets["cold_items"])
+    val_cold = ids(cold.validation, cold.validation_subsets["cold_items"])
+    assert len(test_cold) == len(val_cold) == round(0.1 * 1682)  # 10% of the movies each
+    assert not np.isin(test_cold, val_cold).any()
+    # Test-cold movies appear only in test, validation-cold ones only in validation.
+    assert not np.isin(cold.train.features["item_id"], np.r_[test_cold, val_cold]).any()
+    assert not np.isin(cold.validation.features["item_id"], test_cold).any()
+    assert not np.isin(cold.test.features["item_id"], val_cold).any()
+    # Every rating moved, none lost; subsets partition their split.
+    everything = {s: plain.split(s).features["item_id"] for s in ("train", "validation", "test")}
+    total = sum(len(v) for v in everything.values())
+    assert sum(cold.sizes().values()) == total
+    for held, subsets in ((test_cold, cold.test_subsets), (val_cold, cold.validation_subsets)):
+        n = sum(np.isin(v, held).sum() for v in everything.values())
+        assert len(subsets["cold_items"]) == n
+    for split, subsets in (
+        (cold.test, cold.test_subsets),
+        (cold.validation, cold.validation_subsets),
+    ):
+        rows = np.sort(np.concatenate(list(subsets.values())))
+        np.testing.assert_array_equal(rows, np.arange(len(split)))
     other = movielens.build_dataset(seed=4, cold_item_fraction=0.1)
-    assert not np.array_equal(other.test_subsets["cold_items"], cold.test_subsets["cold_items"])
+    assert not np.array_equal(ids(other.test, other.test_subsets["cold_items"]), test_cold)

@@ -276,13 +276,16 @@ def user_text(ml: MovieLens, user: int) -> str:
     return " ".join([article, *(w for w in words if w)])
 
 
-def cold_items(items: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """A seeded ``fraction`` of the item ids in ``items``, sorted: the cold-start hold-out."""
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"cold_item_fraction must lie in [0, 1), got {fraction}")
+def cold_items(items: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint seeded draws of ``fraction`` of the item ids in ``items`` (sorted): the
+    movies held out for test, and as many held out for validation, so that cold-start
+    choices can be made on validation cold movies without looking at test."""
+    if not 0.0 <= fraction < 0.5:
+        raise ValueError(f"cold_item_fraction must lie in [0, 0.5), got {fraction}")
     unique = np.unique(items)
     count = int(round(fraction * len(unique)))
-    return np.sort(np.random.default_rng(seed).choice(unique, size=count, replace=False))
+    drawn = np.random.default_rng(seed).choice(unique, size=2 * count, replace=False)
+    return np.sort(drawn[:count]), np.sort(drawn[count:])
 
 
 def build_dataset(
@@ -300,9 +303,11 @@ def build_dataset(
     ``user_text`` "A 24-year-old male technician", for text features.
 
     Cold start: with ``cold_item_fraction`` > 0, that fraction of the movies (drawn with
-    ``seed``) is held out: every rating of theirs, from any split, goes to test only, so
-    the model never sees them in training or selection. ``test_subsets`` then names the
-    test rows of cold and of warm items. Otherwise ``seed`` is unused: the split is fixed.
+    ``seed``) is held out for test: every rating of theirs, from any split, goes to test
+    only, so the model never sees them in training or selection. As many other movies are
+    held out the same way for validation, where cold-start choices can be made.
+    ``test_subsets`` / ``validation_subsets`` name the rows of cold and of warm movies.
+    Otherwise ``seed`` is unused: the split is fixed.
     """
     data = load(fetch(data_dir or None))
     users = sorted(data.user_age)
@@ -351,16 +356,22 @@ def build_dataset(
         masks={"rating": ones, "like": ones, "genre": ones},
     )
     train, val, test = temporal_split(data.user, data.item, data.timestamp)
-    subsets = {}
+    subsets, val_subsets = {}, {}
     if cold_item_fraction > 0:
-        cold = np.isin(data.item, cold_items(data.item, cold_item_fraction, seed))
-        train, val = train[~cold[train]], val[~cold[val]]
-        test = np.sort(
-            np.concatenate([test, np.flatnonzero(cold & ~np.isin(np.arange(len(cold)), test))])
-        )
+        test_items, val_items = cold_items(data.item, cold_item_fraction, seed)
+        cold, val_cold = np.isin(data.item, test_items), np.isin(data.item, val_items)
+        rows = np.arange(len(cold))
+        train = train[~cold[train] & ~val_cold[train]]
+        val = np.sort(np.concatenate([val[~cold[val]], rows[val_cold & ~np.isin(rows, val)]]))
+        test = test[~val_cold[test]]
+        test = np.sort(np.concatenate([test, rows[cold & ~np.isin(rows, test)]]))
         subsets = {
             "cold_items": np.flatnonzero(cold[test]),
             "warm_items": np.flatnonzero(~cold[test]),
+        }
+        val_subsets = {
+            "cold_items": np.flatnonzero(val_cold[val]),
+            "warm_items": np.flatnonzero(~val_cold[val]),
         }
     specs = (
         FeatureSpec("user_id", num_users), FeatureSpec("item_id", num_items),
@@ -387,4 +398,5 @@ def build_dataset(
         name="movielens", features=specs, tasks=tasks, train=everything.take(train),
         validation=everything.take(val), test=everything.take(test), item_text=tuple(titles),
         catalogue=catalogue, user_text=tuple(descriptions), test_subsets=subsets,
+        validation_subsets=val_subsets,
     )  # fmt: skip

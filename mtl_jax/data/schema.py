@@ -105,6 +105,7 @@ class MultiTaskDataset:
     # Named subsets of the test split (row indices), reported beside the whole split,
     # e.g. ``cold_items`` / ``warm_items`` in the cold-start protocol.
     test_subsets: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    validation_subsets: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def text_for(self, feature: str) -> tuple[str, ...]:
         """One text per id of ``feature`` (``item_id`` or ``user_id``), indexed by id."""
@@ -149,5 +150,8 @@ def cross_validation_fold(
     held = np.sort(parts[fold])
     kept = np.sort(np.concatenate([p for i, p in enumerate(parts) if i != fold]))
     return dataclasses.replace(
-        dataset, train=dataset.train.take(kept), validation=dataset.train.take(held)
+        dataset,
+        train=dataset.train.take(kept),
+        validation=dataset.train.take(held),
+        validation_subsets={},
     )
