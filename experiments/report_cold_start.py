@@ -28,7 +28,11 @@ _SUBSETS = ("cold_items", "warm_items")
 
 def _variant(results: dict) -> str:
     features = results["config"]["text"]["features"]
-    return "IDs + side + text" if features else "IDs + side features"
+    if not features:
+        return "IDs + side features"
+    l2 = results["config"].get("regularization", {}).get("l2", {}).get("text", 0.0)
+    names = "+".join(f.replace("_id", "") for f in features)
+    return f"IDs + side + text ({names}; text L2 {l2:g})"
 
 
 def build(runs: pathlib.Path) -> str:
@@ -44,6 +48,12 @@ def build(runs: pathlib.Path) -> str:
         for subset in _SUBSETS
         for task, metric, _ in _METRICS
     ]
+    val_header = ["variant", "seeds"] + [
+        f"val {subset.split('_')[0]} {task} {metric}"
+        for subset in _SUBSETS
+        for task, metric, _ in _METRICS
+    ]
+    val_rows = []
     rows = []
     means: dict[str, dict[tuple, float]] = {}
     for variant, group in sorted(groups.items()):
@@ -59,8 +69,20 @@ def build(runs: pathlib.Path) -> str:
                 means[variant][(subset, task, metric)] = statistics.mean(values)
                 row.append(mean_std(values))
         rows.append(row)
+        if all("validation_subsets" in r for r in group):
+            val_rows.append(
+                [variant, str(len(group))]
+                + [
+                    mean_std([r["validation_subsets"][subset][task][metric] for r in group])
+                    for subset in _SUBSETS
+                    for task, metric, _ in _METRICS
+                ]
+            )
     lines = ["# Cold start on MovieLens-100K: does text help new movies?", ""]
-    lines += markdown_table(header, rows)
+    lines += ["## Test", ""] + markdown_table(header, rows)
+    if val_rows:
+        lines += ["", "## Validation (where choices are made)", ""]
+        lines += markdown_table(val_header, val_rows)
     example = next(iter(groups.values()))[0]
     sizes = {k: v["examples"] for k, v in example["test_subsets"].items()}
     lines += [
@@ -68,9 +90,11 @@ def build(runs: pathlib.Path) -> str:
         f"Test rows (seed {example['config']['seed']}): {sizes}; split sizes "
         f"{example['dataset_sizes']}.",
     ]
-    if len(means) == 2:
-        plain, text = means["IDs + side features"], means["IDs + side + text"]
-        lines += ["", "Change with text (mean over seeds; positive = better):", ""]
+    plain = means.get("IDs + side features")
+    for variant, text in means.items():
+        if plain is None or variant == "IDs + side features":
+            continue
+        lines += ["", f"Test change with {variant} (mean over seeds; positive = better):", ""]
         for subset in _SUBSETS:
             parts = []
             for task, metric, higher in _METRICS:
