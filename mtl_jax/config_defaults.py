@@ -86,6 +86,10 @@ def base_config(
             embedding_norm=0.0,
         )
     )
+    # Knowledge distillation: a teacher trained earlier (its workdir holds config.json and
+    # best/), whose soft targets mix into every task's loss: (1 - alpha) * label loss +
+    # alpha * soft-target loss at this temperature. '' = off.
+    c.distill = ml_collections.ConfigDict(dict(teacher_workdir="", alpha=0.5, temperature=2.0))
     # k-fold cross-validation on the train split (folds >= 2): fold `fold` validates, the
     # others train, test is untouched; experiments/cross_validate.py runs every fold.
     c.cv = ml_collections.ConfigDict(dict(folds=0, fold=0))

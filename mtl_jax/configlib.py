@@ -133,6 +133,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
             "data.genres_in_text",
             "genres are a prediction target here; putting them in the text leaks the labels",
         )
+    _require(0.0 <= config.distill.alpha <= 1.0, "distill.alpha", "must lie in [0, 1]")
+    _require(config.distill.temperature > 0, "distill.temperature", "must be > 0")
     cv = config.cv
     _require(
         cv.folds == 0 or (cv.folds >= 2 and 0 <= cv.fold < cv.folds),

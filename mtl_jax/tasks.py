@@ -130,6 +130,26 @@ def per_example_loss(task: TaskSpec, logits: jax.Array, labels: jax.Array) -> ja
     return loss
 
 
+def distillation_loss(
+    task: TaskSpec, logits: jax.Array, teacher_logits: jax.Array, temperature: float
+) -> jax.Array:
+    """Per-example loss against a teacher's soft targets (Hinton et al. 2015): cross-entropy
+    between the temperature-softened teacher and student distributions, times T^2 (so its
+    gradients keep their scale as T grows); squared error to the teacher's value for
+    regression. Both are calibrated first, so a down-sampled task compares probabilities."""
+    logits = calibrated_logits(task, logits)
+    teacher_logits = jax.lax.stop_gradient(calibrated_logits(task, teacher_logits))
+    if task.kind == "regression":
+        return jnp.square(logits - teacher_logits)
+    t = temperature
+    if task.kind == "multiclass":
+        soft = jax.nn.softmax(teacher_logits / t, axis=-1)
+        return optax.softmax_cross_entropy(logits / t, soft) * t**2
+    loss = optax.sigmoid_binary_cross_entropy(logits / t, jax.nn.sigmoid(teacher_logits / t))
+    loss = loss * t**2
+    return loss if task.kind == "binary" else loss.mean(-1)
+
+
 def masked_loss_sum(
     task: TaskSpec,
     logits: jax.Array,

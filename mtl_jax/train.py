@@ -7,6 +7,7 @@ stopping, and reports test metrics of the best-on-validation parameters.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import pathlib
@@ -52,6 +53,7 @@ class TrainState:
     opt_state: Any
     balancer: balancing.CombinerState  # the balancing method's state (weights, history ...)
     rng: jax.Array  # base key; each step's key is fold_in(rng, step)
+    teacher: Any = None  # distillation: the teacher's parameters (never updated)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -130,10 +132,23 @@ def _split_params(params: dict) -> tuple[Any, Any, dict]:
 def _mean_task_losses(
     tasks: Sequence[TaskSpec], logits: dict, batch: dict, rngs: dict | None = None
 ) -> jax.Array:
-    """Mean loss per task; with ``rngs`` (training) negatives are down-sampled as configured."""
+    """Mean loss per task; with ``rngs`` (training) negatives are down-sampled as configured.
+    A batch carrying ``teacher_logits`` (distillation) mixes in the soft-target loss:
+    ``(1 - alpha) * label loss + alpha * distillation loss`` per task."""
     key = None if rngs is None else jax.random.fold_in(rngs["dropout"], 0x5A3)
     sums, counts = task_loss_sums(tasks, logits, batch, key)
-    return sums / jnp.maximum(counts, 1.0)
+    losses = sums / jnp.maximum(counts, 1.0)
+    if "teacher_logits" not in batch:
+        return losses
+    alpha, temperature = batch["distill"]
+    soft = []
+    for t in tasks:
+        mask = batch["masks"][t.name].astype(jnp.float32)
+        per_example = tasks_lib.distillation_loss(
+            t, logits[t.name], batch["teacher_logits"][t.name], temperature
+        )
+        soft.append(jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0))
+    return (1.0 - alpha) * losses + alpha * jnp.stack(soft)
 
 
 def _embed(
@@ -246,6 +261,7 @@ def make_train_step(
     rule: balancing.WeightingRule,
     gramian_params: str = "",
     embedding_norm: float = 0.0,
+    distill: tuple[MultiTaskModel, float, float] | None = None,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """A pure ``(state, batch) -> (state, metrics)``; jit it with the shardings you need.
 
@@ -270,6 +286,16 @@ def make_train_step(
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rngs = {"dropout": jax.random.fold_in(state.rng, state.step)}
+        if distill is not None:
+            teacher_model, alpha, temperature = distill
+            teacher_logits = teacher_model.apply(
+                {"params": state.teacher}, batch["features"], train=False
+            )
+            batch = {
+                **batch,
+                "teacher_logits": jax.lax.stop_gradient(teacher_logits),
+                "distill": (alpha, temperature),
+            }
 
         def losses_of_params(params):
             logits = model.apply({"params": params}, batch["features"], train=True, rngs=rngs)
@@ -379,6 +405,15 @@ def make_eval_step(model: MultiTaskModel, tasks: Sequence[TaskSpec]) -> Callable
     return eval_step
 
 
+def _tuples(value: Any) -> Any:
+    """JSON lists back to the tuples configs hold."""
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
 class Trainer:
     """Holds the compiled steps and shardings of one configured run."""
 
@@ -418,6 +453,7 @@ class Trainer:
             text_token_length=text.token_length,
             text_trainable_layers=config.text.finetune_layers,
         )
+        self.teacher = self._load_teacher(self.mesh)
         self.tx = make_optimizer(
             config.optim,
             config.train.num_steps,
@@ -451,6 +487,7 @@ class Trainer:
                 self.rule,
                 config.balancing.gramian_params,
                 config.regularization.embedding_norm,
+                self._distill(),
             ),
             in_shardings=(self.state_sharding, batch_sharding),
             out_shardings=(self.state_sharding, replicated),
@@ -497,6 +534,7 @@ class Trainer:
             opt_state=opt_state,
             balancer=whole(abstract.balancer),
             rng=replicated,
+            teacher=None if self.teacher is None else self.teacher.state_sharding.params,
         )
 
     def _init_state(self, key: jax.Array, sample: dict) -> TrainState:
@@ -510,10 +548,53 @@ class Trainer:
                 self.rule, len(self.tasks), self.config.seed, params["trunk"]
             ),
             rng=jax.random.fold_in(key, 1),
+            teacher=None
+            if self.teacher is None
+            else jax.tree.map(
+                lambda a: jnp.zeros(a.shape, a.dtype), self.teacher.abstract_state.params
+            ),
         )
+
+    def _distill(self) -> tuple[MultiTaskModel, float, float] | None:
+        if self.teacher is None:
+            return None
+        d = self.config.distill
+        return self.teacher.model, float(d.alpha), float(d.temperature)
+
+    def _load_teacher(self, mesh: jax.sharding.Mesh) -> Trainer | None:
+        """The teacher of a distillation run: its config from ``distill.teacher_workdir``,
+        rebuilt over the same dataset; its best parameters are restored in init_state."""
+        workdir = self.config.distill.teacher_workdir
+        if not workdir:
+            return None
+        path = pathlib.Path(workdir) / "config.json"
+        if not path.exists():
+            raise FileNotFoundError(
+                f"distill.teacher_workdir={workdir!r} has no config.json; train the teacher "
+                "there first (python run.py --config=... --workdir=...)"
+            )
+        saved = json.loads(path.read_text())
+        missing = sorted(set(self.config.tasks) - set(saved["tasks"]))
+        if missing:
+            raise ValueError(f"the teacher in {workdir} was not trained on tasks {missing}")
+        # The student's config with the teacher's architecture: what decides its forward pass.
+        teacher_config = self.config.copy_and_resolve_references()
+        with teacher_config.unlocked():
+            for section in ("model", "text", "task_loss"):
+                teacher_config[section].update(_tuples(saved[section]))
+            teacher_config.input_features = tuple(saved["input_features"])
+            teacher_config.distill.teacher_workdir = ""
+        return Trainer(teacher_config, self.dataset, mesh=mesh)
 
     def init_state(self) -> TrainState:
         state = jax.jit(self._init_fn, out_shardings=self.state_sharding)(self._key)
+        if self.teacher is not None:
+            ckpt = Checkpointer(self.config.distill.teacher_workdir)
+            try:
+                teacher = ckpt.restore_best(self.teacher.abstract_state.params)
+            finally:
+                ckpt.close()
+            state = state.replace(teacher=teacher)
         replace = {}
         if self.config.model.zero_unseen_ids:
             replace.update(self._zeroed_unseen_rows(state.params.get("embedding", {})))

@@ -22,3 +22,13 @@ def tiny_config(**train_overrides) -> ml_collections.ConfigDict:
     config.optim.warmup_steps = 4
     config.train.update(**train_overrides)
     return config
+
+
+# The smoke e-commerce run shrunk further, as command-line flags (for run.py subprocesses).
+SMALL_RUN_FLAGS = [
+    "--config=configs/ecommerce.py:smoke",
+    "--config.data.num_impressions=6000",
+    "--config.data.num_users=150",
+    "--config.data.num_items=80",
+    "--config.train.batch_size=64",
+]

@@ -17,14 +17,11 @@ from mtl_jax import configlib, parallel
 from mtl_jax.checkpoint import Checkpointer
 from mtl_jax.data import load_dataset
 from mtl_jax.train import Trainer
+from tests.helpers import SMALL_RUN_FLAGS
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG = [
-    "--config=configs/ecommerce.py:smoke",
-    "--config.data.num_impressions=6000",
-    "--config.data.num_users=150",
-    "--config.data.num_items=80",
-    "--config.train.batch_size=64",
+    *SMALL_RUN_FLAGS,
     "--config.train.num_steps=30",
     "--config.train.eval_every=10",
     "--config.train.checkpoint_every=30",

@@ -10,13 +10,11 @@ import time
 
 import pytest
 
+from tests.helpers import SMALL_RUN_FLAGS
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SMALL = [
-    "--config=configs/ecommerce.py:smoke",
-    "--config.data.num_impressions=6000",
-    "--config.data.num_users=150",
-    "--config.data.num_items=80",
-    "--config.train.batch_size=64",
+    *SMALL_RUN_FLAGS,
     "--config.train.eval_batch_size=512",
     "--config.train.num_steps=150",
     "--config.train.eval_every=10",

@@ -25,11 +25,8 @@ REFERENCE = (
 
 
 @pytest.fixture(scope="module")
-def encoder():
-    try:
-        return text.default_encoder()
-    except text.ModelFilesError as e:
-        pytest.skip(f"text model unavailable: {e}")
+def encoder(text_encoder):
+    return text_encoder
 
 
 @pytest.fixture(scope="module")

@@ -117,18 +117,8 @@ def test_genres_in_text_refused_when_genre_is_a_target():
         configlib.validate(config)
 
 
-@pytest.fixture(scope="module")
-def real_encoder():
-    from mtl_jax import text
-
-    try:
-        return text.default_encoder()
-    except text.ModelFilesError as e:
-        pytest.skip(f"text model unavailable: {e}")
-
-
 @pytest.mark.slow
-def test_finetune_trains_only_the_top_layers(real_encoder):
+def test_finetune_trains_only_the_top_layers(text_encoder):
     """Fine-tune mode with finetune_layers=1: the in-model encoder starts as the pretrained
     one (same sentence vectors as ``encode``), the top layer and the projection move, every
     other encoder weight and the token table stay exactly as loaded."""
@@ -144,8 +134,8 @@ def test_finetune_trains_only_the_top_layers(real_encoder):
     tokens = np.asarray(start["text_tokens_item_id"])[:5].astype(np.int32)
     mask = (tokens > 0).astype(np.int32)
     np.testing.assert_allclose(
-        real_encoder.embed_padded(tokens, mask),
-        real_encoder.encode(list(dataset.item_text[:5])),
+        text_encoder.embed_padded(tokens, mask),
+        text_encoder.encode(list(dataset.item_text[:5])),
         atol=1e-5,
     )
     it = trainer.train_iterator()
