@@ -127,6 +127,8 @@ class Checkpointer:
         self, abstract_state: Any, data_iterator: grain.DatasetIterator, config: dict[str, Any]
     ) -> tuple[int, Any, dict[str, Any]] | None:
         """``(step, state, meta)`` of the newest checkpoint that restores, or None if none.
+        ``abstract_state`` is the target tree, or a function of the step giving it (staged
+        training: a stage's optimizer state has its own structure).
 
         A checkpoint that fails to restore (files truncated or missing, e.g. a disk filled up
         or a copy was cut short) is renamed ``<step>.damaged`` and kept for inspection, and
@@ -137,7 +139,8 @@ class Checkpointer:
         for step in sorted(self._latest.all_steps(), reverse=True):
             try:
                 self.check_compatible(step, config)
-                state, meta = self.restore(step, abstract_state, data_iterator)
+                target = abstract_state(step) if callable(abstract_state) else abstract_state
+                state, meta = self.restore(step, target, data_iterator)
                 return step, state, meta
             except IncompatibleCheckpointError:
                 raise

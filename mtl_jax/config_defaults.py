@@ -86,6 +86,8 @@ def base_config(
             embedding_norm=0.0,
         )
     )
+    # Staged training (see mtl_jax/stages.py); empty = one stage of train.num_steps.
+    c.stages = ml_collections.ConfigDict()
     # Knowledge distillation: a teacher trained earlier (its workdir holds config.json and
     # best/), whose soft targets mix into every task's loss: (1 - alpha) * label loss +
     # alpha * soft-target loss at this temperature. '' = off.

@@ -16,6 +16,7 @@ from typing import Any
 import ml_collections
 
 from mtl_jax import balancing, parallel, ranking
+from mtl_jax import stages as stages_lib
 from mtl_jax.balancing.config import rule_from_config
 from mtl_jax.data import DATASETS, MultiTaskDataset
 from mtl_jax.models import TRUNKS
@@ -135,6 +136,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     _require(0.0 <= config.distill.alpha <= 1.0, "distill.alpha", "must lie in [0, 1]")
     _require(config.distill.temperature > 0, "distill.temperature", "must be > 0")
+    stage_errors = stages_lib.problems(config)
+    if stage_errors:
+        raise ConfigError("; ".join(stage_errors))
     cv = config.cv
     _require(
         cv.folds == 0 or (cv.folds >= 2 and 0 <= cv.fold < cv.folds),

@@ -46,11 +46,24 @@ def group_of(path: tuple[Any, ...], trainable_text_layers: frozenset[str] = froz
     raise ValueError(f"parameter {'/'.join(map(str, path))} belongs to no group; groups: {GROUPS}")
 
 
-def param_labels(params: Any, trainable_text_layers: frozenset[str] = frozenset()) -> Any:
-    """A pytree like ``params`` with each leaf replaced by its group name."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: group_of(path, trainable_text_layers), params
-    )
+def param_labels(
+    params: Any,
+    trainable_text_layers: frozenset[str] = frozenset(),
+    frozen_groups: frozenset[str] = frozenset(),
+    frozen_towers: frozenset[str] = frozenset(),
+) -> Any:
+    """A pytree like ``params`` with each leaf replaced by its group name; groups in
+    ``frozen_groups`` and the towers of tasks in ``frozen_towers`` become ``frozen``."""
+
+    def label(path, _):
+        group = group_of(path, trainable_text_layers)
+        if group in frozen_groups:
+            return "frozen"
+        if group == "heads" and _key(path[0]).removeprefix("towers_") in frozen_towers:
+            return "frozen"
+        return group
+
+    return jax.tree_util.tree_map_with_path(label, params)
 
 
 def schedule(peak: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
@@ -115,10 +128,15 @@ def make_optimizer(
     trainable_text_layers: frozenset[str] = frozenset(),
     text_encoder_learning_rate: float = 1e-4,
     regularization: Any = None,
+    frozen_groups: frozenset[str] = frozenset(),
+    frozen_towers: frozenset[str] = frozenset(),
+    shared_lr_scale: float = 1.0,
 ) -> optax.GradientTransformation:
     """Global-norm clipping, then a per-group optimizer through ``optax.partition``: frozen
-    groups get ``optax.set_to_zero``, a fine-tuned text encoder's top layers Adam at their
-    own (small) rate, and each group its L1 / L2 penalties from ``regularization``."""
+    groups (and the towers of ``frozen_towers`` tasks) get ``optax.set_to_zero``, a
+    fine-tuned text encoder's top layers Adam at their own (small) rate, each group its L1 /
+    L2 penalties from ``regularization``; the shared groups (embeddings, trunk) learn at
+    ``shared_lr_scale`` times their rate (staged training's fine-tuning stage)."""
     c = optim_config
     l1 = dict(regularization.l1) if regularization is not None else {}
     l2 = dict(regularization.l2) if regularization is not None else {}
@@ -128,14 +146,24 @@ def make_optimizer(
         b2=c.b2,
         weight_decay=c.weight_decay,
     )
+    trunk = optax.adamw(
+        schedule(c.learning_rate * shared_lr_scale, c.warmup_steps, total_steps),
+        b1=c.b1,
+        b2=c.b2,
+        weight_decay=c.weight_decay,
+    )
     embeddings = make_embedding_optimizer(
-        c.embedding_optimizer, schedule(c.embedding_learning_rate, c.warmup_steps, total_steps), c
+        c.embedding_optimizer,
+        schedule(c.embedding_learning_rate * shared_lr_scale, c.warmup_steps, total_steps),
+        c,
     )
     partitioned = optax.partition(
         {
             "embeddings": with_penalties(embeddings, l1.get("embeddings", 0.0), 0.0),
             **{
-                group: with_penalties(dense, l1.get(group, 0.0), l2.get(group, 0.0))
+                group: with_penalties(
+                    trunk if group == "trunk" else dense, l1.get(group, 0.0), l2.get(group, 0.0)
+                )
                 for group in ("trunk", "heads", "text")
             },
             "text_encoder": optax.adamw(
@@ -146,7 +174,7 @@ def make_optimizer(
             ),
             "frozen": optax.set_to_zero(),
         },
-        lambda params: param_labels(params, trainable_text_layers),
+        lambda params: param_labels(params, trainable_text_layers, frozen_groups, frozen_towers),
     )
     if c.grad_clip_norm > 0:
         return optax.chain(optax.clip_by_global_norm(c.grad_clip_norm), partitioned)

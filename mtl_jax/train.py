@@ -27,6 +27,7 @@ from flax import traverse_util
 
 from mtl_jax import balancing, configlib, parallel, ranking, reporting
 from mtl_jax import metrics as metrics_lib
+from mtl_jax import stages as stages_lib
 from mtl_jax import tasks as tasks_lib
 from mtl_jax.balancing.config import rule_from_config
 from mtl_jax.checkpoint import Checkpointer, IncompatibleCheckpointError
@@ -422,7 +423,10 @@ class Trainer:
         config: ml_collections.ConfigDict,
         dataset: MultiTaskDataset,
         mesh: jax.sharding.Mesh | None = None,
+        stage: int = 0,
     ):
+        """``stage``: which of ``config.stages`` this trainer's train step runs (see
+        mtl_jax/stages.py); its tasks, frozen groups and learning rates."""
         configlib.validate(config)
         configlib.validate_against_dataset(config, dataset)
         self.config = config
@@ -437,6 +441,12 @@ class Trainer:
         check_batch_divides(config.train.eval_batch_size, n_data, "train.eval_batch_size")
 
         self.tasks = configured_tasks(config, dataset)
+        self.stages = stages_lib.plan(config)
+        self.stage_index = stage
+        self.stage = self.stages[stage]
+        # The tasks this stage trains on (evaluation always covers every task).
+        self.train_tasks = tuple(t for t in self.tasks if t.name in self.stage.tasks)
+        self.train_task_names = tuple(t.name for t in self.train_tasks)
         feature_by_name = {f.name: f for f in dataset.features}
         features = tuple(feature_by_name[name] for name in config.input_features)
         vocab = {f.name: f.vocab_size for f in dataset.features}
@@ -456,12 +466,15 @@ class Trainer:
         self.teacher = self._load_teacher(self.mesh)
         self.tx = make_optimizer(
             config.optim,
-            config.train.num_steps,
+            self.stage.steps,
             text.trainable_layers,
             config.text.finetune_learning_rate,
             config.regularization,
+            frozen_groups=self.stage.frozen,
+            frozen_towers=frozenset(config.tasks) - frozenset(self.train_task_names),
+            shared_lr_scale=self.stage.shared_lr_scale,
         )
-        self.rule = rule_from_config(config.balancing, config.tasks)
+        self.rule = rule_from_config(config.balancing, self.train_task_names)
 
         # Shapes first: derive the state's shardings from an abstract init, then init under jit.
         sample = {f.name: jnp.asarray(f.placeholder()) for f in features}
@@ -482,7 +495,7 @@ class Trainer:
         self.train_step = jax.jit(
             make_train_step(
                 self.model,
-                self.tasks,
+                self.train_tasks,
                 self.tx,
                 self.rule,
                 config.balancing.gramian_params,
@@ -512,7 +525,7 @@ class Trainer:
             else None
         )
         self.trunk_gramian = jax.jit(
-            make_trunk_gramian(self.model, self.tasks),
+            make_trunk_gramian(self.model, self.train_tasks),
             in_shardings=(self.state_sharding.params, batch_sharding),
             out_shardings=replicated,
         )
@@ -545,7 +558,7 @@ class Trainer:
             params=params,
             opt_state=self.tx.init(params),
             balancer=balancing.init_state(
-                self.rule, len(self.tasks), self.config.seed, params["trunk"]
+                self.rule, len(self.train_tasks), self.config.seed, params["trunk"]
             ),
             rng=jax.random.fold_in(key, 1),
             teacher=None
@@ -554,6 +567,21 @@ class Trainer:
                 lambda a: jnp.zeros(a.shape, a.dtype), self.teacher.abstract_state.params
             ),
         )
+
+    def begin_stage(self, state: TrainState) -> TrainState:
+        """The state entering this trainer's stage: the same parameters, step and keys, a
+        fresh optimizer state (for this stage's groups) and balancing state (its tasks)."""
+
+        def fresh(params):
+            balancer = balancing.init_state(
+                self.rule, len(self.train_tasks), self.config.seed, params["trunk"]
+            )
+            return self.tx.init(params), balancer
+
+        opt_state, balancer = jax.jit(
+            fresh, out_shardings=(self.state_sharding.opt_state, self.state_sharding.balancer)
+        )(state.params)
+        return state.replace(opt_state=opt_state, balancer=balancer)
 
     def _distill(self) -> tuple[MultiTaskModel, float, float] | None:
         if self.teacher is None:
@@ -758,7 +786,17 @@ def _train_and_evaluate(
     if config.cv.folds:
         dataset = cross_validation_fold(dataset, config.cv.folds, config.cv.fold, config.seed)
         log.info("cross-validation: fold %d of %d validates", config.cv.fold, config.cv.folds)
-    trainer = Trainer(config, dataset)
+    plan = stages_lib.plan(config)
+    trainers: dict[int, Trainer] = {}
+
+    def trainer_at(step: int) -> Trainer:
+        """The trainer of the stage a checkpoint at ``step`` belongs to (built once)."""
+        index = stages_lib.index_at(plan, step)
+        if index not in trainers:
+            trainers[index] = Trainer(config, dataset, stage=index)
+        return trainers[index]
+
+    trainer = trainer_at(latest or 0)
     log.info(
         "dataset sizes %s; mesh %s; %d tasks %s",
         dataset.sizes(),
@@ -772,12 +810,13 @@ def _train_and_evaluate(
     data_iter = trainer.train_iterator()
     metrics_log = reporting.MetricsLog(workdir_path / "metrics.jsonl")
     restored = (
-        ckpt.restore_newest(trainer.abstract_state, data_iter, config_dict)
+        ckpt.restore_newest(lambda s: trainer_at(s).abstract_state, data_iter, config_dict)
         if latest is not None
         else None
     )
     if restored is not None:
         latest, state, meta = restored
+        trainer = trainer_at(latest)
         metrics_log.truncate_after(latest)
         log.info("resumed from step %d in %s", latest, workdir_path)
     else:
@@ -803,17 +842,21 @@ def _train_and_evaluate(
     throughput = reporting.Throughput(step, t.num_steps, t.batch_size)
     if not meta["finished"]:
         log.info("training from step %d to %d", step, t.num_steps)
+        if len(plan) > 1:
+            log.info(
+                "stage %s (steps %d-%d)", trainer.stage.name, trainer.stage.start, trainer.stage.end
+            )
     while not meta["finished"]:
         batch = parallel.to_global_batch(next(data_iter), trainer.mesh)
         state, train_metrics = trainer.train_step(state, batch)
         step += 1
         last = step >= t.num_steps
         if step % t.log_every == 0 or last:
-            host = _fetch_finite(train_metrics, step, config.tasks, ckpt)
+            host = _fetch_finite(train_metrics, step, trainer.train_task_names, ckpt)
             gram = host.get("gram")
             if gram is None:  # loss-weighting methods: one extra backward, on log steps only
                 gram = jax.device_get(trainer.trunk_gramian(state.params, batch))
-            diagnostics = gradient_diagnostics(gram, host["weights"], config.tasks)
+            diagnostics = gradient_diagnostics(gram, host["weights"], trainer.train_task_names)
             gates = (
                 gate_stats.summarize(jax.device_get(trainer.gate_stats(state.params, batch)))
                 if trainer.gate_stats is not None
@@ -825,7 +868,10 @@ def _train_and_evaluate(
                 "split": "train",
                 "loss": host["loss"],
                 "grad_norm": host["grad_norm"],
-                **{f"{n}/loss": v for n, v in zip(config.tasks, host["task_losses"], strict=True)},
+                **{
+                    f"{n}/loss": v
+                    for n, v in zip(trainer.train_task_names, host["task_losses"], strict=True)
+                },
                 **diagnostics,
                 **gates,
                 **speed,
@@ -839,10 +885,20 @@ def _train_and_evaluate(
             )
             log.info("step %d/%d | loss %.4f%s", step, t.num_steps, host["loss"], speed_text)
             if step % (t.log_every * 10) == 0 or last:
-                log.info("  %s", _format_diagnostics(diagnostics, config.tasks))
+                log.info("  %s", _format_diagnostics(diagnostics, trainer.train_task_names))
                 if gates:
                     log.info("  gates %s", " ".join(f"{k[6:]}={v:.3f}" for k, v in gates.items()))
 
+        if not last and step == trainer.stage.end:  # next stage: its optimizer and tasks
+            _fetch_finite(train_metrics, step, trainer.train_task_names, ckpt)
+            trainer = trainer_at(step)
+            state = trainer.begin_stage(state)
+            log.info(
+                "stage %s (steps %d-%d): tasks %s, frozen %s, shared lr x%g",
+                trainer.stage.name, trainer.stage.start, trainer.stage.end,
+                list(trainer.train_task_names), sorted(trainer.stage.frozen) or "none",
+                trainer.stage.shared_lr_scale,
+            )  # fmt: skip
         if step % t.eval_every == 0 or last:
             val = trainer.evaluate(state.params, dataset.validation)
             value = val[task_name][metric_name]
@@ -852,8 +908,9 @@ def _train_and_evaluate(
                 ckpt.save_best(step, state.params)
             else:
                 meta["evals_without_improvement"] += 1
-            stop = meta["evals_without_improvement"] >= t.patience
-            meta.update(step=step, finished=last or stop)
+            in_last_stage = trainer.stage_index == len(plan) - 1
+            stop = in_last_stage and meta["evals_without_improvement"] >= t.patience
+            meta.update(step=step, finished=last or stop, stage=trainer.stage.name)
             metrics_log.write({"step": step, "split": "validation", "metrics": val})
             log.info(
                 "validation step %d: %s%s",
@@ -862,7 +919,7 @@ def _train_and_evaluate(
                 " (best)" if improved else "",
             )
             if step % t.checkpoint_every == 0 or meta["finished"]:
-                _fetch_finite(train_metrics, step, config.tasks, ckpt)  # never save NaN params
+                _fetch_finite(train_metrics, step, trainer.train_task_names, ckpt)  # no NaN saves
                 ckpt.save(step, state, data_iter, meta)
             if stop and not last:
                 log.info(
@@ -879,7 +936,7 @@ def _train_and_evaluate(
         preempted = preemption.reached(step)
         if (budget_spent or preempted) and not meta["finished"]:
             if ckpt.latest_step() != step:
-                _fetch_finite(train_metrics, step, config.tasks, ckpt)
+                _fetch_finite(train_metrics, step, trainer.train_task_names, ckpt)
                 ckpt.save(step, state, data_iter, {**meta, "step": step})
             ckpt.wait()
             ckpt.close()
