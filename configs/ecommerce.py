@@ -22,9 +22,10 @@ INPUT_FEATURES = ("user_id", "age", "gender", "region", "item_id", "brand", "pri
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """``arg``: None for the full run, ``"smoke"`` for a tiny one that runs in seconds."""
-    if arg not in (None, "", "smoke"):
-        raise ValueError(f"unknown config variant {arg!r}; valid: '' (full), 'smoke'")
+    """``arg``: None for the full run, ``"smoke"`` for a tiny one that runs in seconds,
+    ``"staged"`` for pre-training then fine-tuning the towers on frozen shared groups."""
+    if arg not in (None, "", "smoke", "staged"):
+        raise ValueError(f"unknown config variant {arg!r}; valid: '' (full), 'smoke', 'staged'")
     c = base.base_config(TASKS, INPUT_FEATURES, early_stopping_metric="click/auc")
     c.data = ml_collections.ConfigDict(
         dict(
@@ -50,6 +51,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             test_fraction=0.1,
         )
     )
+    if arg == "staged":
+        # Pre-train embeddings, trunk and towers on every task, then fine-tune the towers
+        # with the shared groups frozen (mtl_jax/stages.py).
+        c.stages.s1_pretrain = dict(steps=2000, tasks=(), frozen=(), shared_lr_scale=1.0)
+        c.stages.s2_finetune = dict(
+            steps=1000, tasks=(), frozen=("embeddings", "trunk"), shared_lr_scale=1.0
+        )
     if arg == "smoke":
         c.data.update(num_users=400, num_items=200, num_impressions=16_000, num_brands=20)
         base.shrink_for_smoke(c)
