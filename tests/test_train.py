@@ -34,10 +34,8 @@ def _train_params(config, dataset, mesh, steps):
 
 @pytest.mark.parametrize(
     "trunk, method",
-    [
-        ("mmoe", "ew"),
+    [  # mmoe with ew and pcgrad: tests/test_parallel.py (meshes 8x1, 4x2, 2x4)
         ("shared_bottom", "ew"),
-        ("mmoe", "pcgrad"),
         ("mmoe", "mgda"),
         ("mmoe", "upgrad"),
         ("mmoe", "upgrad:experts/kernel_0$"),
