@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import pathlib
-import time
 
 import jax
 import numpy as np
 from absl import app, flags
 
-from mtl_jax import reporting
+from mtl_jax import benchmark, reporting
 from mtl_jax.data import movielens
 from mtl_jax.text import default_encoder
 
@@ -27,16 +26,6 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed passes; the median is repor
 _OUT = flags.DEFINE_string(
     "out", str(pathlib.Path(__file__).parent / "results" / "text_encoder.jsonl"), "JSONL to append."
 )
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    fn()  # compile every shape first
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def main(argv):
@@ -70,10 +59,10 @@ def main(argv):
     print(f"{'corpus':<40} {'n':>5} {'tokens':>6} {'bucketed/s':>11} {'padded-256/s':>13}")
     for name, texts in corpora.items():
         tokens = float(np.mean([len(r) for r in encoder.tokenize(texts)]))
-        bucketed = _median_seconds(
+        bucketed = benchmark.median_seconds(
             lambda t=texts: encoder.encode(t, batch_size=batch), _REPEATS.value
         )
-        padded = _median_seconds(lambda t=texts: fixed_length(t), _REPEATS.value)
+        padded = benchmark.median_seconds(lambda t=texts: fixed_length(t), _REPEATS.value)
         row = {
             **common,
             "corpus": name,

@@ -12,16 +12,14 @@ resumable (its own workdir). Writes ``distill.json`` and ``distill.md`` in the w
 from __future__ import annotations
 
 import pathlib
-import statistics
 import sys
-import time
 
 import jax
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from mtl_jax import parallel, reporting
+from mtl_jax import benchmark, parallel, reporting
 from mtl_jax.checkpoint import Checkpointer
 from mtl_jax.data import load_dataset
 from mtl_jax.train import Trainer, train_and_evaluate
@@ -57,17 +55,10 @@ def inference_examples_per_s(config, workdir: pathlib.Path, batch_size: int = 40
     rows = np.arange(batch_size) % len(dataset.test)
     features = {k: v[rows] for k, v in dataset.test.features.items()}
     forward = jax.jit(lambda p, f: trainer.model.apply({"params": p}, f, train=False))
-    jax.block_until_ready(forward(params, features))
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(10):
-            out = forward(params, features)
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - start) / 10)
+    seconds = benchmark.median_seconds(lambda: forward(params, features), repeats=5, calls=10)
     return {
         "params": int(sum(x.size for x in jax.tree.leaves(params))),
-        "inference_examples_per_s": batch_size / statistics.median(times),
+        "inference_examples_per_s": batch_size / seconds,
     }
 
 

@@ -90,7 +90,7 @@ def _table(runs: list[dict]) -> list[str]:
                 for r in runs
                 if r["model"] == model and r["correlation"] == float(c)
             ]
-            cells.append(f"{statistics.mean(losses):.4f} +- {statistics.stdev(losses):.4f}")
+            cells.append(reporting.mean_std(losses))
         params = next(r["num_params"] for r in runs if r["model"] == model)
         lines.append(f"| {model} | {params:,} | " + " | ".join(cells) + " |")
     return lines

@@ -12,9 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import statistics
 
-from mtl_jax.reporting import short_commit
+from mtl_jax.reporting import mean_std, short_commit
 
 
 def _metric_columns(results: dict) -> list[tuple[str, str]]:
@@ -44,7 +43,7 @@ def build_table(workdirs: list[pathlib.Path], summary: bool = True) -> str:
         cells = ["mean +- std", "", "", ""]
         for t, m in columns:
             values = [r["test"][t][m] for r in runs]
-            cells.append(f"{statistics.mean(values):.4f} +- {statistics.stdev(values):.4f}")
+            cells.append(mean_std(values))
         lines.append("| " + " | ".join(cells) + " |")
 
     lines += ["", "Oracle and trivial baselines on the same test split, and the model's gap:", ""]

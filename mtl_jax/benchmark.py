@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -32,6 +33,20 @@ def memory_mib(compiled: Any) -> dict[str, float] | None:
     )
 
 
+def median_seconds(run: Callable[[], Any], repeats: int, calls: int = 1) -> float:
+    """Median wall time of one call of ``run``: one warm-up call (which compiles), then
+    ``repeats`` timings of ``calls`` consecutive calls each, waiting for JAX's results."""
+    jax.block_until_ready(run())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            out = run()
+        jax.block_until_ready(out)
+        times.append((time.perf_counter() - start) / calls)
+    return statistics.median(times)
+
+
 def time_train_step(
     train_step: Any, state: Any, batch: Any, steps: int, repeats: int
 ) -> dict[str, Any]:
@@ -41,17 +56,14 @@ def time_train_step(
     start = time.perf_counter()
     compiled = train_step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
-            state, metrics = compiled(state, batch)
-        jax.block_until_ready(metrics)
-        times.append((time.perf_counter() - start) / steps)
+    carry = [state]
+
+    def step():
+        carry[0], metrics = compiled(carry[0], batch)
+        return metrics
+
     return {
-        "step_ms": 1e3 * statistics.median(times),
+        "step_ms": 1e3 * median_seconds(step, repeats, steps),
         "compile_s": compile_s,
         "memory": memory_mib(compiled),
     }

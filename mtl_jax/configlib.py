@@ -19,6 +19,7 @@ from mtl_jax import balancing, parallel, ranking
 from mtl_jax import stages as stages_lib
 from mtl_jax.balancing.config import rule_from_config
 from mtl_jax.data import DATASETS, MultiTaskDataset
+from mtl_jax.data.schema import TEXT_FEATURES
 from mtl_jax.models import TRUNKS
 from mtl_jax.optim import EMBEDDING_OPTIMIZERS
 from mtl_jax.tasks import METRICS, with_loss_options
@@ -158,7 +159,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 TEXT_MODES = ("frozen", "finetune")
-TEXT_FEATURES = ("item_id", "user_id")
 
 
 def validate_against_dataset(config: ml_collections.ConfigDict, dataset: MultiTaskDataset) -> None:

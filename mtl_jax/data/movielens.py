@@ -24,6 +24,7 @@ import zipfile
 
 import numpy as np
 
+from mtl_jax import paths
 from mtl_jax.data.schema import Catalogue, FeatureSpec, MultiTaskDataset, Split
 from mtl_jax.tasks import TaskSpec
 
@@ -70,7 +71,7 @@ class MovieLens:
 
 
 def cache_dir() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("MTL_JAX_DATA", "~/.cache/mtl_jax")).expanduser() / "ml-100k"
+    return paths.cache_root() / "ml-100k"
 
 
 def _has_files(d: pathlib.Path) -> bool:

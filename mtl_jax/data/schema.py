@@ -89,6 +89,9 @@ class Catalogue:
         }
 
 
+TEXT_FEATURES = ("item_id", "user_id")  # the id features a dataset can describe in words
+
+
 @dataclasses.dataclass(frozen=True)
 class MultiTaskDataset:
     """Feature and task schema plus the train / validation / test splits."""
@@ -109,9 +112,10 @@ class MultiTaskDataset:
 
     def text_for(self, feature: str) -> tuple[str, ...]:
         """One text per id of ``feature`` (``item_id`` or ``user_id``), indexed by id."""
-        texts = {"item_id": self.item_text, "user_id": self.user_text}.get(feature, ())
+        by_feature = dict(zip(TEXT_FEATURES, (self.item_text, self.user_text), strict=True))
+        texts = by_feature.get(feature, ())
         if not texts:
-            have = [f for f, t in (("item_id", self.item_text), ("user_id", self.user_text)) if t]
+            have = [f for f, t in by_feature.items() if t]
             raise ValueError(
                 f"dataset {self.name!r} has no text for feature {feature!r}; it has text for {have}"
             )

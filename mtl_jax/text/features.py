@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from mtl_jax import paths
 from mtl_jax.data.schema import MultiTaskDataset
 from mtl_jax.text.bert import BertConfig
 from mtl_jax.text.encoder import bucket_length, default_encoder
@@ -29,8 +30,7 @@ log = logging.getLogger("mtl_jax")
 
 
 def cache_dir() -> pathlib.Path:
-    root = pathlib.Path(os.environ.get("MTL_JAX_DATA", "~/.cache/mtl_jax")).expanduser()
-    return root / "text_features"
+    return paths.cache_root() / "text_features"
 
 
 @functools.cache
@@ -84,6 +84,9 @@ class TextSetup:
     bert_config: BertConfig | None = None  # fine-tune mode only
     token_length: int = 0  # fine-tune mode: padded tokens per text
     trainable_layers: frozenset[str] = frozenset()  # fine-tune mode: encoder layer names
+    model_dir: pathlib.Path | None = None
+    # Fine-tune mode: each text feature's token ids, (ids, token_length), tokenised once.
+    token_tables: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, compare=False)
 
     @classmethod
     def from_config(cls, text_config: Any, dataset: MultiTaskDataset) -> TextSetup:
@@ -92,39 +95,39 @@ class TextSetup:
         directory = locate_model_dir(text_config.model_dir or None)
         bert = BertConfig.from_json(directory / "config.json")
         if text_config.mode == "frozen":
-            return cls(dim=bert.hidden_size)
+            return cls(dim=bert.hidden_size, model_dir=directory)
         layers = text_config.finetune_layers
         if layers > bert.num_hidden_layers:
             raise ValueError(
                 f"text.finetune_layers={layers} but the encoder has {bert.num_hidden_layers}"
             )
         encoder = default_encoder(str(directory))
-        longest = max(
-            len(ids)
-            for name in text_config.features
-            for ids in encoder.tokenize(dataset.text_for(name))
-        )
+        tokens = {name: encoder.tokenize(dataset.text_for(name)) for name in text_config.features}
+        longest = max(len(ids) for rows in tokens.values() for ids in rows)
+        length = bucket_length(longest, encoder.max_length)
         return cls(
             dim=bert.hidden_size,
             bert_config=bert,
-            token_length=bucket_length(longest, encoder.max_length),
+            token_length=length,
             trainable_layers=frozenset(
                 f"layer_{i}" for i in range(bert.num_hidden_layers - layers, bert.num_hidden_layers)
             ),
+            model_dir=directory,
+            token_tables={name: encoder.pad(rows, length)[0] for name, rows in tokens.items()},
         )
 
     def pretrained_params(self, text_config: Any, dataset: MultiTaskDataset) -> dict[str, Any]:
         """``{embedding param name: value}`` to place into freshly initialised parameters."""
-        out: dict[str, Any] = {}
         if self.bert_config is None:
-            for name in text_config.features:
-                out[f"text_table_{name}"] = text_embeddings(
+            return {
+                f"text_table_{name}": text_embeddings(
                     dataset.text_for(name), text_config.model_dir, text_config.encode_batch_size
                 )
-            return out
-        encoder = default_encoder(str(locate_model_dir(text_config.model_dir or None)))
-        for name in text_config.features:
-            ids, _ = encoder.pad(encoder.tokenize(dataset.text_for(name)), self.token_length)
-            out[f"text_tokens_{name}"] = ids.astype(np.float32)  # exact below 2**24
-        out["text_encoder"] = encoder.params
+                for name in text_config.features
+            }
+        out: dict[str, Any] = {
+            f"text_tokens_{name}": ids.astype(np.float32)  # exact below 2**24
+            for name, ids in self.token_tables.items()
+        }
+        out["text_encoder"] = default_encoder(str(self.model_dir)).params
         return out

@@ -30,6 +30,8 @@ import sys
 import tempfile
 import zipfile
 
+from mtl_jax import paths
+
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
@@ -53,8 +55,7 @@ def _how_to_provide() -> str:
 
 
 def cache_dir() -> pathlib.Path:
-    root = pathlib.Path(os.environ.get("MTL_JAX_DATA", "~/.cache/mtl_jax")).expanduser()
-    return root / "text" / DEFAULT_MODEL.replace("/", "--")
+    return paths.cache_root() / "text" / DEFAULT_MODEL.replace("/", "--")
 
 
 def check_model_dir(path: pathlib.Path) -> pathlib.Path:
