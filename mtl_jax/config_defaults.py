@@ -19,6 +19,10 @@ def base_config(
     """An unlocked config without ``data``; the caller fills ``data`` and locks it."""
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # The seed of the dataset's random draws (simulators, cold-item draws, CV folds);
+    # -1: the same as ``seed``. Pin it to vary only initialisation and data order across
+    # seeds (required to train several seeds at once, see mtl_jax/seeds.py).
+    c.data_seed = -1
     c.tasks = tuple(tasks)
     c.input_features = tuple(input_features)
     c.model = ml_collections.ConfigDict(

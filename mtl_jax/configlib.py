@@ -249,6 +249,12 @@ def check_override_keys(config: ml_collections.ConfigDict, argv: list[str]) -> N
             node, walked = node[part], f"{walked}.{part}"
 
 
+def data_seed(config: ml_collections.ConfigDict) -> int:
+    """The seed the dataset is drawn with: ``config.data_seed``, or ``config.seed`` if -1."""
+    value = config.get("data_seed", -1)
+    return config.seed if value < 0 else value
+
+
 def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """A JSON-compatible dict (tuples become lists) for config.json and checkpoints."""
     return json.loads(config.to_json_best_effort())

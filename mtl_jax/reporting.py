@@ -114,6 +114,7 @@ class Throughput:
         self._last_time: float | None = None
         self.timed_steps = 0
         self.timed_seconds = 0.0
+        self._step_seconds: list[float] = []  # one mean step time per interval
 
     def mark(self, step: int) -> dict[str, float]:
         now = time.perf_counter()
@@ -123,6 +124,7 @@ class Throughput:
             steps = step - self._last_step
             self.timed_steps += steps
             self.timed_seconds += dt
+            self._step_seconds.append(dt / steps)
             rate = steps / dt
             out = {
                 "steps_per_s": rate,
@@ -135,6 +137,13 @@ class Throughput:
     def restart(self, step: int) -> None:
         """Starts a new interval at ``step``, so evaluation and checkpoint time is not counted."""
         self._last_step, self._last_time = step, time.perf_counter()
+
+    @property
+    def median_step_ms(self) -> float:
+        """Median over the timed intervals of their mean step time (NaN before any)."""
+        if not self._step_seconds:
+            return float("nan")
+        return 1e3 * statistics.median(self._step_seconds)
 
     @property
     def examples_per_s(self) -> float:

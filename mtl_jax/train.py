@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from mtl_jax import balancing, configlib, parallel, ranking, reporting
+from mtl_jax import balancing, benchmark, configlib, parallel, ranking, reporting
 from mtl_jax import metrics as metrics_lib
 from mtl_jax import stages as stages_lib
 from mtl_jax import tasks as tasks_lib
@@ -506,6 +506,8 @@ class Trainer:
             out_shardings=(self.state_sharding, replicated),
             donate_argnums=(0,),
         )
+        self._compiled_step = None
+        self.train_step_memory: dict[str, float] | None = None
         self.eval_step = jax.jit(
             make_eval_step(self.model, self.tasks),
             in_shardings=(self.state_sharding.params, batch_sharding),
@@ -529,6 +531,14 @@ class Trainer:
             in_shardings=(self.state_sharding.params, batch_sharding),
             out_shardings=replicated,
         )
+
+    def compiled_train_step(self, state: TrainState, batch: dict) -> Callable:
+        """The train step compiled ahead of time for these shapes (once per trainer), so
+        that XLA's memory estimate (``train_step_memory``) comes without a second compile."""
+        if self._compiled_step is None:
+            self._compiled_step = self.train_step.lower(state, batch).compile()
+            self.train_step_memory = benchmark.memory_mib(self._compiled_step)
+        return self._compiled_step
 
     def _state_shardings(self, key: jax.Array, sample: dict, abstract: TrainState) -> TrainState:
         """Parameters by the mesh's logical axis rules; each optimizer-state copy of the
@@ -722,7 +732,7 @@ def reference_metrics(
     return oracle, trivial
 
 
-def _is_better(value: float, best: float | None, higher_is_better: bool) -> bool:
+def is_better(value: float, best: float | None, higher_is_better: bool) -> bool:
     if not math.isfinite(value):
         return False
     if best is None:
@@ -735,6 +745,18 @@ def _format_task_metrics(metrics: dict[str, dict[str, float]]) -> str:
         f"{task} " + " ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "loss")
         for task, m in metrics.items()
     )
+
+
+def load_run_dataset(config: ml_collections.ConfigDict) -> MultiTaskDataset:
+    """The dataset a run trains on, drawn with ``configlib.data_seed``; with ``cv.folds``,
+    the chosen fold of the train split validates and the rest trains."""
+    log.info("building dataset %s", config.data.name)
+    seed = configlib.data_seed(config)
+    dataset = load_dataset(config.data, seed)
+    if config.cv.folds:
+        dataset = cross_validation_fold(dataset, config.cv.folds, config.cv.fold, seed)
+        log.info("cross-validation: fold %d of %d validates", config.cv.fold, config.cv.folds)
+    return dataset
 
 
 def train_and_evaluate(
@@ -781,11 +803,7 @@ def _train_and_evaluate(
         except Exception:  # noqa: BLE001 - unreadable: restore_newest below deals with it
             pass
 
-    log.info("building dataset %s", config.data.name)
-    dataset = load_dataset(config.data, config.seed)
-    if config.cv.folds:
-        dataset = cross_validation_fold(dataset, config.cv.folds, config.cv.fold, config.seed)
-        log.info("cross-validation: fold %d of %d validates", config.cv.fold, config.cv.folds)
+    dataset = load_run_dataset(config)
     plan = stages_lib.plan(config)
     trainers: dict[int, Trainer] = {}
 
@@ -848,7 +866,7 @@ def _train_and_evaluate(
             )
     while not meta["finished"]:
         batch = parallel.to_global_batch(next(data_iter), trainer.mesh)
-        state, train_metrics = trainer.train_step(state, batch)
+        state, train_metrics = trainer.compiled_train_step(state, batch)(state, batch)
         step += 1
         last = step >= t.num_steps
         if step % t.log_every == 0 or last:
@@ -902,7 +920,7 @@ def _train_and_evaluate(
         if step % t.eval_every == 0 or last:
             val = trainer.evaluate(state.params, dataset.validation)
             value = val[task_name][metric_name]
-            improved = _is_better(value, meta["best_value"], higher_is_better)
+            improved = is_better(value, meta["best_value"], higher_is_better)
             if improved:
                 meta.update(best_value=value, best_step=step, evals_without_improvement=0)
                 ckpt.save_best(step, state.params)
@@ -950,11 +968,39 @@ def _train_and_evaluate(
     ckpt.wait()
 
     best_params = ckpt.restore_best(trainer.abstract_state.params)
+    results = final_results(
+        trainer,
+        dataset,
+        best_params,
+        meta,
+        {
+            "train_examples_per_s": throughput.examples_per_s,
+            "median_step_ms": throughput.median_step_ms,
+            "wall_time_s": time.perf_counter() - start_time,
+        },
+    )
+    if reporting.is_lead_process():
+        reporting.write_json(workdir_path / "results.json", results)
+    ckpt.close()
+    return results
+
+
+def final_results(
+    trainer: Trainer,
+    dataset: MultiTaskDataset,
+    best_params: Any,
+    meta: dict[str, Any],
+    timing: dict[str, float],
+) -> dict[str, Any]:
+    """The results.json of a finished run: validation and test metrics of the best-on-
+    validation parameters, references, calibration, subsets, ranking; logged as it goes.
+    ``meta``: the run's best_step, best_value and step; ``timing``: throughput numbers."""
+    config, t = trainer.config, trainer.config.train
     validation = trainer.evaluate(best_params, dataset.validation)
     test = trainer.evaluate(best_params, dataset.test)
     oracle, trivial = reference_metrics(trainer.tasks, dataset, dataset.test)
     results = {
-        "config": config_dict,
+        "config": configlib.to_dict(config),
         "commit": reporting.git_commit(),
         "dataset_sizes": dataset.sizes(),
         "best_step": meta["best_step"],
@@ -965,8 +1011,8 @@ def _train_and_evaluate(
         "test": test,
         "oracle": oracle,
         "trivial": trivial,
-        "train_examples_per_s": throughput.examples_per_s,
-        "wall_time_s": time.perf_counter() - start_time,
+        **timing,
+        "train_step_memory": trainer.train_step_memory,
         "peak_rss_mb": reporting.peak_rss_mb(),
         "num_devices": trainer.mesh.size,
     }
@@ -1005,9 +1051,6 @@ def _train_and_evaluate(
         log.info("test ranking (%s):", results["ranking"]["setup"])
         for line in ranking.format_ranking(results["ranking"]):
             log.info("  %s", line)
-    if reporting.is_lead_process():
-        reporting.write_json(workdir_path / "results.json", results)
-    ckpt.close()
     return results
 
 

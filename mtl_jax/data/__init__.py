@@ -31,4 +31,19 @@ def load_dataset(data_config: Any, seed: int) -> MultiTaskDataset:
     return _BUILDERS[name](seed=seed, **kwargs)
 
 
-__all__ = ["DATASETS", "FeatureSpec", "MultiTaskDataset", "Split", "load_dataset"]
+def drawn_from_seed(data_config: Any) -> bool:
+    """Whether the dataset's examples or splits change with the seed it is built with: the
+    simulators draw everything from it; MovieLens only its cold-start item draw."""
+    if data_config.name == "movielens":
+        return data_config.cold_item_fraction > 0
+    return True
+
+
+__all__ = [
+    "DATASETS",
+    "drawn_from_seed",
+    "FeatureSpec",
+    "MultiTaskDataset",
+    "Split",
+    "load_dataset",
+]

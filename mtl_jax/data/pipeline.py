@@ -12,7 +12,7 @@ Evaluation walks a split in order, padding the last batch and zeroing its label 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import grain
 import jax
@@ -75,17 +75,34 @@ class _EpochBatchGather:
         return jax.tree.map(lambda col: col[index], self._columns)
 
 
+class _StackedGather:
+    """Several seeds' batches of one step, stacked on a new leading (seed) axis."""
+
+    def __init__(self, gathers: Sequence[_EpochBatchGather]):
+        self._gathers = gathers
+
+    def __call__(self, step: int) -> Batch:
+        return jax.tree.map(lambda *cols: np.stack(cols), *(g(step) for g in self._gathers))
+
+
 def train_iterator(
     split: Split,
     *,
     batch_size: int,
     num_steps: int,
-    seed: int,
+    seed: int | Sequence[int],
     num_threads: int = 2,
     prefetch: int = 8,
 ) -> grain.DatasetIterator:
-    """A checkpointable iterator over ``num_steps`` local shards of shuffled global batches."""
-    gather = _EpochBatchGather(split.columns(), batch_size, seed, process_slice(batch_size))
+    """A checkpointable iterator over ``num_steps`` local shards of shuffled global batches.
+
+    ``seed`` a sequence of S seeds: each step yields S batches stacked on a leading axis,
+    the i-th exactly the batch that ``seed=seed[i]`` yields (training seeds in parallel)."""
+    columns, rows = split.columns(), process_slice(batch_size)
+    if isinstance(seed, Sequence):
+        gather = _StackedGather([_EpochBatchGather(columns, batch_size, s, rows) for s in seed])
+    else:
+        gather = _EpochBatchGather(columns, batch_size, seed, rows)
     dataset = grain.MapDataset.range(num_steps).map(gather)
     options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
     return iter(dataset.to_iter_dataset(options))

@@ -1,0 +1,300 @@
+"""Several seeds of one configured run, trained together in one jitted step.
+
+The train step is ``jax.vmap``-ed over a leading seed axis of the whole train state
+(parameters, optimizer and combiner states, random keys) and of the batch (each seed keeps
+its own data order), so S small models share one dispatch per step instead of S: on a CPU
+or an accelerator that small models leave idle, S seeds cost far less than S runs.
+
+Each seed ends as ``train_and_evaluate`` with ``config.seed = s`` would: the same selection
+on validation, early stopping and ``results.json`` in ``<workdir>/seed_<s>/`` (equal up to
+float reassociation in the batched kernels; tests/test_seeds.py checks it). The stacked
+state is checkpointed in ``<workdir>/stacked/`` with the stacked data iterator, so a killed
+run resumes exactly. Seeds that stop early ride along until the last one stops.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from mtl_jax import benchmark, configlib, parallel, reporting
+from mtl_jax import stages as stages_lib
+from mtl_jax.checkpoint import Checkpointer
+from mtl_jax.configlib import ConfigError
+from mtl_jax.data import Split, drawn_from_seed
+from mtl_jax.data.pipeline import eval_batches, train_iterator
+from mtl_jax.preemption import PreemptionWatch
+from mtl_jax.train import (
+    NonFiniteLossError,
+    Trainer,
+    final_results,
+    gradient_diagnostics,
+    is_better,
+    load_run_dataset,
+    make_eval_step,
+    make_train_step,
+    make_trunk_gramian,
+    score_task,
+)
+
+log = logging.getLogger("mtl_jax")
+
+
+def check_parallel_seeds(config: ml_collections.ConfigDict, seeds: Sequence[int]) -> None:
+    """Raises ``ConfigError`` where S seeds cannot share one vmapped step."""
+    if len(seeds) < 1 or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"parallel seeds must be distinct and at least one, got {list(seeds)}")
+    if config.data_seed < 0 and (drawn_from_seed(config.data) or config.cv.folds):
+        raise ConfigError(
+            f"dataset {config.data.name!r} is drawn from the seed, so its seeds cannot share "
+            "one batch axis; set --config.data_seed=N to train every seed on one draw, or "
+            "train the seeds separately"
+        )
+    if len(stages_lib.plan(config)) > 1:
+        raise ConfigError("staged training (config.stages) runs its seeds separately")
+    if config.distill.teacher_workdir:
+        raise ConfigError("distillation (config.distill.teacher_workdir) runs its seeds separately")
+
+
+def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+    """``config`` with ``seed`` set (and the dataset's seed kept, see config.data_seed)."""
+    out = config.copy_and_resolve_references()
+    out.seed = seed
+    return out
+
+
+def _stack(trees: Sequence[Any]) -> Any:
+    return jax.tree.map(lambda *xs: jax.numpy.stack(xs), *trees)
+
+
+def _unstack(tree: Any, index: int) -> Any:
+    return jax.tree.map(lambda x: x[index], tree)
+
+
+def train_seeds(
+    config: ml_collections.ConfigDict,
+    seeds: Sequence[int],
+    workdir: str | pathlib.Path,
+    *,
+    max_steps_this_run: int | None = None,
+) -> list[dict[str, Any]] | None:
+    """Trains ``seeds`` of ``config`` together; returns each seed's results dict (None when
+    stopped early by ``max_steps_this_run`` or SIGTERM: rerun to resume)."""
+    with PreemptionWatch() as preemption:
+        return _train_seeds(
+            config, list(seeds), pathlib.Path(workdir), max_steps_this_run, preemption
+        )
+
+
+def _train_seeds(
+    config: ml_collections.ConfigDict,
+    seeds: list[int],
+    workdir: pathlib.Path,
+    max_steps_this_run: int | None,
+    preemption: PreemptionWatch,
+) -> list[dict[str, Any]] | None:
+    start_time = time.perf_counter()
+    configlib.validate(config)
+    check_parallel_seeds(config, seeds)
+    seed_dirs = [workdir / f"seed_{s}" for s in seeds]
+    if all((d / "results.json").exists() for d in seed_dirs):
+        return [json.loads((d / "results.json").read_text()) for d in seed_dirs]
+    t = config.train
+    configs = [seed_config(config, s) for s in seeds]
+    config_key = {**configlib.to_dict(config), "parallel_seeds": seeds}
+
+    dataset = load_run_dataset(config)
+    mesh = parallel.make_mesh(1)
+    trainers = [Trainer(c, dataset, mesh=mesh) for c in configs]
+    lead = trainers[0]
+    names = lead.train_task_names
+    step_fn = make_train_step(
+        lead.model,
+        lead.train_tasks,
+        lead.tx,
+        lead.rule,
+        config.balancing.gramian_params,
+        config.regularization.embedding_norm,
+    )
+    vstep = jax.jit(jax.vmap(step_fn), donate_argnums=(0,))
+    veval = jax.jit(jax.vmap(make_eval_step(lead.model, lead.tasks), in_axes=(0, None)))
+    vgram = jax.jit(jax.vmap(make_trunk_gramian(lead.model, lead.train_tasks)))
+    whole = parallel.replicated(mesh)
+
+    ckpt = Checkpointer(
+        workdir / "stacked", config.checkpoint.max_to_keep, config.checkpoint.async_save
+    )
+    bests = [Checkpointer(d, 1, config.checkpoint.async_save) for d in seed_dirs]
+    logs = [reporting.MetricsLog(d / "metrics.jsonl") for d in seed_dirs]
+    data_iter = train_iterator(
+        dataset.train, batch_size=t.batch_size, num_steps=t.num_steps, seed=seeds
+    )
+    abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct((len(seeds), *a.shape), a.dtype, sharding=whole),
+        lead.abstract_state,
+    )
+    restored = (
+        ckpt.restore_newest(abstract, data_iter, config_key)
+        if ckpt.latest_step() is not None
+        else None
+    )
+    if restored is not None:
+        step, state, meta = restored
+        for metrics_log in logs:
+            metrics_log.truncate_after(step)
+        log.info("resumed %d seeds from step %d in %s", len(seeds), step, workdir)
+    else:
+        state = jax.device_put(_stack([tr.init_state() for tr in trainers]), whole)
+        fresh = dict(best_value=None, best_step=None, evals_without_improvement=0, finished=False)
+        meta = {
+            "step": 0,
+            "finished": False,
+            "config": config_key,
+            "seeds": [dict(fresh, step=0) for _ in seeds],
+        }
+        for c, d, metrics_log in zip(configs, seed_dirs, logs, strict=True):
+            d.mkdir(parents=True, exist_ok=True)
+            reporting.write_json(d / "config.json", configlib.to_dict(c))
+            metrics_log.path.unlink(missing_ok=True)
+
+    task_name, _, metric_name = t.early_stopping_metric.partition("/")
+    higher = {tk.name: tk for tk in lead.tasks}[task_name].higher_is_better[metric_name]
+    step = start_step = int(meta["step"])
+    throughput = reporting.Throughput(step, t.num_steps, t.batch_size * len(seeds))
+    compiled, memory = None, None
+    log.info("training seeds %s together from step %d to %d", seeds, step, t.num_steps)
+    while not meta["finished"]:
+        batch = jax.device_put(next(data_iter), whole)
+        if compiled is None:
+            compiled = vstep.lower(state, batch).compile()
+            memory = benchmark.memory_mib(compiled)
+        state, train_metrics = compiled(state, batch)
+        step += 1
+        last = step >= t.num_steps
+        active = [i for i, m in enumerate(meta["seeds"]) if not m["finished"]]
+        if step % t.log_every == 0 or last:
+            host = _fetch_finite(train_metrics, step, seeds, active, names, ckpt)
+            gram = host.get("gram")
+            if gram is None:
+                gram = jax.device_get(vgram(state.params, batch))
+            speed = throughput.mark(step)
+            for i in active:
+                record = {
+                    "step": step,
+                    "split": "train",
+                    "loss": host["loss"][i],
+                    "grad_norm": host["grad_norm"][i],
+                    **{f"{n}/loss": v for n, v in zip(names, host["task_losses"][i], strict=True)},
+                    **gradient_diagnostics(gram[i], host["weights"][i], names),
+                    **speed,
+                }
+                logs[i].write(record)
+            losses = " ".join(f"{seeds[i]}:{host['loss'][i]:.4f}" for i in active)
+            rate = f" | {speed['steps_per_s']:.1f} steps/s" if speed else ""
+            log.info("step %d/%d | loss by seed %s%s", step, t.num_steps, losses, rate)
+        if step % t.eval_every == 0 or last:
+            validation = _evaluate_stacked(veval, lead, state.params, dataset.validation, mesh)
+            for i in active:
+                m, val = meta["seeds"][i], validation[i]
+                value = val[task_name][metric_name]
+                if is_better(value, m["best_value"], higher):
+                    m.update(best_value=value, best_step=step, evals_without_improvement=0)
+                    bests[i].save_best(step, _unstack(state.params, i))
+                else:
+                    m["evals_without_improvement"] += 1
+                stop = m["evals_without_improvement"] >= t.patience
+                m.update(step=step, finished=last or stop)
+                logs[i].write({"step": step, "split": "validation", "metrics": val})
+            meta.update(step=step, finished=all(m["finished"] for m in meta["seeds"]))
+            best = " ".join(
+                f"{seeds[i]}:{validation[i][task_name][metric_name]:.4f}" for i in active
+            )
+            log.info("validation step %d: %s by seed %s", step, t.early_stopping_metric, best)
+            if step % t.checkpoint_every == 0 or meta["finished"]:
+                ckpt.save(step, state, data_iter, meta)
+            throughput.restart(step)
+        budget_spent = max_steps_this_run is not None and step - start_step >= max_steps_this_run
+        if (budget_spent or preemption.reached(step)) and not meta["finished"]:
+            if ckpt.latest_step() != step:
+                _fetch_finite(train_metrics, step, seeds, active, names, ckpt)
+                ckpt.save(step, state, data_iter, {**meta, "step": step})
+            for c in (ckpt, *bests):
+                c.wait()
+                c.close()
+            log.info("stopping at step %d; rerun to resume", step)
+            return None
+    for c in (ckpt, *bests):
+        c.wait()
+
+    timing = {
+        "train_examples_per_s": throughput.examples_per_s,  # of all the seeds together
+        "median_step_ms": throughput.median_step_ms,  # one step of all the seeds
+        "wall_time_s": time.perf_counter() - start_time,
+        "parallel_seeds": len(seeds),
+    }
+    results = []
+    for i, (trainer, d) in enumerate(zip(trainers, seed_dirs, strict=True)):
+        trainer.train_step_memory = memory
+        best_params = bests[i].restore_best(trainer.abstract_state.params)
+        log.info("seed %d:", seeds[i])
+        out = final_results(trainer, dataset, best_params, meta["seeds"][i], timing)
+        reporting.write_json(d / "results.json", out)
+        results.append(out)
+    for c in (ckpt, *bests):
+        c.close()
+    return results
+
+
+def _evaluate_stacked(
+    veval: Any, trainer: Trainer, params: Any, split: Split, mesh: jax.sharding.Mesh
+) -> list[dict[str, dict[str, float]]]:
+    """Every seed's ``{task: {metric: value}}`` on ``split``, from one vmapped pass."""
+    outputs, sums, counts = [], 0.0, 0.0
+    for local in eval_batches(split, trainer.config.train.eval_batch_size):
+        preds, s, c = veval(params, parallel.to_global_batch(local, mesh))
+        outputs.append(preds)
+        sums, counts = sums + s, counts + c
+    host = jax.device_get(outputs)
+    losses = np.asarray(sums) / np.maximum(np.asarray(counts), 1.0)
+    n, num_seeds = len(split), losses.shape[0]
+    out = []
+    for i in range(num_seeds):
+        seed_metrics = {}
+        for j, task in enumerate(trainer.tasks):
+            predictions = np.concatenate([o[task.name][i] for o in host])[:n]
+            seed_metrics[task.name] = {
+                **score_task(task, split, predictions),
+                "loss": float(losses[i, j]),
+            }
+        out.append(seed_metrics)
+    return out
+
+
+def _fetch_finite(
+    train_metrics: dict,
+    step: int,
+    seeds: Sequence[int],
+    active: Sequence[int],
+    names: Sequence[str],
+    ckpt: Checkpointer,
+) -> dict:
+    """Host copy of a step's metrics; raises if a still-training seed's loss diverged."""
+    host = jax.device_get(train_metrics)
+    for i in active:
+        if not np.isfinite(host["loss"][i]):
+            ckpt.wait()
+            losses = dict(zip(names, host["task_losses"][i].tolist(), strict=True))
+            raise NonFiniteLossError(
+                f"seed {seeds[i]}: loss became {host['loss'][i]} at step {step} (task losses "
+                f"{losses}); the last good checkpoint (step {ckpt.latest_step()}) is intact in "
+                f"{ckpt.directory}. Lower optim.learning_rate or check the data."
+            )
+    return host
