@@ -1,0 +1,309 @@
+"""Aggregating a sweep: per-cell mean +- std over seeds, delta-m% against the single-task
+cell, selection on validation only, cost columns; Markdown, CSV and LaTeX tables.
+
+delta-m% (Maninis et al. 2019, as Vandenhende et al. 2021 extend it to several metrics per
+task): for each task, the mean over its metrics of the signed relative change of the cell's
+mean against the reference cell's mean, ``(-1)^lower_is_better (M - M_ref) / M_ref``; then
+the mean over tasks, in percent. Positive = better than training the tasks apart. The Delta
+column is computed from the very means the table prints, so it can be checked by hand.
+
+Nothing is chosen on the test split: every run reports the test metrics of its best-on-
+validation checkpoint, and the "selected" cell is the one with the best validation delta-m%.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import pathlib
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from mtl_jax import balancing, reporting
+from mtl_jax.tasks import METRICS
+
+HIGHER_IS_BETTER = {name: hib for kind in METRICS.values() for name, (_, hib) in kind.items()}
+
+Column = tuple[str, str]  # (task, metric)
+
+
+@dataclasses.dataclass
+class CellResults:
+    """One sweep cell: its overrides and each finished seed's results.json."""
+
+    name: str
+    overrides: dict[str, Any]
+    seeds: list[int]
+    runs: list[dict[str, Any]]
+    error: str = ""
+
+    def values(self, split: str, column: Column) -> list[float]:
+        return [r[split][column[0]][column[1]] for r in self.runs]
+
+    def mean(self, split: str, column: Column) -> float:
+        return statistics.mean(self.values(split, column))
+
+
+def load_cells(workdir: str | pathlib.Path) -> list[CellResults]:
+    """Every cell under ``workdir`` in sweep order (``sweep_status.json``), with the seeds
+    that finished; failed cells carry their error and no runs."""
+    workdir = pathlib.Path(workdir)
+    status_file = workdir / "sweep_status.json"
+    status = json.loads(status_file.read_text()) if status_file.exists() else {}
+    names = list(status) or sorted(p.parent.name for p in workdir.glob("*/cell.json"))
+    cells = []
+    for name in names:
+        cell_file = workdir / name / "cell.json"
+        overrides = json.loads(cell_file.read_text())["overrides"] if cell_file.exists() else {}
+        seeds, runs = [], []
+        for path in sorted(workdir.glob(f"{name}/seed_*/results.json")):
+            seeds.append(int(path.parent.name.removeprefix("seed_")))
+            runs.append(json.loads(path.read_text()))
+        order = sorted(range(len(seeds)), key=seeds.__getitem__)
+        error = status.get(name, "")
+        cells.append(
+            CellResults(
+                name,
+                overrides,
+                [seeds[i] for i in order],
+                [runs[i] for i in order],
+                "" if error in ("done", "skipped", "") else error,
+            )
+        )
+    if not cells:
+        raise FileNotFoundError(f"no sweep cells (*/cell.json) under {workdir}")
+    return cells
+
+
+def metric_columns(cells: Sequence[CellResults], metrics: Sequence[str] = ()) -> list[Column]:
+    """``metrics`` as ``task/metric`` strings, or every non-loss test metric of the runs."""
+    if metrics:
+        return [tuple(m.split("/", 1)) for m in metrics]
+    example = next(c.runs[0] for c in cells if c.runs)
+    return [(t, m) for t, ms in example["test"].items() for m in ms if m != "loss"]
+
+
+def delta_m(
+    means: dict[Column, float], reference: dict[Column, float], columns: Sequence[Column]
+) -> float:
+    """delta-m% of ``means`` against ``reference`` over ``columns`` (see the module doc)."""
+    by_task: dict[str, list[float]] = {}
+    for column in columns:
+        sign = 1.0 if HIGHER_IS_BETTER[column[1]] else -1.0
+        change = sign * (means[column] - reference[column]) / reference[column]
+        by_task.setdefault(column[0], []).append(change)
+    return 100.0 * statistics.mean(statistics.mean(v) for v in by_task.values())
+
+
+def varying_keys(cells: Sequence[CellResults]) -> list[str]:
+    """Override keys whose value differs between cells (the sweep's axes), in order."""
+    keys: list[str] = []
+    for cell in cells:
+        keys += [k for k in cell.overrides if k not in keys]
+    return [k for k in keys if len({repr(c.overrides.get(k)) for c in cells}) > 1]
+
+
+def backward_passes(run: dict[str, Any]) -> int:
+    """Backward passes per train step: one for loss weighting; gradient methods add one
+    per task through the trunk (mtl_jax/train.py make_train_step)."""
+    method = run["config"]["balancing"]["method"]
+    return 1 + len(run["config"]["tasks"]) if method in balancing.GRADIENT_METHODS else 1
+
+
+@dataclasses.dataclass
+class Summary:
+    """The aggregated numbers of a sweep, in the order the tables print them."""
+
+    cells: list[CellResults]
+    columns: list[Column]
+    axes: list[str]
+    reference: str
+    rows: list[dict[str, Any]]
+    selected: str  # best validation delta-m% (never the test split)
+
+
+def summarize(
+    cells: Sequence[CellResults], reference: str = "single_task", metrics: Sequence[str] = ()
+) -> Summary:
+    finished = [c for c in cells if c.runs]
+    columns = metric_columns(finished, metrics)
+    ref = next((c for c in finished if c.name == reference), None)
+    if ref is None:
+        raise ValueError(
+            f"no finished reference cell {reference!r}; finished: {[c.name for c in finished]}"
+        )
+    ref_means = {
+        split: {col: ref.mean(split, col) for col in columns} for split in ("test", "validation")
+    }
+    rows = []
+    for cell in cells:
+        row: dict[str, Any] = {"cell": cell.name, "seeds": len(cell.runs), "error": cell.error}
+        row.update({k: cell.overrides.get(k, "") for k in varying_keys(cells)})
+        if cell.runs:
+            for split in ("test", "validation"):
+                means = {col: cell.mean(split, col) for col in columns}
+                row[f"{split}_means"] = means
+                row[f"{split}_delta_m"] = delta_m(means, ref_means[split], columns)
+            row["test_stds"] = {
+                col: statistics.stdev(cell.values("test", col)) if len(cell.runs) > 1 else 0.0
+                for col in columns
+            }
+            per_seed = [
+                delta_m(
+                    {col: r["test"][col[0]][col[1]] for col in columns}, ref_means["test"], columns
+                )
+                for r in cell.runs
+            ]
+            row["test_delta_m_std"] = statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0
+            first = cell.runs[0]
+            row["step_ms"] = statistics.median(
+                r.get("median_step_ms", float("nan")) for r in cell.runs
+            )
+            row["parallel_seeds"] = first.get("parallel_seeds", 1)
+            row["backward_passes"] = backward_passes(first)
+            memory = first.get("train_step_memory") or {}
+            row["memory_mib"] = memory.get("per_device_total_mib", float("nan"))
+            row["wall_s"] = max(r["wall_time_s"] for r in cell.runs) * (
+                1 if row["parallel_seeds"] > 1 else len(cell.runs)
+            )
+            row["commits"] = sorted({reporting.short_commit(r["commit"]) for r in cell.runs})
+        rows.append(row)
+    scored = [r for r in rows if "validation_delta_m" in r and r["cell"] != reference]
+    selected = max(scored, key=lambda r: r["validation_delta_m"])["cell"] if scored else reference
+    return Summary(list(cells), columns, varying_keys(cells), reference, rows, selected)
+
+
+def _col(column: Column) -> str:
+    arrow = "↑" if HIGHER_IS_BETTER[column[1]] else "↓"
+    return f"{column[0]} {column[1]} {arrow}"
+
+
+def markdown(summary: Summary) -> str:
+    """The table, then the selection and the failed cells, as Markdown."""
+    axes = [k.rsplit(".", 1)[-1] for k in summary.axes] or ["cell"]
+    header = [
+        *axes,
+        "seeds",
+        *(_col(c) for c in summary.columns),
+        "Δm% test",
+        "Δm% val",
+        "step ms",
+        "backward/step",
+        "step MiB",
+    ]
+    lines_rows = []
+    for row in summary.rows:
+        keys = [str(row[k]) for k in summary.axes] or [row["cell"]]
+        if "test_means" not in row:
+            lines_rows.append([*keys, "0", *(["failed"] * (len(header) - len(keys) - 1))])
+            continue
+        name_mark = "**" if row["cell"] == summary.selected else ""
+        keys = [f"{name_mark}{k}{name_mark}" for k in keys]
+        lines_rows.append(
+            [
+                *keys,
+                str(row["seeds"]),
+                *(
+                    f"{row['test_means'][c]:.4f} ± {row['test_stds'][c]:.4f}"
+                    for c in summary.columns
+                ),
+                f"{row['test_delta_m']:+.2f} ± {row['test_delta_m_std']:.2f}",
+                f"{row['validation_delta_m']:+.2f}",
+                f"{row['step_ms']:.1f}",
+                str(row["backward_passes"]),
+                f"{row['memory_mib']:.1f}",
+            ]
+        )
+    lines = reporting.markdown_table(header, lines_rows)
+    selected = next(r for r in summary.rows if r["cell"] == summary.selected)
+    lines += [
+        "",
+        f"Test metrics of each run's best-validation checkpoint, mean ± std over seeds. Δm%: "
+        f"against `{summary.reference}` over the columns shown (mean over tasks of the mean "
+        "signed relative change; positive = better). Selected on validation Δm%: "
+        f"**{summary.selected}** (test Δm% {selected.get('test_delta_m', float('nan')):+.2f}).",
+    ]
+    if any(r.get("parallel_seeds", 1) > 1 for r in summary.rows):
+        lines.append(
+            "step ms: median time of one train step of all the cell's seeds together (vmapped); "
+            "step MiB: XLA's estimate for that step."
+        )
+    failed = [r for r in summary.rows if r["error"]]
+    for row in failed:
+        lines.append(f"- `{row['cell']}` failed: {row['error']}")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(summary: Summary, path: str | pathlib.Path) -> None:
+    """One row per cell, means and stds in separate columns (for spreadsheets and pandas)."""
+    fields = ["cell", *summary.axes, "seeds"]
+    for c in summary.columns:
+        fields += [f"{c[0]}/{c[1]}/mean", f"{c[0]}/{c[1]}/std"]
+    fields += [
+        "test_delta_m", "test_delta_m_std", "validation_delta_m", "step_ms",
+        "parallel_seeds", "backward_passes", "memory_mib", "wall_s", "error",
+    ]  # fmt: skip
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fields, extrasaction="ignore")
+        writer.writeheader()
+        for row in summary.rows:
+            out = dict(row)
+            for c in summary.columns:
+                if "test_means" in row:
+                    out[f"{c[0]}/{c[1]}/mean"] = row["test_means"][c]
+                    out[f"{c[0]}/{c[1]}/std"] = row["test_stds"][c]
+            writer.writerow(out)
+
+
+def latex(summary: Summary) -> str:
+    """A booktabs tabular of the Markdown table's numbers (selected row in bold)."""
+    esc = lambda s: str(s).replace("_", r"\_").replace("%", r"\%")
+    axes = [k.rsplit(".", 1)[-1] for k in summary.axes] or ["cell"]
+    header = [
+        *axes,
+        *(
+            f"{c[0]} {c[1]} $\\{'uparrow' if HIGHER_IS_BETTER[c[1]] else 'downarrow'}$"
+            for c in summary.columns
+        ),
+        r"$\Delta_m$\% test",
+        r"$\Delta_m$\% val",
+        "step ms",
+    ]
+    lines = [
+        r"\begin{tabular}{" + "l" * len(axes) + "r" * (len(header) - len(axes)) + "}",
+        r"\toprule",
+        " & ".join(esc(h) if "$" not in h else h for h in header) + r" \\",
+        r"\midrule",
+    ]
+    for row in summary.rows:
+        if "test_means" not in row:
+            continue
+        bold = (lambda s: f"\\textbf{{{s}}}") if row["cell"] == summary.selected else (lambda s: s)
+        keys = [esc(row[k]) for k in summary.axes] or [esc(row["cell"])]
+        cells = [
+            *keys,
+            *(
+                f"{row['test_means'][c]:.4f} $\\pm$ {row['test_stds'][c]:.4f}"
+                for c in summary.columns
+            ),
+            f"{row['test_delta_m']:+.2f} $\\pm$ {row['test_delta_m_std']:.2f}",
+            f"{row['validation_delta_m']:+.2f}",
+            f"{row['step_ms']:.1f}",
+        ]
+        lines.append(" & ".join(bold(x) for x in cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(
+    summary: Summary, workdir: str | pathlib.Path, stem: str = "table"
+) -> list[pathlib.Path]:
+    """``<stem>.md``, ``<stem>.csv`` and ``<stem>.tex`` in ``workdir``; returns their paths."""
+    workdir = pathlib.Path(workdir)
+    paths = [workdir / f"{stem}.{ext}" for ext in ("md", "csv", "tex")]
+    paths[0].write_text(markdown(summary))
+    write_csv(summary, paths[1])
+    paths[2].write_text(latex(summary))
+    return paths
