@@ -32,6 +32,7 @@ _SWEEP = flags.DEFINE_string("sweep", None, "Sweep name (experiments/sweeps/<nam
 _SEEDS = flags.DEFINE_string("seeds", "3", "A count (3 = seeds 0,1,2) or a list (0,4,7).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the cells, tables and plots.")
 _PARALLEL = flags.DEFINE_bool("parallel_seeds", True, "Train a cell's seeds in one vmapped step.")
+_JOBS = flags.DEFINE_integer("jobs", 1, "Cells trained at once, each in its own process.")
 _REFERENCE = flags.DEFINE_string("reference", "single_task", "Cell that delta-m% compares to.")
 _METRICS = flags.DEFINE_list("metrics", [], "task/metric columns (default: every test metric).")
 _PARETO = flags.DEFINE_list("pareto", [], "Two task/metric columns for the Pareto plot.")
@@ -73,7 +74,12 @@ def main(argv: list[str]) -> None:
         config_file = config_flags.get_config_filename(flags.FLAGS["config"])
         cells = sweeps.load_sweep(_SWEEP.value, _CONFIG.value, config_file)
         sweeps.run_sweep(
-            _CONFIG.value, cells, parse_seeds(_SEEDS.value), workdir, parallel_seeds=_PARALLEL.value
+            _CONFIG.value,
+            cells,
+            parse_seeds(_SEEDS.value),
+            workdir,
+            parallel_seeds=_PARALLEL.value,
+            jobs=_JOBS.value,
         )
     report(workdir)
 

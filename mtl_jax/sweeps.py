@@ -12,10 +12,11 @@ Each cell trains its seeds in ``<workdir>/<cell>/seed_<s>/``; a finished seed (i
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import importlib.util
-import json
 import logging
+import multiprocessing
 import pathlib
 import re
 import time
@@ -129,6 +130,36 @@ def is_finished(workdir: pathlib.Path, cell: Cell, seeds: Sequence[int]) -> bool
     return all((d / "results.json").exists() for d in cell_seed_dirs(workdir, cell, seeds))
 
 
+def _train_cell(
+    config: ml_collections.ConfigDict,
+    cell: Cell,
+    seeds: Sequence[int],
+    cell_dir: pathlib.Path,
+    parallel_seeds: bool,
+    train_one: Callable[..., Any] | None = None,
+    train_together: Callable[..., Any] | None = None,
+) -> None:
+    """Trains one cell's unfinished seeds (together, or one after another)."""
+    from mtl_jax.seeds import seed_config, train_seeds
+    from mtl_jax.train import train_and_evaluate
+
+    train_together = train_together or train_seeds
+    train_one = train_one or (lambda c, s, d: train_and_evaluate(seed_config(c, s), str(d)))
+    cell_config = apply_overrides(config, cell.overrides)
+    if parallel_seeds:
+        train_together(cell_config, list(seeds), cell_dir)
+        return
+    for seed in seeds:
+        seed_dir = cell_dir / f"seed_{seed}"
+        if not (seed_dir / "results.json").exists():
+            train_one(cell_config, seed, seed_dir)
+
+
+def _worker_logging() -> None:
+    logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S", level=logging.WARNING)
+    logging.getLogger("mtl_jax").setLevel(logging.INFO)
+
+
 def run_sweep(
     config: ml_collections.ConfigDict,
     cells: Sequence[Cell],
@@ -136,65 +167,92 @@ def run_sweep(
     workdir: str | pathlib.Path,
     *,
     parallel_seeds: bool = True,
+    jobs: int = 1,
     train_one: Callable[..., Any] | None = None,
     train_together: Callable[..., Any] | None = None,
 ) -> dict[str, str]:
     """Trains every unfinished cell; returns ``{cell: "done" | "skipped" | error}``.
 
-    A cell that fails (diverges, bad override) is logged, its traceback written to
-    ``<cell>/error.txt``, and the sweep goes on: one cell never costs the others."""
-    if train_one is None or train_together is None:
-        from mtl_jax.seeds import seed_config, train_seeds
-        from mtl_jax.train import train_and_evaluate
-
-        train_together = train_together or train_seeds
-        train_one = train_one or (lambda c, s, d: train_and_evaluate(seed_config(c, s), str(d)))
+    ``jobs`` > 1 trains that many cells at once in worker processes (on a CPU host, small
+    models leave cores idle within one process). A cell that fails (diverges, bad
+    override) is logged, its traceback written to ``<cell>/error.txt``, and the sweep goes
+    on: one cell never costs the others."""
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    status: dict[str, str] = {}
-    durations: list[float] = []
+    status: dict[str, str] = {c.name: "skipped" for c in cells}
     todo = [c for c in cells if not is_finished(workdir, c, seeds)]
     log.info(
-        "sweep: %d cells x %d seeds in %s; %d finished, %d to train",
-        len(cells), len(seeds), workdir, len(cells) - len(todo), len(todo),
+        "sweep: %d cells x %d seeds in %s; %d finished, %d to train (%d at a time)",
+        len(cells), len(seeds), workdir, len(cells) - len(todo), len(todo), jobs,
     )  # fmt: skip
-    for cell in cells:
-        if cell not in todo:
-            status[cell.name] = "skipped"
-            continue
-        start = time.perf_counter()
+    for cell in todo:
         cell_dir = workdir / cell.name
         cell_dir.mkdir(parents=True, exist_ok=True)
         reporting.write_json(
             cell_dir / "cell.json", {"name": cell.name, "overrides": cell.overrides}
         )
-        index = todo.index(cell) + 1
-        log.info("cell %d/%d %s: %s", index, len(todo), cell.name, cell.overrides)
-        try:
-            cell_config = apply_overrides(config, cell.overrides)
-            if parallel_seeds:
-                train_together(cell_config, list(seeds), cell_dir)
-            else:
-                for seed, seed_dir in zip(seeds, cell_seed_dirs(workdir, cell, seeds), strict=True):
-                    if not (seed_dir / "results.json").exists():
-                        train_one(cell_config, seed, seed_dir)
-        except Exception as e:  # noqa: BLE001 - reported per cell, the sweep goes on
-            (cell_dir / "error.txt").write_text(traceback.format_exc())
-            status[cell.name] = f"{type(e).__name__}: {e}"
+    start = time.perf_counter()
+    finished = 0
+
+    def record(cell: Cell, error: BaseException | None, trace: str = "") -> None:
+        nonlocal finished
+        finished += 1
+        cell_dir = workdir / cell.name
+        if error is not None:
+            (cell_dir / "error.txt").write_text(trace)
+            status[cell.name] = f"{type(error).__name__}: {error}"
             log.error(
                 "cell %s failed: %s (see %s)", cell.name, status[cell.name], cell_dir / "error.txt"
             )
-            continue
-        (cell_dir / "error.txt").unlink(missing_ok=True)
-        durations.append(time.perf_counter() - start)
-        status[cell.name] = "done"
-        left = len(todo) - index
-        eta = reporting.format_eta(left * sum(durations) / len(durations))
+        else:
+            (cell_dir / "error.txt").unlink(missing_ok=True)
+            status[cell.name] = "done"
+        left = len(todo) - finished
+        eta = reporting.format_eta(left * (time.perf_counter() - start) / finished)
         log.info(
-            "cell %s done in %.0f s; %d cells left, ETA %s", cell.name, durations[-1], left, eta
+            "cell %d/%d %s %s; %d left, ETA %s",
+            finished,
+            len(todo),
+            cell.name,
+            "failed" if error else "done",
+            left,
+            eta,
         )
+
+    if jobs <= 1:
+        for cell in todo:
+            log.info("cell %s: %s", cell.name, cell.overrides)
+            try:
+                _train_cell(
+                    config,
+                    cell,
+                    seeds,
+                    workdir / cell.name,
+                    parallel_seeds,
+                    train_one,
+                    train_together,
+                )
+            except Exception as e:  # noqa: BLE001 - reported per cell, the sweep goes on
+                record(cell, e, traceback.format_exc())
+            else:
+                record(cell, None)
+    else:
+        context = multiprocessing.get_context("spawn")  # JAX does not survive fork
+        with concurrent.futures.ProcessPoolExecutor(
+            jobs, context, initializer=_worker_logging
+        ) as pool:
+            futures = {
+                pool.submit(
+                    _train_cell, config, cell, list(seeds), workdir / cell.name, parallel_seeds
+                ): cell
+                for cell in todo
+            }
+            for future in concurrent.futures.as_completed(futures):
+                error = future.exception()
+                trace = "".join(traceback.format_exception(error)) if error else ""
+                record(futures[future], error, trace)
     failed = {k: v for k, v in status.items() if v not in ("done", "skipped")}
-    (workdir / "sweep_status.json").write_text(json.dumps(status, indent=2) + "\n")
+    reporting.write_json(workdir / "sweep_status.json", status)
     if failed:
         log.error("%d cells failed: %s", len(failed), sorted(failed))
     return status

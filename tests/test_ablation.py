@@ -132,8 +132,9 @@ def _parse_markdown(text: str) -> tuple[list[str], list[list[str]]]:
 
 @pytest.mark.slow
 def test_smoke_sweep_end_to_end(tmp_path):
-    """ablate.py on the smoke sweep: every cell trained (seeds vmapped), the tables'
-    delta-m% recomputes from their own columns, plots written, a rerun trains nothing."""
+    """ablate.py on the smoke sweep: every cell trained (seeds vmapped, two cells at a time
+    in worker processes), the tables' delta-m% recomputes from their own columns, plots
+    written, a rerun trains nothing."""
     workdir = tmp_path / "ablate"
     command = [
         sys.executable,
@@ -144,7 +145,7 @@ def test_smoke_sweep_end_to_end(tmp_path):
         "--seeds=2",
         f"--workdir={workdir}",
     ]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([*command, "--jobs=2"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     for cell, seed in itertools.product(("single_task", "mmoe-ew", "mmoe-pcgrad"), (0, 1)):
         results = json.loads((workdir / cell / f"seed_{seed}/results.json").read_text())
