@@ -53,19 +53,30 @@ def table(strategies: dict[str, list[dict]]) -> list[str]:
         rows.append(row)
     lines = markdown_table(header, rows)
     if "baseline" in strategies:
-        base = strategies["baseline"]
-        lines += ["", "Change against the baseline (mean over seeds; positive = better):", ""]
+        base = {r["config"]["seed"]: r for r in strategies["baseline"]}
+        lines += [
+            "",
+            "Change against the baseline of the same seed (the simulators draw the data from "
+            "the seed, so pairs share their data), mean +- std over seeds; positive = better:",
+            "",
+        ]
         for name, group in sorted(strategies.items()):
             if name == "baseline":
                 continue
+            pairs = [(r, base[r["config"]["seed"]]) for r in group if r["config"]["seed"] in base]
             parts = []
             for t, m in columns:
-                delta = statistics.mean(r["test"][t][m] for r in group) - statistics.mean(
-                    r["test"][t][m] for r in base
-                )
-                parts.append(f"{t} {m} {delta if _HIGHER_IS_BETTER.get(m, False) else -delta:+.4f}")
-            lines.append(f"- {name}: " + ", ".join(parts))
+                sign = 1.0 if _HIGHER_IS_BETTER.get(m, False) else -1.0
+                deltas = [sign * (r["test"][t][m] - b["test"][t][m]) for r, b in pairs]
+                parts.append(f"{t} {m} {_signed_mean_std(deltas)}")
+            lines.append(f"- {name} ({len(pairs)} pairs): " + ", ".join(parts))
     return lines
+
+
+def _signed_mean_std(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:+.4f}" if values else "n/a"
+    return f"{statistics.mean(values):+.4f} +- {statistics.stdev(values):.4f}"
 
 
 def build(runs: pathlib.Path) -> str:

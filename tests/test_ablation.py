@@ -145,7 +145,9 @@ def test_smoke_sweep_end_to_end(tmp_path):
         "--seeds=2",
         f"--workdir={workdir}",
     ]
-    done = subprocess.run([*command, "--jobs=2"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [*command, "--jobs=2"], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     for cell, seed in itertools.product(("single_task", "mmoe-ew", "mmoe-pcgrad"), (0, 1)):
         results = json.loads((workdir / cell / f"seed_{seed}/results.json").read_text())
