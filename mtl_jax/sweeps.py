@@ -15,6 +15,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import importlib.util
+import itertools
 import logging
 import multiprocessing
 import pathlib
@@ -92,6 +93,14 @@ def load_sweep(
     for cell in cells:  # every cell's overrides must apply before anything trains
         apply_overrides(config, cell.overrides)
     return cells
+
+
+def grid(axes: dict[str, Sequence[Any]]) -> Iterable[dict[str, Any]]:
+    """Override dicts of the cross product of ``axes`` (dotted key -> values), the last
+    key varying fastest: ``grid({"model.trunk": ("mmoe", "ple"), "seed": (0, 1)})``."""
+    keys = list(axes)
+    for values in itertools.product(*(axes[k] for k in keys)):
+        yield dict(zip(keys, values, strict=True))
 
 
 def _safe_name(name: str) -> str:

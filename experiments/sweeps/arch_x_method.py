@@ -6,6 +6,8 @@ shared), so it is run with equal weights only: with nothing shared in the trunk,
 gradient methods have no conflict to resolve there.
 """
 
+from mtl_jax.sweeps import grid
+
 TRUNKS = ("shared_bottom", "mmoe", "ple", "cross_stitch")
 METHODS = ("ew", "uw", "dwa", "gradnorm", "pcgrad", "cagrad", "mgda", "nash_mtl", "upgrad", "famo")
 
@@ -18,6 +20,4 @@ def common(config):
 def sweep(config):
     del config
     yield {"name": "single_task", "model.trunk": "single_task", "balancing.method": "ew"}
-    for trunk in TRUNKS:
-        for method in METHODS:
-            yield {"model.trunk": trunk, "balancing.method": method}
+    yield from grid({"model.trunk": TRUNKS, "balancing.method": METHODS})

@@ -1,6 +1,8 @@
 """A smaller architecture x balancing grid for the larger simulated datasets: three shared
-trunks crossed with two loss-weighting and three gradient methods, plus the single-task
+trunks crossed with three loss-weighting and three gradient methods, plus the single-task
 reference (see arch_x_method.py for the full grid)."""
+
+from mtl_jax.sweeps import grid
 
 TRUNKS = ("shared_bottom", "mmoe", "ple")
 METHODS = ("ew", "uw", "famo", "pcgrad", "cagrad", "nash_mtl")
@@ -9,6 +11,4 @@ METHODS = ("ew", "uw", "famo", "pcgrad", "cagrad", "nash_mtl")
 def sweep(config):
     del config
     yield {"name": "single_task", "model.trunk": "single_task", "balancing.method": "ew"}
-    for trunk in TRUNKS:
-        for method in METHODS:
-            yield {"model.trunk": trunk, "balancing.method": method}
+    yield from grid({"model.trunk": TRUNKS, "balancing.method": METHODS})
