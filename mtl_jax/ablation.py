@@ -69,7 +69,7 @@ def load_cells(workdir: str | pathlib.Path) -> list[CellResults]:
                 overrides,
                 [seeds[i] for i in order],
                 [runs[i] for i in order],
-                "" if error in ("done", "skipped", "") else error,
+                "" if error in ("done", "skipped", "pending", "") else error,
             )
         )
     if not cells:
@@ -197,7 +197,8 @@ def markdown(summary: Summary) -> str:
     for row in summary.rows:
         keys = [str(row[k]) for k in summary.axes] or [row["cell"]]
         if "test_means" not in row:
-            lines_rows.append([*keys, "0", *(["failed"] * (len(header) - len(keys) - 1))])
+            what = "failed" if row["error"] else "not run"
+            lines_rows.append([*keys, "0", *([what] * (len(header) - len(keys) - 1))])
             continue
         name_mark = "**" if row["cell"] == summary.selected else ""
         keys = [f"{name_mark}{k}{name_mark}" for k in keys]

@@ -188,8 +188,10 @@ def run_sweep(
     on: one cell never costs the others."""
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    status: dict[str, str] = {c.name: "skipped" for c in cells}
     todo = [c for c in cells if not is_finished(workdir, c, seeds)]
+    status = {c.name: "pending" if c in todo else "skipped" for c in cells}
+    status_file = workdir / "sweep_status.json"
+    reporting.write_json(status_file, status)  # the sweep's order, for --report_only meanwhile
     log.info(
         "sweep: %d cells x %d seeds in %s; %d finished, %d to train (%d at a time)",
         len(cells), len(seeds), workdir, len(cells) - len(todo), len(todo), jobs,
@@ -216,6 +218,7 @@ def run_sweep(
         else:
             (cell_dir / "error.txt").unlink(missing_ok=True)
             status[cell.name] = "done"
+        reporting.write_json(status_file, status)
         left = len(todo) - finished
         eta = reporting.format_eta(left * (time.perf_counter() - start) / finished)
         log.info(
@@ -261,7 +264,6 @@ def run_sweep(
                 trace = "".join(traceback.format_exception(error)) if error else ""
                 record(futures[future], error, trace)
     failed = {k: v for k, v in status.items() if v not in ("done", "skipped")}
-    reporting.write_json(workdir / "sweep_status.json", status)
     if failed:
         log.error("%d cells failed: %s", len(failed), sorted(failed))
     return status
