@@ -69,7 +69,7 @@ def load_cells(workdir: str | pathlib.Path) -> list[CellResults]:
                 overrides,
                 [seeds[i] for i in order],
                 [runs[i] for i in order],
-                "" if error in ("done", "skipped", "pending", "") else error,
+                "" if error in ("done", "skipped", "pending", "interrupted", "") else error,
             )
         )
     if not cells:

@@ -147,21 +147,25 @@ def _train_cell(
     parallel_seeds: bool,
     train_one: Callable[..., Any] | None = None,
     train_together: Callable[..., Any] | None = None,
-) -> None:
-    """Trains one cell's unfinished seeds (together, or one after another)."""
+) -> bool:
+    """Trains one cell's unfinished seeds (together, or one after another); False when
+    training stopped before the end (preemption: SIGTERM), True when every seed finished."""
     from mtl_jax.seeds import seed_config, train_seeds
     from mtl_jax.train import train_and_evaluate
 
     train_together = train_together or train_seeds
     train_one = train_one or (lambda c, s, d: train_and_evaluate(seed_config(c, s), str(d)))
     cell_config = apply_overrides(config, cell.overrides)
+    seed_dirs = [cell_dir / f"seed_{seed}" for seed in seeds]
     if parallel_seeds:
         train_together(cell_config, list(seeds), cell_dir)
-        return
-    for seed in seeds:
-        seed_dir = cell_dir / f"seed_{seed}"
-        if not (seed_dir / "results.json").exists():
-            train_one(cell_config, seed, seed_dir)
+    else:
+        for seed, seed_dir in zip(seeds, seed_dirs, strict=True):
+            if not (seed_dir / "results.json").exists():
+                train_one(cell_config, seed, seed_dir)
+            if not (seed_dir / "results.json").exists():
+                break  # preempted: stop here, the rerun resumes this seed
+    return all((d / "results.json").exists() for d in seed_dirs)
 
 
 def _worker_logging() -> None:
@@ -180,7 +184,9 @@ def run_sweep(
     train_one: Callable[..., Any] | None = None,
     train_together: Callable[..., Any] | None = None,
 ) -> dict[str, str]:
-    """Trains every unfinished cell; returns ``{cell: "done" | "skipped" | error}``.
+    """Trains every unfinished cell; returns ``{cell: "done" | "skipped" | "pending" |
+    "interrupted" | error}``. A preempted cell (SIGTERM: it checkpoints and returns) stops
+    the sweep; rerunning resumes it.
 
     ``jobs`` > 1 trains that many cells at once in worker processes (on a CPU host, small
     models leave cores idle within one process). A cell that fails (diverges, bad
@@ -205,7 +211,7 @@ def run_sweep(
     start = time.perf_counter()
     finished = 0
 
-    def record(cell: Cell, error: BaseException | None, trace: str = "") -> None:
+    def record(cell: Cell, error: BaseException | None, trace: str = "", done: bool = True) -> None:
         nonlocal finished
         finished += 1
         cell_dir = workdir / cell.name
@@ -217,7 +223,7 @@ def run_sweep(
             )
         else:
             (cell_dir / "error.txt").unlink(missing_ok=True)
-            status[cell.name] = "done"
+            status[cell.name] = "done" if done else "interrupted"
         reporting.write_json(status_file, status)
         left = len(todo) - finished
         eta = reporting.format_eta(left * (time.perf_counter() - start) / finished)
@@ -226,7 +232,7 @@ def run_sweep(
             finished,
             len(todo),
             cell.name,
-            "failed" if error else "done",
+            "failed" if error else status[cell.name],
             left,
             eta,
         )
@@ -235,7 +241,7 @@ def run_sweep(
         for cell in todo:
             log.info("cell %s: %s", cell.name, cell.overrides)
             try:
-                _train_cell(
+                done = _train_cell(
                     config,
                     cell,
                     seeds,
@@ -247,7 +253,10 @@ def run_sweep(
             except Exception as e:  # noqa: BLE001 - reported per cell, the sweep goes on
                 record(cell, e, traceback.format_exc())
             else:
-                record(cell, None)
+                record(cell, None, done=done)
+                if not done:
+                    log.warning("cell %s was interrupted; stopping the sweep", cell.name)
+                    break
     else:
         context = multiprocessing.get_context("spawn")  # JAX does not survive fork
         with concurrent.futures.ProcessPoolExecutor(
@@ -260,10 +269,20 @@ def run_sweep(
                 for cell in todo
             }
             for future in concurrent.futures.as_completed(futures):
+                if future.cancelled():
+                    continue
                 error = future.exception()
                 trace = "".join(traceback.format_exception(error)) if error else ""
-                record(futures[future], error, trace)
-    failed = {k: v for k, v in status.items() if v not in ("done", "skipped")}
+                done = error is None and future.result()
+                record(futures[future], error, trace, done=done)
+                if error is None and not done:
+                    log.warning("cell %s was interrupted; stopping the sweep", futures[future].name)
+                    for other in futures:
+                        other.cancel()
+    reporting.write_json(status_file, status)
+    failed = {
+        k: v for k, v in status.items() if v not in ("done", "skipped", "pending", "interrupted")
+    }
     if failed:
         log.error("%d cells failed: %s", len(failed), sorted(failed))
     return status

@@ -85,20 +85,24 @@ def _fake_results(config, seed: int, value: float) -> dict:
     }
 
 
-def test_run_sweep_skips_finished_and_survives_a_failing_cell(tmp_path):
+def test_run_sweep_resumes_stops_when_preempted_and_survives_a_failing_cell(tmp_path):
     config = tiny_config()
     cells = [
         sweeps.Cell("single_task", {"balancing.method": "ew"}),
         sweeps.Cell("good", {"balancing.method": "pcgrad"}),
         sweeps.Cell("broken", {"balancing.method": "uw"}),
     ]
-    trained = []
+    trained, preempt = [], [("pcgrad", 1)]
 
     def train_one(cell_config, seed, seed_dir):
-        if cell_config.balancing.method == "uw":
+        method = cell_config.balancing.method
+        if method == "uw":
             raise FloatingPointError("diverged")
-        trained.append((cell_config.balancing.method, seed))
-        value = 0.7 if cell_config.balancing.method == "ew" else 0.77
+        if (method, seed) in preempt:  # SIGTERM: checkpoints and returns without results
+            preempt.remove((method, seed))
+            return None
+        trained.append((method, seed))
+        value = 0.7 if method == "ew" else 0.77
         seed_dir.mkdir(parents=True, exist_ok=True)
         (seed_dir / "results.json").write_text(json.dumps(_fake_results(cell_config, seed, value)))
 
@@ -107,10 +111,13 @@ def test_run_sweep_skips_finished_and_survives_a_failing_cell(tmp_path):
         train_together=None,
     )  # fmt: skip
     status = run()
-    assert status["single_task"] == status["good"] == "done"
+    assert status == {"single_task": "done", "good": "interrupted", "broken": "pending"}
+    assert json.loads((tmp_path / "sweep_status.json").read_text()) == status
+    status = run()  # resumes the interrupted cell, then goes on past the failing one
+    assert status["single_task"] == "skipped" and status["good"] == "done"
     assert "diverged" in status["broken"] and (tmp_path / "broken/error.txt").exists()
     assert trained == [("ew", 0), ("ew", 1), ("pcgrad", 0), ("pcgrad", 1)]
-    status = run()  # resumed: only the failed cell is tried again
+    status = run()  # only the failed cell is tried again
     assert status["single_task"] == status["good"] == "skipped"
     assert len(trained) == 4
 
