@@ -82,3 +82,23 @@ def test_negative_strengths_are_refused():
     config.regularization.l1.trunk = -1.0
     with pytest.raises(configlib.ConfigError, match=r"regularization.l1.trunk"):
         configlib.validate(config)
+
+
+@pytest.mark.parametrize("trunk", ["mmoe", "shared_bottom"])
+def test_dropout_acts_in_trunk_and_towers_in_training_only(trunk):
+    config = tiny_config()
+    config.model.update(trunk=trunk, dropout=0.5)
+    trainer = Trainer(config, load_dataset(config.data, 0), mesh=parallel.make_mesh(1))
+    params = trainer.init_state().params
+    model, variables = trainer.model, {"params": params}
+    features = trainer.dataset.train.take(np.arange(16)).columns()["features"]
+    x = model.apply(variables, features, method=lambda m, f: m.embed(f))
+
+    def run(fn, key: int):
+        return model.apply(variables, x, method=fn, rngs={"dropout": jax.random.PRNGKey(key)})
+
+    trunk_out = lambda train: lambda m, h: m.trunk(h, train=train)[0]
+    tower_out = lambda train: lambda m, h: m.towers["click"](m.trunk(h)[0], train=train)
+    for part in (trunk_out, tower_out):
+        assert not np.allclose(run(part(True), 1), run(part(True), 2))  # a mask per key
+        np.testing.assert_array_equal(run(part(False), 1), run(part(False), 2))
