@@ -85,26 +85,47 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
+def _styles(summary: Summary) -> dict[str, tuple[str, str, str]]:
+    """Per cell: (colour, marker, label). Two-axis sweeps: colour by the last axis (e.g.
+    method), marker by the first (e.g. trunk), so 41 cells stay tellable apart."""
+    plt = _pyplot()
+    palette = plt.get_cmap("tab20").colors
+    markers = "osD^vP*Xh<>p"
+    rows = [r for r in summary.rows if "test_means" in r]
+    if len(summary.axes) < 2:
+        return {r["cell"]: (palette[i % 20], "o", r["cell"]) for i, r in enumerate(rows)}
+    first, last = summary.axes[0], summary.axes[-1]
+    colours = {v: palette[i % 20] for i, v in enumerate(dict.fromkeys(str(r[last]) for r in rows))}
+    shapes = {v: markers[i % 12] for i, v in enumerate(dict.fromkeys(str(r[first]) for r in rows))}
+    return {
+        r["cell"]: (colours[str(r[last])], shapes[str(r[first])], f"{r[first]} / {r[last]}")
+        for r in rows
+    }
+
+
 def pareto(summary: Summary, x: Column, y: Column, path: str | pathlib.Path) -> None:
     """Each cell's mean on two metrics (large marker) and its seeds (small); the Pareto
     front of the means is outlined. Axes point towards "better"."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(10, 6))
     rows = [r for r in summary.rows if "test_means" in r]
     sign = lambda c: 1.0 if HIGHER_IS_BETTER[c[1]] else -1.0
     cells = {c.name: c for c in summary.cells}
+    styles = _styles(summary)
     means = []
     for row in rows:
         cell = cells[row["cell"]]
+        colour, marker, label = styles[row["cell"]]
         px, py = row["test_means"][x], row["test_means"][y]
         means.append((sign(x) * px, sign(y) * py))
-        (line,) = ax.plot([px], [py], "o", markersize=7, label=row["cell"])
+        ax.plot([px], [py], marker, color=colour, markersize=8, label=label)
         ax.plot(
-            cell.values("test", x), cell.values("test", y), ".", color=line.get_color(), alpha=0.5
-        )
+            cell.values("test", x), cell.values("test", y), marker, color=colour,
+            markersize=3, alpha=0.4,
+        )  # fmt: skip
     for i in pareto_front(means):
         ax.plot(
-            [rows[i]["test_means"][x]], [rows[i]["test_means"][y]], "o", markersize=13,
+            [rows[i]["test_means"][x]], [rows[i]["test_means"][y]], "o", markersize=15,
             markerfacecolor="none", markeredgecolor="black",
         )  # fmt: skip
     if not HIGHER_IS_BETTER[x[1]]:
@@ -114,7 +135,7 @@ def pareto(summary: Summary, x: Column, y: Column, path: str | pathlib.Path) -> 
     ax.set_xlabel(f"{x[0]} {x[1]} (better →)")
     ax.set_ylabel(f"{y[0]} {y[1]} (better ↑)")
     ax.set_title("Test metrics: cell means (seeds small); circled = Pareto front", fontsize=9)
-    ax.legend(fontsize=6, ncol=2, loc="best")
+    ax.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -169,10 +190,14 @@ def conflict(summary: Summary, workdir: str | pathlib.Path, path: str | pathlib.
 def write_plots(
     summary: Summary, workdir: str | pathlib.Path, pareto_columns: Sequence[Column] = ()
 ) -> list[pathlib.Path]:
-    """``metrics.png``, ``pareto.png`` (the first two columns unless given) and
-    ``conflict.png`` in ``workdir``."""
+    """``metrics.png``, ``pareto.png`` (the first metric of the first two tasks unless
+    given) and ``conflict.png`` in ``workdir``."""
     workdir = pathlib.Path(workdir)
-    x, y = (list(pareto_columns) or summary.columns)[:2]
+    first_per_task: list[Column] = []
+    for column in summary.columns:
+        if all(column[0] != task for task, _ in first_per_task):
+            first_per_task.append(column)
+    x, y = (list(pareto_columns) or first_per_task or summary.columns)[:2]
     paths = [workdir / name for name in ("metrics.png", "pareto.png", "conflict.png")]
     metric_bars(summary, paths[0])
     pareto(summary, x, y, paths[1])
