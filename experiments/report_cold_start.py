@@ -15,12 +15,11 @@ holds no cold movies, as a deployed model would not have seen them either).
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import statistics
 
-from mtl_jax.reporting import markdown_table, mean_std, short_commit
+from mtl_jax.reporting import markdown_table, mean_std, report_main, short_commit
 
 _METRICS = [("rating", "rmse", False), ("like", "auc", True), ("genre", "macro_auc", True)]
 _SUBSETS = ("cold_items", "warm_items")
@@ -105,14 +104,7 @@ def build(runs: pathlib.Path) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=pathlib.Path, default=pathlib.Path("runs/cold"))
-    parser.add_argument("--out", type=pathlib.Path)
-    args = parser.parse_args()
-    table = build(args.runs)
-    print(table)
-    if args.out:
-        args.out.write_text(table)
+    report_main(__doc__, "runs/cold", build)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,11 @@ holding a finished ``results.json``; the strategy called ``baseline`` is the ref
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import pathlib
-import statistics
 
-from mtl_jax.reporting import markdown_table, mean_std, short_commit
+from mtl_jax.reporting import markdown_table, mean_std, report_main, short_commit
 
 _HIGHER_IS_BETTER = {"auc": True, "accuracy": True, "micro_auc": True, "macro_auc": True}
 
@@ -68,15 +66,9 @@ def table(strategies: dict[str, list[dict]]) -> list[str]:
             for t, m in columns:
                 sign = 1.0 if _HIGHER_IS_BETTER.get(m, False) else -1.0
                 deltas = [sign * (r["test"][t][m] - b["test"][t][m]) for r, b in pairs]
-                parts.append(f"{t} {m} {_signed_mean_std(deltas)}")
+                parts.append(f"{t} {m} {mean_std(deltas, signed=True) if deltas else 'n/a'}")
             lines.append(f"- {name} ({len(pairs)} pairs): " + ", ".join(parts))
     return lines
-
-
-def _signed_mean_std(values: list[float]) -> str:
-    if len(values) < 2:
-        return f"{values[0]:+.4f}" if values else "n/a"
-    return f"{statistics.mean(values):+.4f} +- {statistics.stdev(values):.4f}"
 
 
 def build(runs: pathlib.Path) -> str:
@@ -87,14 +79,7 @@ def build(runs: pathlib.Path) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=pathlib.Path, default=pathlib.Path("runs/strategies"))
-    parser.add_argument("--out", type=pathlib.Path)
-    args = parser.parse_args()
-    text = build(args.runs)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    report_main(__doc__, "runs/strategies", build)
 
 
 if __name__ == "__main__":

@@ -137,10 +137,11 @@ def summarize(
     ref_means = {
         split: {col: ref.mean(split, col) for col in columns} for split in ("test", "validation")
     }
+    axes = varying_keys(cells)
     rows = []
     for cell in cells:
         row: dict[str, Any] = {"cell": cell.name, "seeds": len(cell.runs), "error": cell.error}
-        row.update({k: cell.overrides.get(k, "") for k in varying_keys(cells)})
+        row.update({k: cell.overrides.get(k, "") for k in axes})
         if cell.runs:
             for split in ("test", "validation"):
                 means = {col: cell.mean(split, col) for col in columns}
@@ -172,7 +173,7 @@ def summarize(
         rows.append(row)
     scored = [r for r in rows if "validation_delta_m" in r and r["cell"] != reference]
     selected = max(scored, key=lambda r: r["validation_delta_m"])["cell"] if scored else reference
-    return Summary(list(cells), columns, varying_keys(cells), reference, rows, selected)
+    return Summary(list(cells), columns, axes, reference, rows, selected)
 
 
 def _col(column: Column) -> str:

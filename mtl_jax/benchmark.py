@@ -33,6 +33,23 @@ def memory_mib(compiled: Any) -> dict[str, float] | None:
     )
 
 
+class CompiledOnce:
+    """A jitted function compiled ahead of time at its first call (for those arguments'
+    shapes) and run compiled from then on; ``memory`` is XLA's estimate for it, had
+    without a second compile."""
+
+    def __init__(self, jitted: Any):
+        self._jitted = jitted
+        self._compiled: Any = None
+        self.memory: dict[str, float] | None = None
+
+    def __call__(self, *args: Any) -> Any:
+        if self._compiled is None:
+            self._compiled = self._jitted.lower(*args).compile()
+            self.memory = memory_mib(self._compiled)
+        return self._compiled(*args)
+
+
 def median_seconds(run: Callable[[], Any], repeats: int, calls: int = 1) -> float:
     """Median wall time of one call of ``run``: one warm-up call (which compiles), then
     ``repeats`` timings of ``calls`` consecutive calls each, waiting for JAX's results."""

@@ -235,18 +235,23 @@ def check_override_keys(config: ml_collections.ConfigDict, argv: list[str]) -> N
     for arg in argv:
         if not arg.startswith("--config."):
             continue
-        path = arg[len("--config.") :].split("=", 1)[0].split(".")
-        node, walked = config, "config"
-        for part in path:
-            keys = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-            if part not in keys:
-                near = difflib.get_close_matches(part, keys, n=1)
-                hint = f" Did you mean {near[0]!r}?" if near else ""
-                raise ConfigError(
-                    f"unknown config key {walked}.{part} (from {arg.split('=', 1)[0]}).{hint} "
-                    f"Valid keys of {walked}: {sorted(keys) or '(none: it is a value)'}"
-                )
-            node, walked = node[part], f"{walked}.{part}"
+        check_key(config, arg[len("--config.") :].split("=", 1)[0], f"from {arg.split('=', 1)[0]}")
+
+
+def check_key(config: ml_collections.ConfigDict, dotted: str, source: str) -> None:
+    """Fails on a dotted key (``model.trunk``) the config lacks, naming the keys that exist
+    at that level; ``source`` says where the key came from."""
+    node, walked = config, "config"
+    for part in dotted.split("."):
+        keys = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        if part not in keys:
+            near = difflib.get_close_matches(part, keys, n=1)
+            hint = f" Did you mean {near[0]!r}?" if near else ""
+            raise ConfigError(
+                f"unknown config key {walked}.{part} ({source}); valid keys of {walked}: "
+                f"{sorted(keys) or '(none: it is a value)'}.{hint}"
+            )
+        node, walked = node[part], f"{walked}.{part}"
 
 
 def data_seed(config: ml_collections.ConfigDict) -> int:

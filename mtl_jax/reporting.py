@@ -6,6 +6,7 @@ that its restored checkpoint predates.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import math
@@ -15,7 +16,7 @@ import resource
 import statistics
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -156,11 +157,26 @@ def format_eta(seconds: float) -> str:
     return str(datetime.timedelta(seconds=round(seconds)))
 
 
-def mean_std(values: Sequence[float], digits: int = 4) -> str:
-    """``"0.9582 +- 0.0024"`` (sample std) over seeds; the value alone for one seed."""
+def mean_std(values: Sequence[float], digits: int = 4, signed: bool = False) -> str:
+    """``"0.9582 +- 0.0024"`` (sample std) over seeds; the value alone for one seed;
+    ``signed``: the mean with its sign (``"+0.0136 +- 0.0068"``), for changes."""
+    sign = "+" if signed else ""
     if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} +- {statistics.stdev(values):.{digits}f}"
+        return f"{values[0]:{sign}.{digits}f}"
+    return f"{statistics.mean(values):{sign}.{digits}f} +- {statistics.stdev(values):.{digits}f}"
+
+
+def report_main(doc: str, default_runs: str, build: Callable[[pathlib.Path], str]) -> None:
+    """The command line of a report script: ``--runs`` (directory of run directories) and
+    ``--out``; prints ``build(runs)`` and writes it to ``--out`` if given."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--runs", type=pathlib.Path, default=pathlib.Path(default_runs))
+    parser.add_argument("--out", type=pathlib.Path)
+    args = parser.parse_args()
+    text = build(args.runs)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

@@ -23,26 +23,25 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 
 from mtl_jax import benchmark, configlib, parallel, reporting
 from mtl_jax import stages as stages_lib
 from mtl_jax.checkpoint import Checkpointer
 from mtl_jax.configlib import ConfigError
 from mtl_jax.data import Split, drawn_from_seed
-from mtl_jax.data.pipeline import eval_batches, train_iterator
+from mtl_jax.data.pipeline import train_iterator
 from mtl_jax.preemption import PreemptionWatch
 from mtl_jax.train import (
-    NonFiniteLossError,
     Trainer,
     final_results,
     gradient_diagnostics,
-    is_better,
     load_run_dataset,
     make_eval_step,
     make_train_step,
     make_trunk_gramian,
-    score_task,
+    raise_if_diverged,
+    task_metrics,
+    track_best,
 )
 
 log = logging.getLogger("mtl_jax")
@@ -124,7 +123,7 @@ def _train_seeds(
         config.balancing.gramian_params,
         config.regularization.embedding_norm,
     )
-    vstep = jax.jit(jax.vmap(step_fn), donate_argnums=(0,))
+    vstep = benchmark.CompiledOnce(jax.jit(jax.vmap(step_fn), donate_argnums=(0,)))
     veval = jax.jit(jax.vmap(make_eval_step(lead.model, lead.tasks), in_axes=(0, None)))
     vgram = jax.jit(jax.vmap(make_trunk_gramian(lead.model, lead.train_tasks)))
     whole = parallel.replicated(mesh)
@@ -169,14 +168,10 @@ def _train_seeds(
     higher = {tk.name: tk for tk in lead.tasks}[task_name].higher_is_better[metric_name]
     step = start_step = int(meta["step"])
     throughput = reporting.Throughput(step, t.num_steps, t.batch_size * len(seeds))
-    compiled, memory = None, None
     log.info("training seeds %s together from step %d to %d", seeds, step, t.num_steps)
     while not meta["finished"]:
         batch = jax.device_put(next(data_iter), whole)
-        if compiled is None:
-            compiled = vstep.lower(state, batch).compile()
-            memory = benchmark.memory_mib(compiled)
-        state, train_metrics = compiled(state, batch)
+        state, train_metrics = vstep(state, batch)
         step += 1
         last = step >= t.num_steps
         active = [i for i, m in enumerate(meta["seeds"]) if not m["finished"]]
@@ -201,15 +196,12 @@ def _train_seeds(
             rate = f" | {speed['steps_per_s']:.1f} steps/s" if speed else ""
             log.info("step %d/%d | loss by seed %s%s", step, t.num_steps, losses, rate)
         if step % t.eval_every == 0 or last:
-            validation = _evaluate_stacked(veval, lead, state.params, dataset.validation, mesh)
+            validation = _evaluate_stacked(veval, lead, state.params, dataset.validation)
             for i in active:
                 m, val = meta["seeds"][i], validation[i]
                 value = val[task_name][metric_name]
-                if is_better(value, m["best_value"], higher):
-                    m.update(best_value=value, best_step=step, evals_without_improvement=0)
+                if track_best(m, value, step, higher):
                     bests[i].save_best(step, _unstack(state.params, i))
-                else:
-                    m["evals_without_improvement"] += 1
                 stop = m["evals_without_improvement"] >= t.patience
                 m.update(step=step, finished=last or stop)
                 logs[i].write({"step": step, "split": "validation", "metrics": val})
@@ -234,18 +226,18 @@ def _train_seeds(
     for c in (ckpt, *bests):
         c.wait()
 
-    timing = {
+    measured = {
         "train_examples_per_s": throughput.examples_per_s,  # of all the seeds together
         "median_step_ms": throughput.median_step_ms,  # one step of all the seeds
         "wall_time_s": time.perf_counter() - start_time,
+        "train_step_memory": vstep.memory,  # None when resumed after the last step
         "parallel_seeds": len(seeds),
     }
     results = []
     for i, (trainer, d) in enumerate(zip(trainers, seed_dirs, strict=True)):
-        trainer.train_step_memory = memory
         best_params = bests[i].restore_best(trainer.abstract_state.params)
         log.info("seed %d:", seeds[i])
-        out = final_results(trainer, dataset, best_params, meta["seeds"][i], timing)
+        out = final_results(trainer, dataset, best_params, meta["seeds"][i], measured)
         reporting.write_json(d / "results.json", out)
         results.append(out)
     for c in (ckpt, *bests):
@@ -254,28 +246,14 @@ def _train_seeds(
 
 
 def _evaluate_stacked(
-    veval: Any, trainer: Trainer, params: Any, split: Split, mesh: jax.sharding.Mesh
+    veval: Any, trainer: Trainer, params: Any, split: Split
 ) -> list[dict[str, dict[str, float]]]:
     """Every seed's ``{task: {metric: value}}`` on ``split``, from one vmapped pass."""
-    outputs, sums, counts = [], 0.0, 0.0
-    for local in eval_batches(split, trainer.config.train.eval_batch_size):
-        preds, s, c = veval(params, parallel.to_global_batch(local, mesh))
-        outputs.append(preds)
-        sums, counts = sums + s, counts + c
-    host = jax.device_get(outputs)
-    losses = np.asarray(sums) / np.maximum(np.asarray(counts), 1.0)
-    n, num_seeds = len(split), losses.shape[0]
-    out = []
-    for i in range(num_seeds):
-        seed_metrics = {}
-        for j, task in enumerate(trainer.tasks):
-            predictions = np.concatenate([o[task.name][i] for o in host])[:n]
-            seed_metrics[task.name] = {
-                **score_task(task, split, predictions),
-                "loss": float(losses[i, j]),
-            }
-        out.append(seed_metrics)
-    return out
+    predictions, losses = trainer.predict(params, split, veval, batch_axis=1)
+    return [
+        task_metrics(trainer.tasks, split, {k: v[i] for k, v in predictions.items()}, losses[i])
+        for i in range(losses.shape[0])
+    ]
 
 
 def _fetch_finite(
@@ -289,12 +267,6 @@ def _fetch_finite(
     """Host copy of a step's metrics; raises if a still-training seed's loss diverged."""
     host = jax.device_get(train_metrics)
     for i in active:
-        if not np.isfinite(host["loss"][i]):
-            ckpt.wait()
-            losses = dict(zip(names, host["task_losses"][i].tolist(), strict=True))
-            raise NonFiniteLossError(
-                f"seed {seeds[i]}: loss became {host['loss'][i]} at step {step} (task losses "
-                f"{losses}); the last good checkpoint (step {ckpt.latest_step()}) is intact in "
-                f"{ckpt.directory}. Lower optim.learning_rate or check the data."
-            )
+        loss, task_losses = host["loss"][i], host["task_losses"][i]
+        raise_if_diverged(loss, task_losses, step, names, ckpt, who=f"seed {seeds[i]}: ")
     return host

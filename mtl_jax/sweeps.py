@@ -114,19 +114,12 @@ def apply_overrides(
     the keys that exist at that level, and the result is validated."""
     out = config.copy_and_resolve_references()
     for key, value in overrides.items():
-        node, parts = out, key.split(".")
-        for depth, part in enumerate(parts):
-            keys = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-            if part not in keys:
-                where = ".".join(["config", *parts[:depth]])
-                raise ConfigError(
-                    f"sweep override {key!r}: unknown key {where}.{part}; valid keys of "
-                    f"{where}: {sorted(keys) or '(none: it is a value)'}"
-                )
-            if depth == len(parts) - 1:
-                node[part] = tuple(value) if isinstance(value, list) else value
-            else:
-                node = node[part]
+        configlib.check_key(out, key, f"sweep override {key!r}")
+        *parents, last = key.split(".")
+        node = out
+        for part in parents:
+            node = node[part]
+        node[last] = tuple(value) if isinstance(value, list) else value
     configlib.validate(out)
     return out
 

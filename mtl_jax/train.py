@@ -506,8 +506,7 @@ class Trainer:
             out_shardings=(self.state_sharding, replicated),
             donate_argnums=(0,),
         )
-        self._compiled_step = None
-        self.train_step_memory: dict[str, float] | None = None
+        self.compiled_train_step = benchmark.CompiledOnce(self.train_step)  # the loop's
         self.eval_step = jax.jit(
             make_eval_step(self.model, self.tasks),
             in_shardings=(self.state_sharding.params, batch_sharding),
@@ -531,14 +530,6 @@ class Trainer:
             in_shardings=(self.state_sharding.params, batch_sharding),
             out_shardings=replicated,
         )
-
-    def compiled_train_step(self, state: TrainState, batch: dict) -> Callable:
-        """The train step compiled ahead of time for these shapes (once per trainer), so
-        that XLA's memory estimate (``train_step_memory``) comes without a second compile."""
-        if self._compiled_step is None:
-            self._compiled_step = self.train_step.lower(state, batch).compile()
-            self.train_step_memory = benchmark.memory_mib(self._compiled_step)
-        return self._compiled_step
 
     def _state_shardings(self, key: jax.Array, sample: dict, abstract: TrainState) -> TrainState:
         """Parameters by the mesh's logical axis rules; each optimizer-state copy of the
@@ -671,26 +662,39 @@ class Trainer:
             seed=self.config.seed,
         )
 
-    def predict(self, params: Any, split: Split) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Predictions for every example of ``split`` and the mean loss per task (T,)."""
+    def predict(
+        self, params: Any, split: Split, eval_fn: Callable | None = None, batch_axis: int = 0
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Predictions for every example of ``split`` and the mean loss per task (T,).
+        ``eval_fn``: another eval step (e.g. vmapped over seeds, mtl_jax/seeds.py) whose
+        outputs carry the examples on ``batch_axis`` and the losses on the last axis."""
+        eval_fn = eval_fn or self.eval_step
         outputs, sums, counts = [], 0.0, 0.0
         for local in eval_batches(split, self.config.train.eval_batch_size):
-            batch = parallel.to_global_batch(local, self.mesh)
-            preds, s, c = self.eval_step(params, batch)
+            preds, s, c = eval_fn(params, parallel.to_global_batch(local, self.mesh))
             outputs.append(preds)
             sums, counts = sums + s, counts + c
         host = parallel.to_host(outputs)
-        n = len(split)
-        predictions = {t.name: np.concatenate([o[t.name] for o in host])[:n] for t in self.tasks}
+        rows = (slice(None),) * batch_axis + (slice(len(split)),)  # drop the padding
+        predictions = {
+            t.name: np.concatenate([o[t.name] for o in host], axis=batch_axis)[rows]
+            for t in self.tasks
+        }
         return predictions, np.asarray(sums) / np.maximum(np.asarray(counts), 1.0)
 
     def evaluate(self, params: Any, split: Split) -> dict[str, dict[str, float]]:
         """``{task: {metric: value}}`` on the labelled examples of ``split``."""
-        predictions, losses = self.predict(params, split)
-        return {
-            t.name: {**score_task(t, split, predictions[t.name]), "loss": float(losses[i])}
-            for i, t in enumerate(self.tasks)
-        }
+        return task_metrics(self.tasks, split, *self.predict(params, split))
+
+
+def task_metrics(
+    tasks: Sequence[TaskSpec], split: Split, predictions: dict[str, np.ndarray], losses: Any
+) -> dict[str, dict[str, float]]:
+    """``{task: {metric: value, "loss": mean loss}}`` from one model's predictions."""
+    return {
+        t.name: {**score_task(t, split, predictions[t.name]), "loss": float(losses[i])}
+        for i, t in enumerate(tasks)
+    }
 
 
 def calibration(
@@ -730,6 +734,16 @@ def reference_metrics(
         )
         trivial[t.name] = score_task(t, split, preds)
     return oracle, trivial
+
+
+def track_best(meta: dict[str, Any], value: float, step: int, higher_is_better: bool) -> bool:
+    """Records a validation value in a run's ``meta`` (best_value, best_step,
+    evals_without_improvement); True if it is the new best."""
+    if is_better(value, meta["best_value"], higher_is_better):
+        meta.update(best_value=value, best_step=step, evals_without_improvement=0)
+        return True
+    meta["evals_without_improvement"] += 1
+    return False
 
 
 def is_better(value: float, best: float | None, higher_is_better: bool) -> bool:
@@ -866,7 +880,7 @@ def _train_and_evaluate(
             )
     while not meta["finished"]:
         batch = parallel.to_global_batch(next(data_iter), trainer.mesh)
-        state, train_metrics = trainer.compiled_train_step(state, batch)(state, batch)
+        state, train_metrics = trainer.compiled_train_step(state, batch)
         step += 1
         last = step >= t.num_steps
         if step % t.log_every == 0 or last:
@@ -920,12 +934,9 @@ def _train_and_evaluate(
         if step % t.eval_every == 0 or last:
             val = trainer.evaluate(state.params, dataset.validation)
             value = val[task_name][metric_name]
-            improved = is_better(value, meta["best_value"], higher_is_better)
+            improved = track_best(meta, value, step, higher_is_better)
             if improved:
-                meta.update(best_value=value, best_step=step, evals_without_improvement=0)
                 ckpt.save_best(step, state.params)
-            else:
-                meta["evals_without_improvement"] += 1
             in_last_stage = trainer.stage_index == len(plan) - 1
             stop = in_last_stage and meta["evals_without_improvement"] >= t.patience
             meta.update(step=step, finished=last or stop, stage=trainer.stage.name)
@@ -977,6 +988,7 @@ def _train_and_evaluate(
             "train_examples_per_s": throughput.examples_per_s,
             "median_step_ms": throughput.median_step_ms,
             "wall_time_s": time.perf_counter() - start_time,
+            "train_step_memory": trainer.compiled_train_step.memory,
         },
     )
     if reporting.is_lead_process():
@@ -990,11 +1002,12 @@ def final_results(
     dataset: MultiTaskDataset,
     best_params: Any,
     meta: dict[str, Any],
-    timing: dict[str, float],
+    measured: dict[str, Any],
 ) -> dict[str, Any]:
     """The results.json of a finished run: validation and test metrics of the best-on-
     validation parameters, references, calibration, subsets, ranking; logged as it goes.
-    ``meta``: the run's best_step, best_value and step; ``timing``: throughput numbers."""
+    ``meta``: the run's best_step, best_value and step; ``measured``: throughput, wall
+    time and the train step's memory estimate."""
     config, t = trainer.config, trainer.config.train
     validation = trainer.evaluate(best_params, dataset.validation)
     test = trainer.evaluate(best_params, dataset.test)
@@ -1011,8 +1024,7 @@ def final_results(
         "test": test,
         "oracle": oracle,
         "trivial": trivial,
-        **timing,
-        "train_step_memory": trainer.train_step_memory,
+        **measured,
         "peak_rss_mb": reporting.peak_rss_mb(),
         "num_devices": trainer.mesh.size,
     }
@@ -1068,15 +1080,29 @@ def _fetch_finite(
     """Host copy of a step's metrics; raises if the loss diverged (NaN params stay NaN, so a
     finite loss at a save step means the state being saved is good)."""
     host = jax.device_get(train_metrics)
-    if not np.isfinite(host["loss"]):
-        ckpt.wait()
-        losses = dict(zip(task_names, host["task_losses"].tolist(), strict=True))
-        raise NonFiniteLossError(
-            f"loss became {host['loss']} at step {step} (task losses {losses}); the last good "
-            f"checkpoint (step {ckpt.latest_step()}) is intact in {ckpt.directory}. Lower "
-            "optim.learning_rate or check the data."
-        )
+    raise_if_diverged(host["loss"], host["task_losses"], step, task_names, ckpt)
     return host
+
+
+def raise_if_diverged(
+    loss: Any,
+    task_losses: Any,
+    step: int,
+    task_names: Sequence[str],
+    ckpt: Checkpointer,
+    who: str = "",
+) -> None:
+    """``NonFiniteLossError`` naming the task losses and the intact last checkpoint, if
+    ``loss`` is not finite (``who``: a prefix such as "seed 3: ")."""
+    if np.isfinite(loss):
+        return
+    ckpt.wait()
+    losses = dict(zip(task_names, np.asarray(task_losses).tolist(), strict=True))
+    raise NonFiniteLossError(
+        f"{who}loss became {loss} at step {step} (task losses {losses}); the last good "
+        f"checkpoint (step {ckpt.latest_step()}) is intact in {ckpt.directory}. Lower "
+        "optim.learning_rate or check the data."
+    )
 
 
 def _fmt(metrics: dict[str, float]) -> str:
