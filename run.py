@@ -21,7 +21,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from mtl_jax import configlib, parallel
+from mtl_jax import compilation_cache, configlib, parallel
 from mtl_jax.aot import compile_train_step
 from mtl_jax.train import train_and_evaluate
 
@@ -47,6 +47,7 @@ _MESH = flags.DEFINE_string(
     "With --compile_only: the mesh, N devices (data parallel) or DATAxMODEL, e.g. 4x2 "
     "(default: all devices, model axis from config.mesh.model).",
 )
+_XLA_CACHE = flags.DEFINE_string("compilation_cache", "default", compilation_cache.FLAG_HELP)
 flags.mark_flags_as_required(["config"])
 
 
@@ -73,6 +74,7 @@ def main(argv: list[str]) -> None:
         return
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required (except with --compile_only)")
+    compilation_cache.enable_from_flag(_XLA_CACHE.value)  # not for --compile_only's timing
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

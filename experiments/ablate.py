@@ -25,7 +25,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from mtl_jax import ablation, configlib, sweeps
+from mtl_jax import ablation, compilation_cache, configlib, sweeps
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/movielens.py")
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep name (experiments/sweeps/<name>.py) or file.")
@@ -38,6 +38,7 @@ _METRICS = flags.DEFINE_list("metrics", [], "task/metric columns (default: every
 _PARETO = flags.DEFINE_list("pareto", [], "Two task/metric columns for the Pareto plot.")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rebuild tables and plots.")
 _PLOTS = flags.DEFINE_bool("plots", True, "Write the PNG plots (needs matplotlib).")
+_XLA_CACHE = flags.DEFINE_string("compilation_cache", "default", compilation_cache.FLAG_HELP)
 flags.mark_flags_as_required(["config", "sweep", "workdir"])
 
 
@@ -69,6 +70,7 @@ def main(argv: list[str]) -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's per-save chatter
     logging.getLogger("mtl_jax").setLevel(logging.INFO)
     configlib.check_override_keys(_CONFIG.value, sys.argv[1:])
+    compilation_cache.enable_from_flag(_XLA_CACHE.value)
     workdir = pathlib.Path(_WORKDIR.value)
     if not _REPORT_ONLY.value:
         config_file = config_flags.get_config_filename(flags.FLAGS["config"])

@@ -74,6 +74,27 @@ def test_fetch_failure_lists_what_was_tried(tmp_path, monkeypatch):
     assert not (tmp_path / "cache" / "ml-100k").exists()
 
 
+def test_fetch_keeps_the_copy_of_a_process_that_filled_the_cache_first(tmp_path, monkeypatch):
+    """Two test workers (or two runs) fetching at once: the later one must not delete the
+    files the other is already reading, and no staging directory is left behind."""
+    monkeypatch.setenv("MTL_JAX_DATA", str(tmp_path / "data"))
+    cache = movielens.cache_dir()
+
+    def write(target, text):
+        target.mkdir(parents=True, exist_ok=True)
+        for name in movielens.GROUPLENS_FILES:
+            (target / name).write_text(text)
+
+    def racing_download(target):
+        write(cache, "winner")  # the other process publishes while this one downloads
+        write(target, "loser")
+
+    monkeypatch.setattr(movielens, "_from_grouplens", racing_download)
+    assert movielens.fetch() == cache
+    assert (cache / "u.data").read_text() == "winner"
+    assert sorted(p.name for p in cache.parent.iterdir()) == ["ml-100k"]
+
+
 def _reference_split(user, item, timestamp):
     """The rule written out plainly, one user at a time."""
     parts = {0: [], 1: [], 2: []}

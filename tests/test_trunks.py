@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mtl_jax.models import PLE, CGCLevel, CrossStitch, MMoE, OMoE, SharedBottom, SingleTask
-from mtl_jax.models.layers import MLP
+from mtl_jax.models.layers import MLP, ExpertMLPs
 
 X = jax.random.normal(jax.random.PRNGKey(0), (5, 6))
 
@@ -31,6 +31,24 @@ def _expert(params, e, x, layers):
 def _softmax(z):
     z = np.exp(z - z.max(-1, keepdims=True))
     return z / z.sum(-1, keepdims=True)
+
+
+def test_expert_mlps_shared_and_per_expert_inputs_are_each_experts_own_mlp():
+    """The shared-input matmul and the expert-major per-expert path both equal E plain MLPs."""
+    experts = ExpertMLPs(4, (7, 3))
+    params, shared_out = _init(experts, X)
+    per_expert_in = jax.random.normal(jax.random.PRNGKey(3), (5, 4, 6))
+    per_expert_out = experts.apply({"params": params}, per_expert_in)
+    broadcast_out = experts.apply({"params": params}, jnp.stack([X] * 4, 1))
+    assert shared_out.shape == per_expert_out.shape == (5, 4, 3)
+    for e in range(4):
+        want = _expert(params, e, X, 2)
+        np.testing.assert_allclose(shared_out[:, e], want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(broadcast_out[:, e], want, rtol=1e-5, atol=1e-6)
+        own = _expert(params, e, per_expert_in[:, e], 2)
+        np.testing.assert_allclose(per_expert_out[:, e], own, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"\(5, 3, 6\).*4 experts"):
+        experts.apply({"params": params}, per_expert_in[:, :3])
 
 
 def test_omoe_one_expert_is_shared_bottom_and_tasks_share_one_mixture():

@@ -118,14 +118,25 @@ def fetch(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
     if _has_files(cache):
         return cache
     tried.append(f"cache {cache}: empty")
+    cache.parent.mkdir(parents=True, exist_ok=True)
     for name, fetcher in (("GroupLens", _from_grouplens), ("RecBole wheel", _from_recbole_wheel)):
-        staging = pathlib.Path(tempfile.mkdtemp(prefix="ml-100k-"))
+        # Staged beside the cache, so the rename that publishes it is atomic: complete files
+        # only ever appear in the cache, and a process that loses a race to fill it keeps
+        # the winner's copy.
+        staging = pathlib.Path(tempfile.mkdtemp(prefix=".ml-100k-", dir=cache.parent))
         try:
             fetcher(staging)
-            cache.parent.mkdir(parents=True, exist_ok=True)
+            if _has_files(cache):
+                shutil.rmtree(staging, ignore_errors=True)
+                return cache
             if cache.exists():
-                shutil.rmtree(cache)
-            shutil.move(str(staging), cache)  # complete files only ever appear in the cache
+                shutil.rmtree(cache)  # an incomplete leftover
+            try:
+                os.rename(staging, cache)
+            except OSError:
+                if not _has_files(cache):
+                    raise
+                shutil.rmtree(staging, ignore_errors=True)
             return cache
         except Exception as e:  # noqa: BLE001 - every failure is reported together below
             tried.append(f"{name}: {type(e).__name__}: {e}")

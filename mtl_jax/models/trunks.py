@@ -96,7 +96,8 @@ class CGCLevel(nn.Module):
     its own and the shared experts only. With ``shared_output`` (PLE's lower levels) a shared
     gate over all experts also produces the shared input of the next level.
 
-    Input: the T task representations (B, T, D) and the shared one (B, D).
+    Input: the T task representations (B, T, D), or None where every task reads the shared
+    one (PLE's first level: the experts then share one matmul), and the shared one (B, D).
     Output: (B, T, H) task representations and, with ``shared_output``, (B, H).
     """
 
@@ -108,17 +109,20 @@ class CGCLevel(nn.Module):
     shared_output: bool = False
 
     @nn.compact
-    def __call__(self, task_btd: jax.Array, shared_bd: jax.Array, *, train: bool = False):
+    def __call__(self, task_btd: jax.Array | None, shared_bd: jax.Array, *, train: bool = False):
         t, k, s = self.num_tasks, self.num_task_experts, self.num_shared_experts
         batch = shared_bd.shape[0]
         # Every expert in one batched einsum: task t's k experts read task t's input.
-        inputs = jnp.concatenate(
-            [
-                jnp.repeat(task_btd, k, axis=1),
-                jnp.broadcast_to(shared_bd[:, None], (batch, s, shared_bd.shape[-1])),
-            ],
-            axis=1,
-        )
+        if task_btd is None:
+            inputs = shared_bd
+        else:
+            inputs = jnp.concatenate(
+                [
+                    jnp.repeat(task_btd, k, axis=1),
+                    jnp.broadcast_to(shared_bd[:, None], (batch, s, shared_bd.shape[-1])),
+                ],
+                axis=1,
+            )
         experts = ExpertMLPs(t * k + s, self.hidden, self.dropout, name="experts")(
             inputs, train=train
         )
@@ -129,10 +133,14 @@ class CGCLevel(nn.Module):
         kernel = self.param(
             "task_gates_kernel",
             nn.initializers.lecun_normal(batch_axis=(0,)),
-            (t, task_btd.shape[-1], k + s),
+            (t, shared_bd.shape[-1] if task_btd is None else task_btd.shape[-1], k + s),
         )
         bias = self.param("task_gates_bias", nn.initializers.zeros, (t, k + s))
-        gates_btg = jax.nn.softmax(jnp.einsum("btd,tdg->btg", task_btd, kernel) + bias, -1)
+        if task_btd is None:
+            logits_btg = jnp.einsum("bd,tdg->btg", shared_bd, kernel)
+        else:
+            logits_btg = jnp.einsum("btd,tdg->btg", task_btd, kernel)
+        gates_btg = jax.nn.softmax(logits_btg + bias, -1)
         self.sow("intermediates", "gate_weights", gates_btg)
         task_out = jnp.einsum("btk,btkh->bth", gates_btg[..., :k], task_experts_btkh)
         task_out = task_out + jnp.einsum("bts,bsh->bth", gates_btg[..., k:], shared_experts_bsh)
@@ -157,8 +165,7 @@ class PLE(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> list[jax.Array]:
-        task_btd = jnp.broadcast_to(x[:, None], (x.shape[0], self.num_tasks, x.shape[-1]))
-        shared_bd = x
+        task_btd, shared_bd = None, x  # the first level's tasks all read x
         for level in range(self.num_levels):
             task_btd, shared_bd = CGCLevel(
                 self.num_tasks,
