@@ -41,9 +41,10 @@ class ExpertMLPs(nn.Module):
     experts read their own task's representation) -> output (B, E, H).
 
     A shared input meets every kernel in one plain matmul (B, D) x (D, E*H) rather than
-    being copied E times, and hidden layers run expert-major (E, B, H), the layout of a
-    batched matmul; on a CPU that makes an MMoE/PLE train step about 2x faster than the
-    same einsums in (B, E, H) with a broadcast input (experiments/results/trunks.md).
+    being copied E times (whose backward is a slow reduction), and hidden layers run
+    expert-major (E, B, H), the layout of a batched matmul. On the 2-core CPU this cut the
+    MovieLens ablation step (3 seeds vmapped) from 84 to 62 ms for MMoE + PCGrad and from
+    74 to 62 ms for PLE (experiments/README.md, "Ablations").
     """
 
     num_experts: int
