@@ -43,8 +43,8 @@ class ExpertMLPs(nn.Module):
     A shared input meets every kernel in one plain matmul (B, D) x (D, E*H) rather than
     being copied E times (whose backward is a slow reduction), and hidden layers run
     expert-major (E, B, H), the layout of a batched matmul. On the 2-core CPU this cut the
-    MovieLens ablation step (3 seeds vmapped) from 84 to 62 ms for MMoE + PCGrad and from
-    74 to 62 ms for PLE (experiments/README.md, "Ablations").
+    MovieLens ablation step (3 seeds vmapped, two cells sharing the cores) from 124 to 89 ms
+    for MMoE + PCGrad and from 133 to 110 ms for PLE (experiments/README.md, "Ablations").
     """
 
     num_experts: int
