@@ -193,11 +193,10 @@ def write_plots(
     """``metrics.png``, ``pareto.png`` (the first metric of the first two tasks unless
     given) and ``conflict.png`` in ``workdir``."""
     workdir = pathlib.Path(workdir)
-    first_per_task: list[Column] = []
+    first_per_task: dict[str, Column] = {}
     for column in summary.columns:
-        if all(column[0] != task for task, _ in first_per_task):
-            first_per_task.append(column)
-    x, y = (list(pareto_columns) or first_per_task or summary.columns)[:2]
+        first_per_task.setdefault(column[0], column)
+    x, y = (list(pareto_columns) or list(first_per_task.values()) or summary.columns)[:2]
     paths = [workdir / name for name in ("metrics.png", "pareto.png", "conflict.png")]
     metric_bars(summary, paths[0])
     pareto(summary, x, y, paths[1])

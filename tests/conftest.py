@@ -1,11 +1,10 @@
 """Test-wide setup: 8 forced CPU devices, so sharding tests run on any machine, and one
 persistent XLA compilation cache for the whole session.
 
-Both are environment variables set at import time, before JAX initialises its backend, so
-the pytest-xdist workers and the scripts tests start in subprocesses inherit them. The
-cache matters because tests compile the same step many times (a run and its resume, a
-script and its rerun); its size limit makes JAX guard every read and write with a file
-lock, so concurrent processes never read a half-written entry.
+Both are set at import time, before JAX initialises its backend, and both reach the
+environment, so the pytest-xdist workers and the scripts tests start in subprocesses
+inherit them (mtl_jax/compilation_cache.py). The cache matters because tests compile the
+same step many times (a run and its resume, a script and its rerun).
 """
 
 import os
@@ -16,14 +15,16 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the controller, or a plain pytest run
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mtl_jax_test_xla_")
-    os.environ["MTL_JAX_TEST_CACHE_OWNER"] = str(os.getpid())
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 * 2**30))
 
 
 import pytest  # noqa: E402 - after the XLA flags above
+
+from mtl_jax import compilation_cache  # noqa: E402
+
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the controller, or a plain pytest run
+    os.environ["MTL_JAX_TEST_CACHE_OWNER"] = str(os.getpid())
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # cache all
+    compilation_cache.enable(tempfile.mkdtemp(prefix="mtl_jax_test_xla_"))
 
 
 def pytest_unconfigure(config):

@@ -130,17 +130,14 @@ class CGCLevel(nn.Module):
         shared_experts_bsh = experts[:, t * k :]
 
         # Task t's gate reads task t's input: T gates as one einsum over per-task kernels.
+        gate_in, spec = (shared_bd, "bd") if task_btd is None else (task_btd, "btd")
         kernel = self.param(
             "task_gates_kernel",
             nn.initializers.lecun_normal(batch_axis=(0,)),
-            (t, shared_bd.shape[-1] if task_btd is None else task_btd.shape[-1], k + s),
+            (t, gate_in.shape[-1], k + s),
         )
         bias = self.param("task_gates_bias", nn.initializers.zeros, (t, k + s))
-        if task_btd is None:
-            logits_btg = jnp.einsum("bd,tdg->btg", shared_bd, kernel)
-        else:
-            logits_btg = jnp.einsum("btd,tdg->btg", task_btd, kernel)
-        gates_btg = jax.nn.softmax(logits_btg + bias, -1)
+        gates_btg = jax.nn.softmax(jnp.einsum(f"{spec},tdg->btg", gate_in, kernel) + bias, -1)
         self.sow("intermediates", "gate_weights", gates_btg)
         task_out = jnp.einsum("btk,btkh->bth", gates_btg[..., :k], task_experts_btkh)
         task_out = task_out + jnp.einsum("bts,bsh->bth", gates_btg[..., k:], shared_experts_bsh)
