@@ -1,8 +1,11 @@
 """Trains and evaluates a configured multi-task recommender.
 
-  python run.py --config=configs/ecommerce.py --workdir=runs/ecommerce
+  python run.py --config=configs/ecommerce.py                 # workdir runs/ecommerce
+  python run.py --config=configs/ecommerce.py:smoke --workdir=runs/try
 
-Running again with the same --workdir resumes from its latest checkpoint. To size a mesh
+Running the same command again resumes from the workdir's latest checkpoint (without
+--workdir: runs/<config name>[_<variant>]). Bad input (a config value, a data file, a workdir
+another run owns) ends with one line naming the problem and exit status 2. To size a mesh
 before training (compile only, print XLA's per-device memory estimate):
 
   python run.py --config=configs/ecommerce.py --compile_only --mesh=8
@@ -23,10 +26,16 @@ from ml_collections import config_flags
 
 from mtl_jax import compilation_cache, configlib, parallel
 from mtl_jax.aot import compile_train_step
+from mtl_jax.errors import UserError
 from mtl_jax.train import train_and_evaluate
+from mtl_jax.workdir import default_workdir
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/ecommerce.py")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir",
+    None,
+    "Directory for checkpoints, metrics and results (default: runs/<config name>[_<variant>]).",
+)
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0 for multi-process runs."
 )
@@ -72,10 +81,14 @@ def main(argv: list[str]) -> None:
             report = compile_train_step(_CONFIG.value)
         print(json.dumps(report, indent=1))
         return
-    if not _WORKDIR.value:
-        raise app.UsageError("--workdir is required (except with --compile_only)")
+    workdir = _WORKDIR.value
+    if not workdir:
+        workdir = str(default_workdir(_config_spec(sys.argv)))
+        logging.getLogger("mtl_jax").info(
+            "workdir %s (the default for this config; --workdir=DIR to choose)", workdir
+        )
     compilation_cache.enable_from_flag(_XLA_CACHE.value)  # not for --compile_only's timing
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    train_and_evaluate(_CONFIG.value, workdir)
 
 
 def _initialize_distributed() -> None:
@@ -96,17 +109,40 @@ def _initialize_distributed() -> None:
         logging.getLogger("mtl_jax").setLevel(logging.WARNING)
 
 
+def _config_spec(argv: list[str]) -> str | None:
+    """The ``--config`` value (``--config=X`` or ``--config X``)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
 def _check_overrides(argv: list[str]) -> None:
-    """Rejects misspelt ``--config.*`` keys before absl's parser would, with a clearer message."""
-    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    """Rejects a config file that does not load and misspelt ``--config.*`` keys before
+    absl's parser would, with a clearer message."""
+    spec = _config_spec(argv)
     if spec is None:
         return
+    configlib.check_override_keys(configlib.load_config_file(spec), argv)
+
+
+def _main(argv: list[str]) -> None:
+    """``main`` with every ``UserError`` (a bad config value or data file, a busy workdir, a
+    diverged run) printed as its message alone, and its exit status (2: bad input)."""
     try:
-        configlib.check_override_keys(configlib.load_config_file(spec), argv)
-    except configlib.ConfigError as e:
-        sys.exit(f"error: {e}")
+        main(argv)
+    except UserError as e:
+        logging.getLogger("mtl_jax").debug("user error", exc_info=True)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_status)
 
 
 if __name__ == "__main__":
-    _check_overrides(sys.argv)
-    app.run(main)
+    try:
+        _check_overrides(sys.argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_status)
+    app.run(_main)

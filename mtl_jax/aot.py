@@ -11,7 +11,7 @@ import ml_collections
 
 from mtl_jax import benchmark, configlib, parallel
 from mtl_jax.data import load_dataset
-from mtl_jax.train import Trainer
+from mtl_jax.trainer import Trainer
 
 
 def compile_train_step(

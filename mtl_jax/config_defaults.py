@@ -9,7 +9,7 @@ from typing import Any
 
 import ml_collections
 
-from mtl_jax import parallel, ranking
+from mtl_jax import guards, parallel, ranking
 from mtl_jax.balancing import config as balancing_config
 
 
@@ -129,6 +129,8 @@ def base_config(
         )
     )
     c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=2, async_save=True))
+    # What stops a run that goes bad (see mtl_jax/guards.py).
+    c.guards = guards.default_config()
     # num_devices 0: all devices. model: devices on the mesh's model axis (the rest go to
     # data). axis_rules: logical parameter axis -> mesh axis ('' replicates), see parallel.py.
     c.mesh = ml_collections.ConfigDict(

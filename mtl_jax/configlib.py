@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import json
+import math
 import pathlib
 import re
 from typing import Any
@@ -20,12 +21,13 @@ from mtl_jax import stages as stages_lib
 from mtl_jax.balancing.config import rule_from_config
 from mtl_jax.data import DATASETS, MultiTaskDataset
 from mtl_jax.data.schema import TEXT_FEATURES
+from mtl_jax.errors import UserError
 from mtl_jax.models import TRUNKS
 from mtl_jax.optim import EMBEDDING_OPTIMIZERS
 from mtl_jax.tasks import METRICS, with_loss_options
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value is invalid; the message names the key and what is allowed."""
 
 
@@ -42,9 +44,117 @@ def _positive_ints(key: str, values: Any) -> None:
     )
 
 
+def _walk(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """``(dotted key, value)`` of every leaf of a config (tuples' items as ``key[i]``)."""
+    out = []
+    if isinstance(node, (ml_collections.ConfigDict, dict)):
+        for k in node:
+            out += _walk(node[k], f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(node, (tuple, list)):
+        for i, v in enumerate(node):
+            out += _walk(v, f"{prefix}[{i}]")
+    else:
+        out.append((prefix, node))
+    return out
+
+
+def _check_finite(config: ml_collections.ConfigDict) -> None:
+    """No config value is NaN or infinite: none has a meaning for one."""
+    for key, value in _walk(config):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"config.{key}: must be a finite number, got {value}")
+
+
+def _in_range(value: Any, low: float, high: float, low_open: bool, high_open: bool) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    above = value > low if low_open else value >= low
+    below = value < high if high_open else value <= high
+    return above and below
+
+
+def _range(config: Any, key: str, low: float, high: float, interval: str) -> None:
+    """``interval`` is how the range reads: '(0, 1)', '[0, 1)', '[0, inf)' ..."""
+    value = config
+    for part in key.split("."):
+        value = value[part]
+    ok = _in_range(value, low, high, interval[0] == "(", interval[-1] == ")")
+    _require(ok, key, f"must lie in {interval}, got {value!r}")
+
+
+# Data-section keys by what their name promises (every dataset builder follows these names).
+_DATA_RULES: tuple[tuple[str, float, float, str], ...] = (
+    (r"^num_", 1, math.inf, "[1, inf)"),
+    (r"(^|_)dim$", 1, math.inf, "[1, inf)"),
+    (r"^(val|test)_fraction$", 0, 1, "(0, 1)"),
+    (r"^cold_item_fraction$", 0, 0.5, "[0, 0.5)"),
+    (r"(_rate|^purchase_given_click)$", 0, 1, "(0, 1)"),
+    (r"(_noise|_std|^scale|_scale|_decay|_boost|_affinity)$", 0, math.inf, "[0, inf)"),
+    (r"(^|_)correlation$", -1, 1, "[-1, 1]"),
+)
+
+
+def _validate_data(config: ml_collections.ConfigDict) -> None:
+    data = config.data
+    for key in data:
+        for pattern, low, high, interval in _DATA_RULES:
+            if re.search(pattern, key):
+                _range(config, f"data.{key}", low, high, interval)
+                break
+    if "val_fraction" in data and "test_fraction" in data:
+        _require(
+            data.val_fraction + data.test_fraction < 1,
+            "data.val_fraction",
+            f"val_fraction + test_fraction must be < 1 (something must train), got "
+            f"{data.val_fraction} + {data.test_fraction}",
+        )
+    if data.get("data_dir"):
+        path = pathlib.Path(data.data_dir).expanduser()
+        _require(
+            path.is_dir(),
+            "data.data_dir",
+            f"{str(path)!r} is not a directory (leave it empty to use the verified cache)",
+        )
+
+
+def _validate_optim(config: ml_collections.ConfigDict) -> None:
+    for key in ("learning_rate", "embedding_learning_rate"):
+        _range(config, f"optim.{key}", 0, math.inf, "(0, inf)")
+    for key in ("b1", "b2"):
+        _range(config, f"optim.{key}", 0, 1, "[0, 1)")
+    for key in ("weight_decay", "embedding_l2", "grad_clip_norm"):
+        _range(config, f"optim.{key}", 0, math.inf, "[0, inf)")
+
+
+def _validate_weights(config: ml_collections.ConfigDict) -> None:
+    weights = config.balancing.weights
+    for name in weights:
+        _range(config, f"balancing.weights.{name}", 0, math.inf, "[0, inf)")
+    run = [float(weights.get(t, 1.0)) for t in config.tasks]
+    _require(
+        config.balancing.method != "static" or sum(run) > 0,
+        "balancing.weights",
+        f"the weights of the run's tasks {list(config.tasks)} are all 0: nothing would train",
+    )
+    for task in config.task_loss:
+        section = config.task_loss[task]
+        _range(config, f"task_loss.{task}.pos_weight", 0, math.inf, "(0, inf)")
+        _range(config, f"task_loss.{task}.focal_gamma", 0, math.inf, "[0, inf)")
+        _range(config, f"task_loss.{task}.negative_rate", 0, 1, "(0, 1]")
+        _require(
+            all(_in_range(w, 0, math.inf, True, True) for w in section.class_weights),
+            f"task_loss.{task}.class_weights",
+            f"every class weight must be > 0, got {tuple(section.class_weights)}",
+        )
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks values that would otherwise fail late (or silently train something else)."""
     m, o, t = config.model, config.optim, config.train
+    _check_finite(config)
+    _validate_data(config)
+    _validate_optim(config)
+    _validate_weights(config)
     _require(config.data.name in DATASETS, "data.name", f"{config.data.name!r}; valid: {DATASETS}")
     _require(m.trunk in TRUNKS, "model.trunk", f"unknown trunk {m.trunk!r}; valid: {TRUNKS}")
     for key in ("num_experts", "num_task_experts", "num_levels"):
@@ -73,16 +183,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "model.id_dropout_features",
         f"{unknown} are not input features; valid: {list(config.input_features)}",
     )
-    for key in ("learning_rate", "embedding_learning_rate"):
-        _require(o[key] > 0, f"optim.{key}", f"must be > 0, got {o[key]}")
     _require(
         o.embedding_optimizer in EMBEDDING_OPTIMIZERS,
         "optim.embedding_optimizer",
         f"{o.embedding_optimizer!r}; valid: {EMBEDDING_OPTIMIZERS}",
     )
     _require(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
-    _require(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
-    _require(o.grad_clip_norm >= 0, "optim.grad_clip_norm", "must be >= 0 (0 disables)")
     for key in ("batch_size", "eval_batch_size", "num_steps", "eval_every", "log_every"):
         _require(t[key] >= 1, f"train.{key}", f"must be >= 1, got {t[key]}")
     _require(
@@ -154,6 +260,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 strength >= 0, f"regularization.{kind}.{group}", f"must be >= 0, got {strength}"
             )
     _require(r.embedding_norm >= 0, "regularization.embedding_norm", "must be >= 0")
+    g = config.guards
+    _require(
+        isinstance(g.max_skipped_steps, int) and g.max_skipped_steps >= 0,
+        "guards.max_skipped_steps",
+        f"must be an int >= 0 (0 stops at the first non-finite step), got {g.max_skipped_steps}",
+    )
+    _require(
+        g.divergence_factor == 0
+        or (math.isfinite(g.divergence_factor) and g.divergence_factor > 1),
+        "guards.divergence_factor",
+        f"must be 0 (off) or a finite number > 1, got {g.divergence_factor}",
+    )
+    _require(
+        g.divergence_window >= 1,
+        "guards.divergence_window",
+        f"must be >= 1, got {g.divergence_window}",
+    )
     _require(len(config.tasks) >= 1, "tasks", "needs at least one task")
     _require(len(set(config.tasks)) == len(config.tasks), "tasks", f"duplicates in {config.tasks}")
 
@@ -213,7 +336,7 @@ def validate_against_dataset(config: ml_collections.ConfigDict, dataset: MultiTa
         f"dataset {dataset.name!r} has no item catalogue to rank over",
     )
     try:
-        rule_from_config(config.balancing, list(config.tasks))
+        rule_from_config(config.balancing, list(config.tasks), list(config.tasks))
     except ValueError as e:
         raise ConfigError(f"config.balancing: {e}") from e
 
@@ -225,8 +348,25 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     if module_spec is None or not pathlib.Path(path).is_file():
         raise ConfigError(f"--config: no config file at {path!r}")
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 - any failure to import is the file's problem
+        raise ConfigError(f"--config: {path} does not load: {type(e).__name__}: {e}") from e
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+        raise ConfigError(
+            f"--config: {path} defines no get_config(arg=None) function (see configs/*.py)"
+        )
+    try:
+        config = get_config(arg or None)
+    except (KeyError, ValueError) as e:  # configs raise these for an unknown variant
+        raise ConfigError(f"--config: {spec}: {e}") from e
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(
+            f"--config: {path}'s get_config returned {type(config).__name__}, "
+            "not an ml_collections.ConfigDict"
+        )
+    return config
 
 
 def check_override_keys(config: ml_collections.ConfigDict, argv: list[str]) -> None:

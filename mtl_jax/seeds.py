@@ -30,19 +30,12 @@ from mtl_jax.checkpoint import Checkpointer
 from mtl_jax.configlib import ConfigError
 from mtl_jax.data import Split, drawn_from_seed
 from mtl_jax.data.pipeline import train_iterator
+from mtl_jax.evaluation import final_results, gradient_diagnostics, task_metrics
+from mtl_jax.loop import raise_if_diverged, track_best
 from mtl_jax.preemption import PreemptionWatch
-from mtl_jax.train import (
-    Trainer,
-    final_results,
-    gradient_diagnostics,
-    load_run_dataset,
-    make_eval_step,
-    make_train_step,
-    make_trunk_gramian,
-    raise_if_diverged,
-    task_metrics,
-    track_best,
-)
+from mtl_jax.step import make_eval_step, make_train_step, make_trunk_gramian
+from mtl_jax.trainer import Trainer, load_run_dataset
+from mtl_jax.workdir import WorkdirLock
 
 log = logging.getLogger("mtl_jax")
 
@@ -87,7 +80,7 @@ def train_seeds(
 ) -> list[dict[str, Any]] | None:
     """Trains ``seeds`` of ``config`` together; returns each seed's results dict (None when
     stopped early by ``max_steps_this_run`` or SIGTERM: rerun to resume)."""
-    with PreemptionWatch() as preemption:
+    with WorkdirLock(workdir), PreemptionWatch() as preemption:
         return _train_seeds(
             config, list(seeds), pathlib.Path(workdir), max_steps_this_run, preemption
         )
@@ -133,24 +126,32 @@ def _train_seeds(
     )
     bests = [Checkpointer(d, 1, config.checkpoint.async_save) for d in seed_dirs]
     logs = [reporting.MetricsLog(d / "metrics.jsonl") for d in seed_dirs]
-    data_iter = train_iterator(
-        dataset.train, batch_size=t.batch_size, num_steps=t.num_steps, seed=seeds
-    )
+
+    def make_iterator(_step=None):
+        return train_iterator(
+            dataset.train, batch_size=t.batch_size, num_steps=t.num_steps, seed=seeds
+        )
+
     abstract = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct((len(seeds), *a.shape), a.dtype, sharding=whole),
         lead.abstract_state,
     )
     restored = (
-        ckpt.restore_newest(abstract, data_iter, config_key)
+        ckpt.restore_newest(abstract, make_iterator, config_key)
         if ckpt.latest_step() is not None
         else None
     )
     if restored is not None:
-        step, state, meta = restored
+        step, state, meta, data_iter = restored
+        for best, seed_meta in zip(bests, meta["seeds"], strict=True):
+            best.discard_best_after(seed_meta["best_step"] or 0)
         for metrics_log in logs:
             metrics_log.truncate_after(step)
         log.info("resumed %d seeds from step %d in %s", len(seeds), step, workdir)
     else:
+        data_iter = make_iterator()
+        for best in bests:
+            best.discard_best_after(0)  # left by an attempt that never checkpointed
         state = jax.device_put(_stack([tr.init_state() for tr in trainers]), whole)
         fresh = dict(best_value=None, best_step=None, evals_without_improvement=0, finished=False)
         meta = {
@@ -235,7 +236,9 @@ def _train_seeds(
     }
     results = []
     for i, (trainer, d) in enumerate(zip(trainers, seed_dirs, strict=True)):
-        best_params = bests[i].restore_best(trainer.abstract_state.params)
+        best_params = bests[i].restore_best(
+            trainer.abstract_state.params, step=meta["seeds"][i]["best_step"]
+        )
         log.info("seed %d:", seeds[i])
         out = final_results(trainer, dataset, best_params, meta["seeds"][i], measured)
         reporting.write_json(d / "results.json", out)

@@ -29,6 +29,7 @@ import ml_collections
 
 from mtl_jax import configlib, reporting
 from mtl_jax.configlib import ConfigError
+from mtl_jax.workdir import WorkdirLock
 
 log = logging.getLogger("mtl_jax")
 
@@ -186,7 +187,22 @@ def run_sweep(
     override) is logged, its traceback written to ``<cell>/error.txt``, and the sweep goes
     on: one cell never costs the others."""
     workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    with WorkdirLock(workdir, purpose="sweep"):
+        return _run_sweep(
+            config, cells, seeds, workdir, parallel_seeds, jobs, train_one, train_together
+        )
+
+
+def _run_sweep(
+    config: ml_collections.ConfigDict,
+    cells: Sequence[Cell],
+    seeds: Sequence[int],
+    workdir: pathlib.Path,
+    parallel_seeds: bool,
+    jobs: int,
+    train_one: Callable[..., Any] | None,
+    train_together: Callable[..., Any] | None,
+) -> dict[str, str]:
     todo = [c for c in cells if not is_finished(workdir, c, seeds)]
     status = {c.name: "pending" if c in todo else "skipped" for c in cells}
     status_file = workdir / "sweep_status.json"

@@ -202,8 +202,10 @@ METRICS: dict[str, dict[str, tuple[Callable[[np.ndarray, np.ndarray], float], bo
 
 
 def evaluate(task: TaskSpec, labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
-    """All metrics of the task's kind over the labelled examples given."""
-    if len(labels) == 0:
+    """All metrics of the task's kind over the labelled examples given; NaN for every metric
+    when there is no example, or when a prediction is not finite (AUC ranks NaN predictions
+    as if they were numbers, so it would look finite and could pick a broken model)."""
+    if len(labels) == 0 or not np.all(np.isfinite(predictions)):
         return {name: float("nan") for name in METRICS[task.kind]}
     return {name: fn(labels, predictions) for name, (fn, _) in METRICS[task.kind].items()}
 

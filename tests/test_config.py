@@ -35,7 +35,7 @@ def test_unknown_variant():
     [
         ("model.trunk", "transformer", r"model.trunk.*valid: \('shared_bottom', 'single_task'"),
         ("model.num_experts", 0, r"model.num_experts: must be >= 1"),
-        ("optim.learning_rate", -1e-3, r"optim.learning_rate: must be > 0"),
+        ("optim.learning_rate", -1e-3, r"optim.learning_rate: must lie in \(0, inf\)"),
         ("balancing.method", "magic", r"balancing.method.*valid: \(.ew., .static., .uw."),
         ("train.checkpoint_every", 15, r"multiple of train.eval_every=10"),
         ("optim.embedding_optimizer", "sgd", r"valid: \('adagrad', 'adam'\)"),

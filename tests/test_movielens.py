@@ -69,8 +69,8 @@ def test_fetch_failure_lists_what_was_tried(tmp_path, monkeypatch):
 
     monkeypatch.setattr(movielens, "_from_grouplens", offline)
     monkeypatch.setattr(movielens, "_from_recbole_wheel", offline)
-    with pytest.raises(movielens.FetchError, match=r"(?s)data_dir.*cache.*GroupLens.*RecBole"):
-        movielens.fetch(tmp_path / "nothing")
+    with pytest.raises(movielens.FetchError, match=r"(?s)cache.*empty.*GroupLens.*RecBole"):
+        movielens.fetch()
     assert not (tmp_path / "cache" / "ml-100k").exists()
 
 
@@ -87,12 +87,42 @@ def test_fetch_keeps_the_copy_of_a_process_that_filled_the_cache_first(tmp_path,
 
     def racing_download(target):
         write(cache, "winner")  # the other process publishes while this one downloads
+        movielens.write_manifest(cache)
         write(target, "loser")
 
     monkeypatch.setattr(movielens, "_from_grouplens", racing_download)
     assert movielens.fetch() == cache
     assert (cache / "u.data").read_text() == "winner"
     assert sorted(p.name for p in cache.parent.iterdir()) == ["ml-100k"]
+    assert movielens.fetch() == cache, "the next use re-verifies the copy and keeps it"
+
+
+def test_a_damaged_cache_is_moved_aside_and_fetched_again(tmp_path, monkeypatch):
+    """A cached copy whose files no longer match what was fetched (truncated by a full
+    disk, edited) is never used: it is set aside and the data fetched again."""
+    monkeypatch.setenv("MTL_JAX_DATA", str(tmp_path / "data"))
+    cache = movielens.cache_dir()
+    fetched = []
+
+    def download(target):
+        fetched.append(target)
+        _write_grouplens(target, RATINGS)
+
+    monkeypatch.setattr(movielens, "_from_grouplens", download)
+    assert movielens.fetch() == cache and len(fetched) == 1
+    assert movielens.fetch() == cache and len(fetched) == 1, "an intact cache is reused"
+    data = (cache / "u.data").read_bytes()
+    (cache / "u.data").write_bytes(data[: len(data) // 2])  # cut short
+    assert movielens.fetch() == cache and len(fetched) == 2
+    assert (cache / "u.data").read_bytes() == data
+    assert [p.name.startswith("ml-100k.damaged") for p in cache.parent.iterdir()].count(True) == 1
+
+
+def test_a_cache_without_manifest_must_have_the_published_row_counts(tmp_path):
+    _write_grouplens(tmp_path, RATINGS)
+    assert "row counts" in movielens.cache_problem(tmp_path)
+    _write_recbole(tmp_path, RATINGS)
+    assert "sha256" in movielens.cache_problem(tmp_path)
 
 
 def _reference_split(user, item, timestamp):
@@ -246,3 +276,69 @@ def test_cold_start_split_holds_items_out_of_training():
         np.testing.assert_array_equal(rows, np.arange(len(split)))
     other = movielens.build_dataset(seed=4, cold_item_fraction=0.1)
     assert not np.array_equal(ids(other.test, other.test_subsets["cold_items"]), test_cold)
+
+
+# Bad rows: each names the file, the line and what is wrong (GroupLens layout unless noted).
+GOOD_USERS = "1|24|M|technician|85711\n2|53|F|other|94043\n"
+
+
+def _item_line(iid, flags=None):
+    flags = flags or ["0"] * 19
+    return f"{iid}|Movie {iid} (1995)|01-Jan-1995||http://x|" + "|".join(flags) + "\n"
+
+
+GOOD_ITEMS = _item_line(1) + _item_line(2)
+
+
+@pytest.mark.parametrize(
+    "ratings, users, items, expected",
+    [
+        ("1\t1\tnan\t5\n", GOOD_USERS, GOOD_ITEMS, r"u.data:1: rating 'nan' is not a finite"),
+        ("1\t1\tinf\t5\n", GOOD_USERS, GOOD_ITEMS, r"u.data:1: rating 'inf' is not a finite"),
+        ("1\t1\t4\t5\n1\t2\t1e9\t6\n", GOOD_USERS, GOOD_ITEMS, r"u.data:2: rating '1e9' outside"),
+        ("1\t1\t0\t5\n", GOOD_USERS, GOOD_ITEMS, r"u.data:1: rating '0' outside 1-5"),
+        ("1\t1\t4\t5\n1\t-5\t3\t5\n", GOOD_USERS, GOOD_ITEMS, r"u.data:2: item id '-5' must be"),
+        ("1\t99999\t4\t5\n", GOOD_USERS, GOOD_ITEMS, r"u.data:1: item id 99999 has no row in"),
+        ("7\t1\t4\t5\n", GOOD_USERS, GOOD_ITEMS, r"u.data:1: user id 7 has no row in u.user"),
+        ("0\t1\t4\t5\n", GOOD_USERS, GOOD_ITEMS, r"u.data:1: user id '0' must be >= 1"),
+        ("1.5\t1\t4\t5\n", GOOD_USERS, GOOD_ITEMS, r"u.data:1: user id '1.5' is not a whole"),
+        ("1\t1\t4\tyesterday\n", GOOD_USERS, GOOD_ITEMS, r"u.data:1: timestamp 'yesterday'"),
+        ("1\t1\t4\t-3\n", GOOD_USERS, GOOD_ITEMS, r"u.data:1: timestamp '-3' must be >= 0"),
+        ("", GOOD_USERS, GOOD_ITEMS, r"u.data:1: no ratings"),
+        ("1\t1\t4\t5\n", GOOD_USERS + "1|30|M|x|1\n", GOOD_ITEMS, r"u.user:3: user id 1 is li"),
+        ("1\t1\t4\t5\n", "1|0|M|x|1\n", GOOD_ITEMS, r"u.user:1: age '0' outside 1-120"),
+        ("1\t1\t4\t5\n", "1|abc|M|x|1\n", GOOD_ITEMS, r"u.user:1: age 'abc' is not a number"),
+        ("1\t1\t4\t5\n", "1|30|Q|x|1\n", GOOD_ITEMS, r"u.user:1: gender 'Q'; valid: M, F"),
+        ("1\t1\t4\t5\n", GOOD_USERS, GOOD_ITEMS + _item_line(2), r"u.item:3: item id 2 is list"),
+        ("1\t1\t4\t5\n", GOOD_USERS, _item_line(1, ["2"] * 19), r"u.item:1: genre flags must"),
+        ("1\t1\t4\t5\n", GOOD_USERS, "1|short\n", r"u.item:1: expected 24 fields"),
+    ],
+)
+def test_bad_movielens_rows_name_file_line_and_problem(tmp_path, ratings, users, items, expected):
+    (tmp_path / "u.data").write_text(ratings)
+    (tmp_path / "u.user").write_text(users)
+    (tmp_path / "u.item").write_text(items)
+    with pytest.raises(movielens.DataFormatError, match=expected):
+        movielens.load(tmp_path)
+
+
+def test_recbole_layout_rows_are_checked_too(tmp_path):
+    _write_recbole(tmp_path, [(1, 1, 5, 100), (3, 1, 4, 50)])
+    with pytest.raises(movielens.DataFormatError, match=r"ml-100k.inter:3: user id 3 has no row"):
+        movielens.load(tmp_path)
+
+
+def test_a_data_dir_given_but_missing_or_incomplete_is_an_error_not_a_fallback(tmp_path):
+    with pytest.raises(movielens.FetchError, match=r"data_dir .*nothing: no such directory"):
+        movielens.fetch(tmp_path / "nothing")
+    (tmp_path / "u.data").write_text("1\t1\t4\t5\n")
+    with pytest.raises(movielens.FetchError, match=r"incomplete.*found \['u.data'\]"):
+        movielens.fetch(tmp_path)
+
+
+def test_a_file_that_is_not_text_names_file_and_line(tmp_path):
+    _write_recbole(tmp_path, RATINGS)
+    with (tmp_path / "ml-100k.user").open("ab") as f:
+        f.write(b"3\t30\tM\t\xff\xfe\t1\n")
+    with pytest.raises(movielens.DataFormatError, match=r"ml-100k.user:4: not utf-8 text"):
+        movielens.load(tmp_path)

@@ -12,9 +12,9 @@ import pytest
 from mtl_jax import balancing, checkpoint, parallel
 from mtl_jax.checkpoint import IncompatibleCheckpointError
 from mtl_jax.data import load_dataset
+from mtl_jax.guards import NonFiniteLossError
 from mtl_jax.models import TRUNKS
 from mtl_jax.train import (
-    NonFiniteLossError,
     Trainer,
     make_train_step,
     task_loss_sums,
@@ -51,7 +51,8 @@ def test_eight_devices_equal_one_device(trunk, method):
     dataset = load_dataset(config.data, config.seed)
     one = _train_params(config, dataset, parallel.make_mesh(1), 20)
     eight = _train_params(config, dataset, parallel.make_mesh(8), 20)
-    chex.assert_trees_all_close(eight, one, rtol=1e-5, atol=1e-7)
+    # Float reassociation of the 8-way reductions (the Gramian solver amplifies it a little).
+    chex.assert_trees_all_close(eight, one, rtol=1e-5, atol=1e-6)
     # Training moved every parameter: the comparison above is not of two initialisations.
     init = jax.device_get(Trainer(config, dataset, mesh=parallel.make_mesh(1)).init_state().params)
     moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), init, one)
@@ -279,17 +280,22 @@ def test_incompatible_checkpoint_is_refused(tmp_path):
 def test_divergence_stops_with_last_good_checkpoint_intact(tmp_path, monkeypatch):
     config = tiny_config(num_steps=20, eval_every=5, checkpoint_every=5)
     assert train_and_evaluate(config, str(tmp_path), max_steps_this_run=10) is None
-    # Resume with a learning rate that sends the parameters to infinity.
+    # Resume with a learning rate that sends the parameters to infinity: every step's
+    # update overflows, none is applied, and the fourth in a row stops the run.
     config.optim.learning_rate = 1e30
+    config.guards.max_skipped_steps = 3
     monkeypatch.setattr(
         checkpoint,
         "RESUMABLE_KEYS",
         (*checkpoint.RESUMABLE_KEYS, "optim.learning_rate"),
     )
-    with pytest.raises(NonFiniteLossError, match=r"last good checkpoint \(step 10\) is intact"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"4 consecutive steps up to step 14.*\(step 10\) is intact"
+    ):
         train_and_evaluate(config, str(tmp_path))
     ckpt = checkpoint.Checkpointer(tmp_path)
     assert ckpt.latest_step() == 10
+    assert max(ckpt.best_steps()) <= 10
     ckpt.close()
 
 

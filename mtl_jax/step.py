@@ -1,0 +1,357 @@
+"""The pure train and eval steps: task losses, per-task trunk gradients, the Gramian path.
+
+Everything here is a function of arrays (no I/O, no host syncs): ``make_train_step`` returns
+``(state, batch) -> (state, metrics)`` for the trainer to jit with its shardings.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+
+from mtl_jax import balancing
+from mtl_jax import tasks as tasks_lib
+from mtl_jax.models import MultiTaskModel
+from mtl_jax.tasks import TaskSpec
+
+log = logging.getLogger("mtl_jax")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training and is checkpointed."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    balancer: balancing.CombinerState  # the balancing method's state (weights, history ...)
+    rng: jax.Array  # base key; each step's key is fold_in(rng, step)
+    teacher: Any = None  # distillation: the teacher's parameters (never updated)
+
+
+def task_loss_sums(
+    tasks: Sequence[TaskSpec],
+    logits: dict[str, jax.Array],
+    batch: dict[str, Any],
+    sample_key: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Per-task masked loss sums and label counts, each (T,); ``sample_key`` in training
+    (negative down-sampling), None in evaluation (see ``tasks.masked_loss_sum``)."""
+    pairs = [
+        tasks_lib.masked_loss_sum(
+            t,
+            logits[t.name],
+            batch["labels"][t.name],
+            batch["masks"][t.name],
+            None if sample_key is None else jax.random.fold_in(sample_key, i),
+        )
+        for i, t in enumerate(tasks)
+    ]
+    return jnp.stack([s for s, _ in pairs]), jnp.stack([c for _, c in pairs])
+
+
+def _split_params(params: dict) -> tuple[Any, Any, dict]:
+    """(embedding, trunk, the rest): the three ways a gradient method treats parameters."""
+    rest = {k: v for k, v in params.items() if k not in ("embedding", "trunk")}
+    return params.get("embedding", {}), params["trunk"], rest
+
+
+def _mean_task_losses(
+    tasks: Sequence[TaskSpec], logits: dict, batch: dict, rngs: dict | None = None
+) -> jax.Array:
+    """Mean loss per task; with ``rngs`` (training) negatives are down-sampled as configured.
+    A batch carrying ``teacher_logits`` (distillation) mixes in the soft-target loss:
+    ``(1 - alpha) * label loss + alpha * distillation loss`` per task."""
+    key = None if rngs is None else jax.random.fold_in(rngs["dropout"], 0x5A3)
+    sums, counts = task_loss_sums(tasks, logits, batch, key)
+    losses = sums / jnp.maximum(counts, 1.0)
+    if "teacher_logits" not in batch:
+        return losses
+    alpha, temperature = batch["distill"]
+    soft = []
+    for t in tasks:
+        mask = batch["masks"][t.name].astype(jnp.float32)
+        per_example = tasks_lib.distillation_loss(
+            t, logits[t.name], batch["teacher_logits"][t.name], temperature
+        )
+        soft.append(jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0))
+    return (1.0 - alpha) * losses + alpha * jnp.stack(soft)
+
+
+def _embed(
+    model: MultiTaskModel, embedding: Any, features: dict, *, train: bool = False, rngs=None
+) -> jax.Array:
+    return model.apply(
+        {"params": {"embedding": embedding}},
+        features,
+        train=train,
+        rngs=rngs,
+        method=MultiTaskModel.embed,
+    )
+
+
+def _losses_from_embedded(model, tasks, batch, trunk, rest, x, *, train, rngs=None) -> jax.Array:
+    """Task losses (T,) as a function of the trunk, the other groups and the embedded input."""
+    logits = model.apply(
+        {"params": {"trunk": trunk, **rest}},
+        x,
+        train=train,
+        rngs=rngs,
+        method=MultiTaskModel.from_embedded,
+    )
+    return _mean_task_losses(tasks, logits, batch, rngs if train else None)
+
+
+def _per_task_trunk_grads(vjp_fn: Callable, num_tasks: int) -> Any:
+    """One vmap over the T unit cotangents of a vjp whose first input is the trunk."""
+    return jax.vmap(lambda ct: vjp_fn(ct)[0])(jnp.eye(num_tasks))
+
+
+def scope_mask(trunk: Any, pattern: str) -> dict[str, bool]:
+    """Which trunk parameters (by '/'-joined path) the Gramian is taken over.
+
+    An empty pattern means the whole trunk (exact); otherwise ``re.search`` on each path,
+    e.g. ``'experts/(kernel|bias)_1$'`` for the last expert layer of the default MMoE.
+    """
+    paths = list(traverse_util.flatten_dict(trunk, sep="/"))
+    if not pattern:
+        return {p: True for p in paths}
+    try:
+        regex = re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"balancing.gramian_params {pattern!r} is not a regex: {e}") from e
+    mask = {p: bool(regex.search(p)) for p in paths}
+    if not any(mask.values()):
+        raise ValueError(
+            f"balancing.gramian_params {pattern!r} matches no trunk parameter; "
+            f"trunk parameters: {paths}"
+        )
+    return mask
+
+
+def _split_by_mask(tree: Any, mask: dict[str, bool]) -> tuple[dict, dict]:
+    flat = traverse_util.flatten_dict(tree, sep="/")
+    return (
+        {p: v for p, v in flat.items() if mask[p]},
+        {p: v for p, v in flat.items() if not mask[p]},
+    )
+
+
+def _merge_flat(a: dict, b: dict) -> Any:
+    return traverse_util.unflatten_dict({**a, **b}, sep="/")
+
+
+def _scoped_gradient_step(model, tasks, rule, balancer_state, batch, parts, rngs, pattern):
+    """Gradient-rule step with the Gramian over the trunk parameters ``pattern`` selects.
+
+    One forward; T backward passes that stop at the scoped parameters (XLA prunes the rest);
+    one backward with the rule's weights for the trunk, and one with the plain sum for the
+    heads and the embedded input (the same one when the rule weights the whole model).
+    """
+    trunk, rest, x = parts
+    scoped, unscoped = _split_by_mask(trunk, scope_mask(trunk, pattern))
+
+    def losses(sc, un, others, x):
+        return _losses_from_embedded(
+            model, tasks, batch, _merge_flat(sc, un), others, x, train=True, rngs=rngs
+        )
+
+    task_losses, vjp_fn = jax.vjp(losses, scoped, unscoped, rest, x)
+    gram = balancing.gramian(_per_task_trunk_grads(vjp_fn, len(tasks)))
+    weights, balancer = balancing.compute_weights(rule, balancer_state, task_losses, gram)
+    g_scoped, g_unscoped, rest_grads, x_grad = vjp_fn(weights)
+    if not rule.weights_whole_model:
+        _, _, rest_grads, x_grad = vjp_fn(jnp.ones_like(weights))
+    trunk_update = _merge_flat(g_scoped, g_unscoped)
+    return task_losses, trunk_update, rest_grads, x_grad, weights, balancer, gram
+
+
+def embedding_norm_penalty(
+    model: MultiTaskModel, embedding: Any, features: dict, strength: float
+) -> jax.Array:
+    """``strength`` x the batch mean of each example's summed squared id embeddings: its
+    gradient reaches only the rows this batch looks up, in proportion to how often."""
+    total = 0.0
+    for spec in model.features:
+        if spec.is_dense or spec.name not in embedding:
+            continue
+        rows = embedding[spec.name]["embedding"][features[spec.name]]
+        total = total + jnp.sum(jnp.square(rows))
+    batch = next(iter(features.values())).shape[0]
+    return strength * total / batch
+
+
+def make_train_step(
+    model: MultiTaskModel,
+    tasks: Sequence[TaskSpec],
+    tx: optax.GradientTransformation,
+    rule: balancing.WeightingRule,
+    gramian_params: str = "",
+    embedding_norm: float = 0.0,
+    distill: tuple[MultiTaskModel, float, float] | None = None,
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """A pure ``(state, batch) -> (state, metrics)``; jit it with the shardings you need.
+
+    Loss-weighting rules: one forward, the rule's weights from the task losses, one backward
+    of the weighted sum. Gradient rules: per-task gradients of the shared trunk only (a vmap
+    over T cotangents of the trunk's vjp), their Gramian -> weights -> one combined trunk
+    gradient; embeddings and heads get the plain sum of task gradients from one more vjp of
+    the same forward pass, so no per-task gradient of an embedding table or head is formed.
+
+    ``gramian_params`` (a regex over trunk parameter paths, see ``scope_mask``) takes the
+    Gramian over a part of the trunk only, typically its last shared layer (as GradNorm's
+    paper does): the per-task backward then stops at that layer, and the whole trunk gets the
+    weighted gradient ``sum_t w_t g_t`` from one more backward. Cheaper, but the weights are
+    those that the chosen layer's gradients call for, not the whole trunk's.
+    """
+    num_tasks = len(tasks)
+    if gramian_params and rule.combine is not None:
+        raise ValueError(
+            f"balancing method {rule.name!r} combines whole task gradients, so it cannot take "
+            "balancing.gramian_params; leave it empty"
+        )
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        rngs = {"dropout": jax.random.fold_in(state.rng, state.step)}
+        if distill is not None:
+            teacher_model, alpha, temperature = distill
+            teacher_logits = teacher_model.apply(
+                {"params": state.teacher}, batch["features"], train=False
+            )
+            batch = {
+                **batch,
+                "teacher_logits": jax.lax.stop_gradient(teacher_logits),
+                "distill": (alpha, temperature),
+            }
+
+        def losses_of_params(params):
+            logits = model.apply({"params": params}, batch["features"], train=True, rngs=rngs)
+            return _mean_task_losses(tasks, logits, batch, rngs)
+
+        metrics = {}
+        if not rule.needs_gramian:
+            task_losses, vjp_fn = jax.vjp(losses_of_params, state.params)
+            weights, balancer = balancing.compute_weights(rule, state.balancer, task_losses, None)
+            (grads,) = vjp_fn(weights)
+        else:
+            embedding, trunk, rest = _split_params(state.params)
+            x, embed_vjp = jax.vjp(
+                lambda e: _embed(model, e, batch["features"], train=True, rngs=rngs), embedding
+            )
+            if gramian_params:
+                task_losses, trunk_update, rest_grads, x_grad, weights, balancer, gram = (
+                    _scoped_gradient_step(
+                        model,
+                        tasks,
+                        rule,
+                        state.balancer,
+                        batch,
+                        (trunk, rest, x),
+                        rngs,
+                        gramian_params,
+                    )
+                )
+            else:
+                task_losses, vjp_fn = jax.vjp(
+                    lambda tr, others, x: _losses_from_embedded(
+                        model, tasks, batch, tr, others, x, train=True, rngs=rngs
+                    ),
+                    trunk,
+                    rest,
+                    x,
+                )
+                trunk_task_grads = _per_task_trunk_grads(vjp_fn, num_tasks)
+                trunk_update, weights, rest_weights, balancer = balancing.combine_task_grads(
+                    rule, state.balancer, trunk_task_grads, task_losses
+                )
+                _, rest_grads, x_grad = vjp_fn(rest_weights)
+                gram = balancing.gramian(trunk_task_grads)  # XLA shares it with the rule
+            (embedding_grads,) = embed_vjp(x_grad)
+            grads = {"trunk": trunk_update, **rest_grads}
+            if "embedding" in state.params:  # absent when every input feature is dense
+                grads["embedding"] = embedding_grads
+            metrics["gram"] = gram
+        if embedding_norm > 0 and "embedding" in state.params:
+            penalty, penalty_grads = jax.value_and_grad(
+                lambda e: embedding_norm_penalty(model, e, batch["features"], embedding_norm)
+            )(state.params["embedding"])
+            grads = {**grads, "embedding": jax.tree.map(jnp.add, grads["embedding"], penalty_grads)}
+            metrics["embedding_norm_penalty"] = penalty
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        loss = jnp.sum(weights * task_losses)
+        grad_norm = optax.tree.norm(grads)
+        # A step whose loss, gradients or update are not finite is not applied: parameters,
+        # optimizer and balancing state stay as they were (the loop counts such steps).
+        applied = (
+            jnp.isfinite(loss)
+            & jnp.all(jnp.isfinite(task_losses))
+            & jnp.isfinite(grad_norm)
+            & jnp.isfinite(optax.tree.norm(updates))
+        )
+        metrics.update(
+            loss=loss,
+            task_losses=task_losses,
+            weights=weights,
+            grad_norm=grad_norm,
+            applied=applied,
+        )
+        kept = select_tree(
+            applied,
+            (params, opt_state, balancer),
+            (state.params, state.opt_state, state.balancer),
+        )
+        new_state = state.replace(
+            step=state.step + 1, params=kept[0], opt_state=kept[1], balancer=kept[2]
+        )
+        return new_state, metrics
+
+    return train_step
+
+
+def make_trunk_gramian(model: MultiTaskModel, tasks: Sequence[TaskSpec]) -> Callable:
+    """``(params, batch) -> (T, T)`` Gramian of per-task trunk gradients, for diagnostics of
+    loss-weighting runs (gradient methods get it from their train step for free)."""
+
+    def fn(params, batch):
+        embedding, trunk, rest = _split_params(params)
+        x = _embed(model, embedding, batch["features"])
+        _, vjp_fn = jax.vjp(
+            lambda tr: _losses_from_embedded(model, tasks, batch, tr, rest, x, train=False), trunk
+        )
+        return balancing.gramian(_per_task_trunk_grads(vjp_fn, len(tasks)))
+
+    return fn
+
+
+def make_eval_step(model: MultiTaskModel, tasks: Sequence[TaskSpec]) -> Callable:
+    """``(params, batch) -> (predictions per task, loss sums (T,), label counts (T,))``."""
+
+    def eval_step(params: Any, batch: dict):
+        logits = model.apply({"params": params}, batch["features"], train=False)
+        predictions = {t.name: tasks_lib.predict(t, logits[t.name]) for t in tasks}
+        sums, counts = task_loss_sums(tasks, logits, batch)
+        return predictions, sums, counts
+
+    return eval_step
+
+
+def select_tree(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
+    """Leafwise ``where(pred, on_true, on_false)`` of two trees of one structure (typed PRNG
+    keys included); elementwise, so XLA fuses it into the computation of ``on_true``."""
+
+    def select(a, b):
+        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+            data = jnp.where(pred, jax.random.key_data(a), jax.random.key_data(b))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(a))
+        return jnp.where(pred, a, b)
+
+    return jax.tree.map(select, on_true, on_false)
