@@ -117,11 +117,11 @@ class Checkpointer:
         meta = self.restore_meta(step)
         diff = config_differences(meta.get("config", {}), config)
         if diff:
-            lines = "\n".join(f"  {k}: checkpoint={a!r} now={b!r}" for k, (a, b) in diff.items())
+            keys = "; ".join(f"{k}: checkpoint={a!r} now={b!r}" for k, (a, b) in diff.items())
             raise IncompatibleCheckpointError(
                 f"the checkpoint at step {step} in {self._latest.directory} was written by a "
-                f"run with a different config:\n{lines}\nuse a new --workdir, or restore "
-                "those values to resume"
+                f"run with a different config ({keys}); use a new --workdir, or restore those "
+                "values to resume"
             )
         return meta
 
@@ -136,12 +136,12 @@ class Checkpointer:
         tree = getattr(saved, "tree", saved)
         differences = integrity.structure_differences(tree, target)
         if differences:
-            shown = "\n".join(f"  {d}" for d in differences[:20])
-            more = f"\n  ... and {len(differences) - 20} more" if len(differences) > 20 else ""
+            shown = "; ".join(differences[:20])
+            more = f"; ... and {len(differences) - 20} more" if len(differences) > 20 else ""
             raise IncompatibleCheckpointError(
                 f"the checkpoint at step {step} in {manager.directory} holds other parameters "
-                f"than this code builds (the code changed since it was written):\n{shown}"
-                f"{more}\nuse a new --workdir, or the code that wrote it"
+                f"than this code builds (the code changed since it was written): {shown}{more}; "
+                "use a new --workdir, or the code that wrote it"
             )
 
     def restore(
