@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -198,6 +199,7 @@ class Checkpointer:
             except IncompatibleCheckpointError:
                 raise
             except Exception as e:  # noqa: BLE001 - any other failure to read means "damaged"
+                quiet_orphaned_reads()
                 if not (pathlib.Path(self._latest.directory) / str(step)).exists():
                     log.warning("checkpoint at step %d disappeared while read; skipped", step)
                     self._latest.reload()
@@ -217,6 +219,7 @@ class Checkpointer:
         except CheckpointDamagedError:
             raise
         except Exception as e:  # noqa: BLE001
+            quiet_orphaned_reads()
             log.warning("checkpoint at step %d did not restore (%s); retrying", step, _describe(e))
             return self.restore(step, target, data_iterator)
 
@@ -280,6 +283,7 @@ class Checkpointer:
             except IncompatibleCheckpointError:
                 raise
             except Exception as e:  # noqa: BLE001 - as in restore_newest
+                quiet_orphaned_reads()
                 damaged = _set_aside(self._best, candidate)
                 log.warning(
                     "best checkpoint at step %d is damaged (%s); moved to %s",
@@ -317,6 +321,37 @@ def _verify(recorded: dict[str, int] | None, tree: Any, what: str) -> None:
             f"{what}: restored values differ from those saved in {len(mismatched)} arrays "
             f"({', '.join(mismatched[:5])}{' ...' if len(mismatched) > 5 else ''})"
         )
+
+
+def _is_orphaned_read_noise(exc: BaseException | None, origin: object = None) -> bool:
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+        return True
+    code = getattr(origin, "cr_code", None)  # an abandoned coroutine of Orbax's reads
+    return code is not None and "orbax" in code.co_filename
+
+
+def quiet_orphaned_reads() -> None:
+    """After a restore fails, the reads Orbax had started still finish (or fail) in the
+    background and print tracebacks: "RuntimeError: Event loop is closed", and abandoned
+    read coroutines' own errors. Harmless (the failure was already handled) but alarming:
+    log exactly those at debug level; every other exception still reaches the hooks that
+    were installed."""
+    if getattr(sys.excepthook, "_mtl_jax_quiet", False):
+        return
+    previous_except, previous_unraisable = sys.excepthook, sys.unraisablehook
+
+    def excepthook(kind, value, traceback):
+        if not _is_orphaned_read_noise(value):
+            previous_except(kind, value, traceback)
+
+    def unraisablehook(unraisable):
+        if _is_orphaned_read_noise(unraisable.exc_value, unraisable.object):
+            log.debug("after a failed restore: %s", unraisable.exc_value)
+        else:
+            previous_unraisable(unraisable)
+
+    excepthook._mtl_jax_quiet = True
+    sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
 
 
 def _describe(e: BaseException) -> str:
