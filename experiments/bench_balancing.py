@@ -5,7 +5,8 @@
 For each method: the median time of one jitted train step (over --repeats timings of --steps
 steps on a batch already on device, after compilation), its ratio to ``ew`` measured in the
 same process, and XLA's memory estimate for the compiled step (arguments + outputs +
-temporaries). Prints a table and appends one JSON line per method to
+temporaries). Prints a table, then one JSON line per method (``method``, ``scope``,
+``step_ms``, ``ratio_vs_ew`` ...), and appends those lines to
 experiments/results/balancing.jsonl.
 """
 
@@ -19,6 +20,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mtl_jax import balancing, benchmark, parallel, reporting
+from mtl_jax.balancing.config import rule_from_config
 from mtl_jax.data import load_dataset
 from mtl_jax.train import Trainer
 
@@ -40,10 +42,13 @@ flags.mark_flag_as_required("config")
 
 
 def time_method(config, dataset, method: str) -> dict:
-    rule = balancing.make_rule(method)
-    scoped = rule.needs_gramian and rule.combine is None
     config.unlock()
     config.balancing.method = method
+    config.lock()
+    # From the config, as a run builds it (static needs its per-task weights).
+    rule = rule_from_config(config.balancing, list(config.tasks))
+    scoped = rule.needs_gramian and rule.combine is None
+    config.unlock()
     config.balancing.gramian_params = _GRAMIAN_PARAMS.value if scoped else ""
     config.lock()
     trainer = Trainer(config, dataset)
@@ -56,6 +61,11 @@ def time_method(config, dataset, method: str) -> dict:
     return {
         "method": method,
         "needs_task_gradients": trainer.rule.needs_gramian,
+        # "trunk": the exact Gramian over the whole trunk; "layer": over the trunk
+        # parameters --gramian_params selects; "loss": a loss-weighting method (no Gramian).
+        "scope": ("layer" if config.balancing.gramian_params else "trunk")
+        if trainer.rule.needs_gramian
+        else "loss",
         "gramian_params": config.balancing.gramian_params,
         "step_ms": timing["step_ms"],
         "compile_s": timing["compile_s"],
@@ -86,15 +96,19 @@ def main(argv):
     out = pathlib.Path(_OUT.value)
     out.parent.mkdir(parents=True, exist_ok=True)
     print(f"{'method':<12} {'task grads':>10} {'step ms':>8} {'x ew':>6} {'XLA MB':>7}")
+    lines = []
     with out.open("a") as f:
         for r in rows:
-            r["ratio_to_ew"] = r["step_ms"] / ew_ms
-            f.write(json.dumps({**common, **r}) + "\n")
+            r["ratio_vs_ew"] = r["step_ms"] / ew_ms
+            lines.append(json.dumps({**common, **r}))
+            f.write(lines[-1] + "\n")
             mem = f"{r['xla_memory_mb']:.1f}" if r["xla_memory_mb"] is not None else "-"
             print(
                 f"{r['method']:<12} {str(r['needs_task_gradients']):>10} {r['step_ms']:>8.2f} "
-                f"{r['ratio_to_ew']:>6.2f} {mem:>7}"
+                f"{r['ratio_vs_ew']:>6.2f} {mem:>7}"
             )
+    for line in lines:  # one JSON line per measurement, for scripts reading stdout
+        print(line)
 
 
 if __name__ == "__main__":

@@ -129,7 +129,9 @@ def main(argv):
     with out.open("a") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
-    print(f"\n{len(rows)} measurements appended to {out}")
+    for r in rows:
+        print(json.dumps(r))
+    print(f"{len(rows)} measurements appended to {out}")
 
 
 if __name__ == "__main__":

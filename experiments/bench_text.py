@@ -23,6 +23,7 @@ from mtl_jax.text import default_encoder
 
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Sentences per batch.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed passes; the median is reported.")
+_LIMIT = flags.DEFINE_integer("limit", 0, "Texts per corpus (0: all); the smoke test's knob.")
 _OUT = flags.DEFINE_string(
     "out", str(pathlib.Path(__file__).parent / "results" / "text_encoder.jsonl"), "JSONL to append."
 )
@@ -37,6 +38,8 @@ def main(argv):
         ],
         "movielens users": [movielens.user_text(ml, u) for u in sorted(ml.user_age)],
     }
+    if _LIMIT.value:
+        corpora = {name: texts[: _LIMIT.value] for name, texts in corpora.items()}
     encoder = default_encoder()
     batch = _BATCH.value
     common = {
@@ -81,6 +84,8 @@ def main(argv):
     with out.open("a") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
+    for row in rows:
+        print(json.dumps(row))
 
 
 if __name__ == "__main__":

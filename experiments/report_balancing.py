@@ -89,7 +89,7 @@ def build(runs_dirs: list[pathlib.Path], bench: pathlib.Path) -> str:
                     *(f"{r['test'][t][m]:.4f}" for t, m in columns),
                     ", ".join(worse) or "none",
                     f"{c['step_ms']:.2f}" if c else "-",
-                    f"{c['ratio_to_ew']:.2f}" if c else "-",
+                    f"{c.get('ratio_vs_ew', c.get('ratio_to_ew')):.2f}" if c else "-",
                 ]
             )
             + " |"

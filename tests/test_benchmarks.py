@@ -1,0 +1,81 @@
+"""Every benchmark script runs, end to end, on a tiny config, and prints its JSON lines:
+a benchmark that no test runs rots (bench_balancing once stopped at ``static``)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from mtl_jax import balancing
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TINY = [
+    "--config=configs/ecommerce.py:smoke",
+    "--config.data.num_impressions=3000",
+    "--config.data.num_users=100",
+    "--config.data.num_items=60",
+]
+
+
+def _bench(script, *flags, devices=1):
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}" if devices > 1 else "",
+    }
+    cmd = [sys.executable, f"experiments/{script}", *flags]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.slow
+def test_bench_throughput_prints_its_measurement(tmp_path):
+    out = tmp_path / "t.jsonl"
+    (line,) = _bench(
+        "bench_throughput.py", *TINY, "--batch_size=64", "--steps=2", "--repeats=1", f"--out={out}"
+    )
+    for key in ("train_examples_per_s", "step_examples_per_s", "pipeline_examples_per_s"):
+        assert line[key] > 0
+    assert json.loads(out.read_text()) == line
+
+
+@pytest.mark.slow
+def test_bench_balancing_runs_every_method(tmp_path):
+    """All methods, ``static`` included, one line each with its scope and cost against ew."""
+    out = tmp_path / "b.jsonl"
+    lines = _bench(
+        "bench_balancing.py", *TINY, "--batch_size=64", "--steps=1", "--repeats=1", f"--out={out}"
+    )
+    assert [line["method"] for line in lines] == list(balancing.names())
+    by_method = {line["method"]: line for line in lines}
+    assert by_method["ew"]["ratio_vs_ew"] == 1.0
+    assert by_method["ew"]["scope"] == "loss" and by_method["pcgrad"]["scope"] == "trunk"
+    assert all(line["step_ms"] > 0 for line in lines)
+    assert len(out.read_text().splitlines()) == len(lines)
+
+
+@pytest.mark.slow
+def test_bench_scaling_runs_both_sweeps(tmp_path):
+    lines = _bench(
+        "bench_scaling.py", *TINY, "--batch_size=64", "--devices=1,2", "--table_rows=1000",
+        "--table_meshes=1x2", "--steps=1", "--repeats=1", f"--out={tmp_path / 's.jsonl'}",
+        devices=2,
+    )  # fmt: skip
+    assert len(lines) == 3 and all(line["examples_per_s"] > 0 for line in lines)
+
+
+@pytest.mark.slow
+def test_bench_text_runs(tmp_path, text_encoder):
+    from mtl_jax.data import movielens
+
+    try:
+        movielens.fetch()
+    except movielens.FetchError as e:
+        pytest.skip(f"no route to MovieLens-100K here: {e}")
+    lines = _bench("bench_text.py", "--limit=16", "--repeats=1", f"--out={tmp_path / 'x.jsonl'}")
+    assert len(lines) == 2
+    assert all(line["bucketed_sentences_per_s"] > 0 for line in lines)
