@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-from mtl_jax import benchmark, parallel, reporting
+from mtl_jax import balancing, benchmark, parallel, reporting
 from mtl_jax.step import (
     _embed,
     _losses_from_embedded,
@@ -50,6 +50,11 @@ _BATCH = flags.DEFINE_integer("batch_size", 1024, "Global batch size.")
 _STEPS = flags.DEFINE_integer("steps", 50, "Calls per timed repeat.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats; the median is reported.")
 _METHODS = flags.DEFINE_list("methods", ["ew", "pcgrad"], "Balancing methods to profile.")
+_MODES = flags.DEFINE_list(
+    "task_gradients",
+    ["batched", "sequential"],
+    "balancing.task_gradients modes to profile gradient methods in.",
+)
 _PEAK = flags.DEFINE_float(
     "peak_gflops", 0.0, "The machine's float32 peak in GFLOP/s (0: cores x GHz x 32, AVX2 FMA)."
 )
@@ -104,9 +109,10 @@ def _timed(fn, args, steps, repeats) -> tuple[float, object]:
     return seconds, compiled
 
 
-def profile_method(config, dataset, method: str, peak_gflops: float) -> list[dict]:
+def profile_method(config, dataset, method: str, mode: str, peak_gflops: float) -> list[dict]:
     config.unlock()
     config.balancing.method = method
+    config.balancing.task_gradients = mode
     config.lock()
     trainer = Trainer(config, dataset)
     model, tasks = trainer.model, trainer.train_tasks
@@ -130,7 +136,7 @@ def profile_method(config, dataset, method: str, peak_gflops: float) -> list[dic
             ),
             trunk,
         )
-        grads = _per_task_trunk_grads(vjp_fn, len(tasks))
+        grads = _per_task_trunk_grads(vjp_fn, len(tasks), mode)
         flat = jnp.concatenate([g.reshape(len(tasks), -1) for g in jax.tree.leaves(grads)], axis=1)
         return flat @ flat.T
 
@@ -159,6 +165,7 @@ def profile_method(config, dataset, method: str, peak_gflops: float) -> list[dic
         out.append(
             {
                 "method": method,
+                "task_gradients": mode if trainer.rule.needs_gramian else None,
                 "stage": name,
                 "ms": seconds * 1e3,
                 "share_of_step": seconds / step_seconds,
@@ -195,18 +202,21 @@ def main(argv):
     }
     rows = []
     for method in _METHODS.value:
-        rows += profile_method(config, dataset, method, peak)
+        gradient_method = balancing.make_rule(method).needs_gramian if method != "static" else False
+        for mode in _MODES.value if gradient_method else ["batched"]:
+            rows += profile_method(config, dataset, method, mode, peak)
     print(f"peak {peak:.0f} GFLOP/s; batch {_BATCH.value}")
-    print(f"{'method':<8} {'stage':<11} {'ms':>7} {'of step':>7} {'ex/s':>9} "
+    print(f"{'method':<19} {'stage':<11} {'ms':>7} {'of step':>7} {'ex/s':>9} "
           f"{'MFLOP/ex':>8} {'GFLOP/s':>8} {'of peak':>7}")  # fmt: skip
     for r in rows:
         print(
-            f"{r['method']:<8} {r['stage']:<11} {r['ms']:>7.2f} {r['share_of_step']:>7.2f} "
+            f"{r['method'] + (':' + r['task_gradients'] if r['task_gradients'] else ''):<19} "
+            f"{r['stage']:<11} {r['ms']:>7.2f} {r['share_of_step']:>7.2f} "
             f"{r['examples_per_s']:>9.0f} {r['flop_per_example'] / 1e6:>8.3f} "
             f"{r['achieved_gflops']:>8.1f} {r['share_of_peak']:>7.1%}"
         )
         if "hlo" in r:
-            print(f"{'':<8} step HLO: {r['hlo']}")
+            print(f"{'':<19} step HLO: {r['hlo']}")
     out = pathlib.Path(_OUT.value)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a") as f:

@@ -24,6 +24,7 @@ from mtl_jax.data.schema import TEXT_FEATURES
 from mtl_jax.errors import UserError
 from mtl_jax.models import TRUNKS
 from mtl_jax.optim import EMBEDDING_OPTIMIZERS
+from mtl_jax.step import TASK_GRADIENT_MODES
 from mtl_jax.tasks import METRICS, with_loss_options
 
 
@@ -202,6 +203,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         config.balancing.method in balancing.names(),
         "balancing.method",
         f"unknown method {config.balancing.method!r}; valid: {balancing.names()}",
+    )
+    _require(
+        config.balancing.task_gradients in TASK_GRADIENT_MODES,
+        "balancing.task_gradients",
+        f"{config.balancing.task_gradients!r}; valid: {TASK_GRADIENT_MODES}",
     )
     gramian_params = config.balancing.gramian_params
     if gramian_params:

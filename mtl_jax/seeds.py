@@ -115,10 +115,13 @@ def _train_seeds(
         lead.rule,
         config.balancing.gramian_params,
         config.regularization.embedding_norm,
+        task_gradients=config.balancing.task_gradients,
     )
     vstep = benchmark.CompiledOnce(jax.jit(jax.vmap(step_fn), donate_argnums=(0,)))
     veval = jax.jit(jax.vmap(make_eval_step(lead.model, lead.tasks), in_axes=(0, None)))
-    vgram = jax.jit(jax.vmap(make_trunk_gramian(lead.model, lead.train_tasks)))
+    vgram = jax.jit(
+        jax.vmap(make_trunk_gramian(lead.model, lead.train_tasks, config.balancing.task_gradients))
+    )
     whole = parallel.replicated(mesh)
 
     ckpt = Checkpointer(

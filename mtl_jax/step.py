@@ -110,18 +110,23 @@ def _losses_from_embedded(model, tasks, batch, trunk, rest, x, *, train, rngs=No
     return _mean_task_losses(tasks, logits, batch, rngs if train else None)
 
 
-def _per_task_trunk_grads(vjp_fn: Callable, num_tasks: int) -> Any:
-    """The trunk gradient of each task (leaves with a leading task axis): one backward pass
-    per unit cotangent of a vjp whose first input is the trunk, stacked.
+TASK_GRADIENT_MODES = ("batched", "sequential")
 
-    T separate passes rather than a ``vmap`` over the cotangents: vmapped, every matmul of
-    the backward gains a task batch dimension, which XLA:CPU runs as a batched contraction
-    with relayouts around it; unrolled, each pass is plain matmuls (the PCGrad step of the
-    MovieLens MMoE went from 20.4 to 15 ms on 2 cores, experiments/results/profile.md).
+
+def _per_task_trunk_grads(vjp_fn: Callable, num_tasks: int, mode: str = "batched") -> Any:
+    """The trunk gradient of each task (leaves with a leading task axis) from a vjp whose
+    first input is the trunk: ``"batched"``, one ``vmap`` over the T unit cotangents (every
+    matmul of the backward gains a task batch dimension); ``"sequential"``, T backward
+    passes of plain matmuls, stacked. Same values; which is faster depends on the shapes
+    and the backend (on 2 CPU cores: sequential is 30% faster for the MovieLens MMoE with
+    128-64 experts, 12% slower for the e-commerce MMoE, and needs less memory; see
+    experiments/results/profile.md).
     """
     cotangents = jnp.eye(num_tasks)
-    grads = [vjp_fn(cotangents[t])[0] for t in range(num_tasks)]
-    return jax.tree.map(lambda *per_task: jnp.stack(per_task), *grads)
+    if mode == "sequential":
+        grads = [vjp_fn(cotangents[t])[0] for t in range(num_tasks)]
+        return jax.tree.map(lambda *per_task: jnp.stack(per_task), *grads)
+    return jax.vmap(lambda ct: vjp_fn(ct)[0])(cotangents)
 
 
 def scope_mask(trunk: Any, pattern: str) -> dict[str, bool]:
@@ -158,7 +163,9 @@ def _merge_flat(a: dict, b: dict) -> Any:
     return traverse_util.unflatten_dict({**a, **b}, sep="/")
 
 
-def _scoped_gradient_step(model, tasks, rule, balancer_state, batch, parts, rngs, pattern):
+def _scoped_gradient_step(
+    model, tasks, rule, balancer_state, batch, parts, rngs, pattern, mode="batched"
+):
     """Gradient-rule step with the Gramian over the trunk parameters ``pattern`` selects.
 
     One forward; T backward passes that stop at the scoped parameters (XLA prunes the rest);
@@ -174,7 +181,7 @@ def _scoped_gradient_step(model, tasks, rule, balancer_state, batch, parts, rngs
         )
 
     task_losses, vjp_fn = jax.vjp(losses, scoped, unscoped, rest, x)
-    gram = balancing.gramian(_per_task_trunk_grads(vjp_fn, len(tasks)))
+    gram = balancing.gramian(_per_task_trunk_grads(vjp_fn, len(tasks), mode))
     weights, balancer = balancing.compute_weights(rule, balancer_state, task_losses, gram)
     g_scoped, g_unscoped, rest_grads, x_grad = vjp_fn(weights)
     if not rule.weights_whole_model:
@@ -206,6 +213,7 @@ def make_train_step(
     gramian_params: str = "",
     embedding_norm: float = 0.0,
     distill: tuple[MultiTaskModel, float, float] | None = None,
+    task_gradients: str = "batched",
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """A pure ``(state, batch) -> (state, metrics)``; jit it with the shardings you need.
 
@@ -266,6 +274,7 @@ def make_train_step(
                         (trunk, rest, x),
                         rngs,
                         gramian_params,
+                        task_gradients,
                     )
                 )
             else:
@@ -277,7 +286,7 @@ def make_train_step(
                     rest,
                     x,
                 )
-                trunk_task_grads = _per_task_trunk_grads(vjp_fn, num_tasks)
+                trunk_task_grads = _per_task_trunk_grads(vjp_fn, num_tasks, task_gradients)
                 trunk_update, weights, rest_weights, balancer = balancing.combine_task_grads(
                     rule, state.balancer, trunk_task_grads, task_losses
                 )
@@ -326,7 +335,9 @@ def make_train_step(
     return train_step
 
 
-def make_trunk_gramian(model: MultiTaskModel, tasks: Sequence[TaskSpec]) -> Callable:
+def make_trunk_gramian(
+    model: MultiTaskModel, tasks: Sequence[TaskSpec], task_gradients: str = "batched"
+) -> Callable:
     """``(params, batch) -> (T, T)`` Gramian of per-task trunk gradients, for diagnostics of
     loss-weighting runs (gradient methods get it from their train step for free)."""
 
@@ -336,7 +347,7 @@ def make_trunk_gramian(model: MultiTaskModel, tasks: Sequence[TaskSpec]) -> Call
         _, vjp_fn = jax.vjp(
             lambda tr: _losses_from_embedded(model, tasks, batch, tr, rest, x, train=False), trunk
         )
-        return balancing.gramian(_per_task_trunk_grads(vjp_fn, len(tasks)))
+        return balancing.gramian(_per_task_trunk_grads(vjp_fn, len(tasks), task_gradients))
 
     return fn
 

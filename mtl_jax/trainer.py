@@ -185,6 +185,7 @@ class Trainer:
                 config.balancing.gramian_params,
                 config.regularization.embedding_norm,
                 self._distill(),
+                config.balancing.task_gradients,
             ),
             in_shardings=(self.state_sharding, batch_sharding),
             out_shardings=(self.state_sharding, replicated),
@@ -213,7 +214,7 @@ class Trainer:
             else None
         )
         self.trunk_gramian = jax.jit(
-            make_trunk_gramian(self.model, self.train_tasks),
+            make_trunk_gramian(self.model, self.train_tasks, config.balancing.task_gradients),
             in_shardings=(self.state_sharding.params, batch_sharding),
             out_shardings=replicated,
         )

@@ -51,6 +51,7 @@ ECOMMERCE_CASES = [
     ("balancing.weights.click", -1.0, "config.balancing.weights.click: must lie in [0, inf)"),
     ("balancing.method", "pcgradd", "config.balancing.method: unknown method 'pcgradd'"),
     ("balancing.gramian_params", "experts/(", "only Gramian-based gradient methods"),
+    ("balancing.task_gradients", "parallel", "config.balancing.task_gradients: 'parallel'; v"),
     ("task_loss.click.pos_weight", NAN, "config.task_loss.click.pos_weight: must be a finite"),
     ("task_loss.click.pos_weight", 0.0, "config.task_loss.click.pos_weight: must lie in (0,"),
     ("task_loss.click.focal_gamma", -1.0, "config.task_loss.click.focal_gamma: must lie in"),

@@ -326,3 +326,15 @@ def test_compile_only_row_sharded_tables_shrink_per_device_state():
     table_mib = 64_000 * 32 * 4 / 2**20
     saved = data_parallel["arguments_mib"] - row_sharded["arguments_mib"]
     assert saved == pytest.approx(2 * table_mib * 3 / 4, rel=0.05)
+
+
+def test_sequential_task_gradients_equal_batched():
+    """balancing.task_gradients only changes how the per-task trunk gradients are formed."""
+    config = tiny_config()
+    config.balancing.method = "pcgrad"
+    dataset = load_dataset(config.data, config.seed)
+    mesh = parallel.make_mesh(1)
+    batched = _train_params(config, dataset, mesh, 5)
+    config.balancing.task_gradients = "sequential"
+    sequential = _train_params(config, dataset, mesh, 5)
+    chex.assert_trees_all_close(sequential, batched, rtol=1e-5, atol=1e-6)

@@ -32,6 +32,10 @@ def default_config(task_names: Sequence[str], method: str = "ew") -> ml_collecti
     # Gradient methods: a regex over trunk parameter paths to take the Gramian over (e.g.
     # 'experts/(kernel|bias)_1$', the last expert layer); '' = the whole trunk (exact).
     c.gramian_params = ""
+    # Gradient methods: how the T per-task trunk gradients are formed, "batched" (one vmap
+    # over the task cotangents) or "sequential" (T backward passes); same values, speed
+    # depends on the model and backend (experiments/profile_step.py measures both).
+    c.task_gradients = "batched"
     for kwarg, kind in sorted(_all_kwargs().items()):
         c[kwarg] = ml_collections.FieldReference(None, field_type=kind)
     return c
