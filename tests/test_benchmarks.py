@@ -44,13 +44,19 @@ def test_bench_throughput_prints_its_measurement(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_balancing_runs_every_method(tmp_path):
-    """All methods, ``static`` included, one line each with its scope and cost against ew."""
+def test_bench_balancing_runs_methods_of_every_kind(tmp_path):
+    """A loss-weighting method with required kwargs (``static``, which once broke the
+    default invocation), a stateful one and two gradient methods: one line each with its
+    scope and cost against ew (every method compiles in one process: minutes, so the
+    default all-methods run is left to the benchmark itself)."""
     out = tmp_path / "b.jsonl"
+    methods = ["static", "famo", "pcgrad", "db_mtl"]
     lines = _bench(
-        "bench_balancing.py", *TINY, "--batch_size=64", "--steps=1", "--repeats=1", f"--out={out}"
-    )
-    assert [line["method"] for line in lines] == list(balancing.names())
+        "bench_balancing.py", *TINY, "--batch_size=64", "--steps=1", "--repeats=1",
+        f"--methods={','.join(methods)}", f"--out={out}",
+    )  # fmt: skip
+    assert [line["method"] for line in lines] == ["ew", *methods]
+    assert set(methods) <= set(balancing.names())
     by_method = {line["method"]: line for line in lines}
     assert by_method["ew"]["ratio_vs_ew"] == 1.0
     assert by_method["ew"]["scope"] == "loss" and by_method["pcgrad"]["scope"] == "trunk"
