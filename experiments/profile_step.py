@@ -97,16 +97,7 @@ def _inventory(hlo: str) -> dict[str, int]:
 
 def _timed(fn, args, steps, repeats) -> tuple[float, object]:
     compiled = jax.jit(fn).lower(*args).compile()
-    jax.block_until_ready(compiled(*args))
-
-    def run():
-        out = None
-        for _ in range(steps):
-            out = compiled(*args)
-        jax.block_until_ready(out)
-
-    seconds = benchmark.median_seconds(run, repeats) / steps
-    return seconds, compiled
+    return benchmark.median_seconds(lambda: compiled(*args), repeats, steps), compiled
 
 
 def profile_method(config, dataset, method: str, mode: str, peak_gflops: float) -> list[dict]:
@@ -147,17 +138,10 @@ def profile_method(config, dataset, method: str, mode: str, peak_gflops: float) 
     for name, fn in stages.items():
         seconds, compiled = _timed(fn, (state.params, batch), _STEPS.value, _REPEATS.value)
         rows.append((name, seconds, compiled))
-    step = trainer.train_step.lower(state, batch).compile()
-    state, metrics = step(state, batch)
-    jax.block_until_ready(metrics)
-
-    def run_step():
-        nonlocal state
-        for _ in range(_STEPS.value):
-            state, m = step(state, batch)
-        jax.block_until_ready(m)
-
-    step_seconds = benchmark.median_seconds(run_step, _REPEATS.value) / _STEPS.value
+    timing = benchmark.time_train_step(
+        trainer.train_step, state, batch, _STEPS.value, _REPEATS.value
+    )
+    step, step_seconds = timing["compiled"], timing["step_ms"] / 1e3
     rows.append(("step", step_seconds, step))
     out = []
     for name, seconds, compiled in rows:

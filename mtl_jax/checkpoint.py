@@ -126,11 +126,12 @@ class Checkpointer:
             )
         return meta
 
-    def check_structure(self, manager: ocp.CheckpointManager, step: int, target: Any) -> None:
+    def check_structure(
+        self, manager: ocp.CheckpointManager, item: str, step: int, target: Any
+    ) -> None:
         """``IncompatibleCheckpointError`` naming the parameter paths where the checkpoint
         at ``step`` and ``target`` (what this code builds) differ; exceptions from reading
         the checkpoint's metadata propagate (the caller treats them as damage)."""
-        item = "state" if manager is self._latest else "params"
         saved = ocp.StandardCheckpointHandler().metadata(
             pathlib.Path(manager.directory) / str(step) / item
         )
@@ -192,7 +193,7 @@ class Checkpointer:
             target = abstract_state(step) if callable(abstract_state) else abstract_state
             try:
                 self.check_compatible(step, config)
-                self.check_structure(self._latest, step, target)
+                self.check_structure(self._latest, "state", step, target)
                 data_iterator = make_iterator(step)
                 state, meta = self._restore_retrying(step, target, data_iterator)
                 return step, state, meta, data_iterator
@@ -273,7 +274,7 @@ class Checkpointer:
         for candidate in sorted((s for s in steps if s <= wanted), reverse=True):
             try:
                 if abstract_params is not None:
-                    self.check_structure(self._best, candidate, abstract_params)
+                    self.check_structure(self._best, "params", candidate, abstract_params)
                 items = {"params": ocp.args.StandardRestore(abstract_params)}
                 if (pathlib.Path(self._best.directory) / str(candidate) / "meta").exists():
                     items["meta"] = ocp.args.JsonRestore()  # absent in older checkpoints

@@ -111,15 +111,24 @@ class StepGuard:
             self._judge(*pending)
 
     def _judge(self, step: int, metrics: dict) -> None:
-        loss, applied, task_losses = jax.device_get(
-            (metrics["loss"], metrics["applied"], metrics["task_losses"])
+        loss, applied = jax.device_get((metrics["loss"], metrics["applied"]))
+        # The task losses only name the culprit in an error: fetched then, not every step.
+        self.observe(
+            step,
+            float(loss),
+            bool(applied),
+            lambda: np.asarray(jax.device_get(metrics["task_losses"])),
         )
-        self.observe(step, float(loss), bool(applied), np.asarray(task_losses))
 
     def observe(
-        self, step: int, loss: float, applied: bool, task_losses: np.ndarray | None = None
+        self,
+        step: int,
+        loss: float,
+        applied: bool,
+        task_losses: np.ndarray | Callable[[], np.ndarray] | None = None,
     ) -> None:
-        """Judges one step's host values (``applied``: the step's update was applied)."""
+        """Judges one step's host values (``applied``: the step's update was applied);
+        ``task_losses`` (or a function fetching them) only go into an error message."""
         if not applied:
             self.skipped_steps += 1
             self.consecutive_skipped += 1
@@ -145,7 +154,9 @@ class StepGuard:
                 )
         self._recent.append(abs(loss))
 
-    def _per_task(self, task_losses: np.ndarray | None) -> str:
+    def _per_task(self, task_losses: np.ndarray | Callable[[], np.ndarray] | None) -> str:
+        if callable(task_losses):
+            task_losses = task_losses()
         if task_losses is None or len(task_losses) != len(self.task_names):
             return ""
         pairs = ", ".join(

@@ -99,8 +99,7 @@ class TrainingLoop:
         max_steps_this_run: int | None,
         preemption: PreemptionWatch,
     ):
-        self.start_time = time.perf_counter()
-        configlib.validate(config)
+        self.start_time = time.perf_counter()  # the config was validated by the caller
         self.config = config
         self.workdir = pathlib.Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
