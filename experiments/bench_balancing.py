@@ -1,11 +1,15 @@
 """Train-step cost of every balancing method, relative to equal weighting, in one run.
 
   python experiments/bench_balancing.py --config=configs/ecommerce.py --batch_size=1024
+  python experiments/bench_balancing.py --config=configs/ecommerce.py --batch_size=1024 \
+    --scopes=trunk,layer,representation
 
-For each method: the median time of one jitted train step (over --repeats timings of --steps
-steps on a batch already on device, after compilation), its ratio to ``ew`` measured in the
-same process, and XLA's memory estimate for the compiled step (arguments + outputs +
-temporaries). Prints a table, then one JSON line per method (``method``, ``scope``,
+For each method (and each --scopes entry, for Gramian-based gradient methods): the median
+time of one jitted train step (over --repeats timings of --steps steps on a batch already on
+device, after compilation; every method is compiled first, then timed in interleaved
+rounds so that a shared machine's slow spells hit all alike), its ratio to ``ew`` measured
+in the same process, and XLA's memory estimate for the compiled step (arguments + outputs +
+temporaries). Prints a table, then one JSON line per measurement (``method``, ``scope``,
 ``step_ms``, ``ratio_vs_ew`` ...), and appends those lines to
 experiments/results/balancing.jsonl.
 """
@@ -28,11 +32,17 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.")
 _BATCH = flags.DEFINE_integer("batch_size", 1024, "Global batch size.")
 _STEPS = flags.DEFINE_integer("steps", 50, "Steps per timed repeat.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats; the median is reported.")
+_SCOPES = flags.DEFINE_list(
+    "scopes",
+    ["trunk"],
+    "Where Gramian-based gradient methods take their Gramian, each timed: 'trunk' (every "
+    "trunk parameter, exact), 'layer' (the trunk parameters --gramian_params selects), "
+    "'representation' (config.balancing.gramian_at='representation').",
+)
 _GRAMIAN_PARAMS = flags.DEFINE_string(
     "gramian_params",
-    "",
-    "Regex over trunk parameter paths for the Gramian of Gramian-based gradient methods "
-    "(config.balancing.gramian_params); '' = the whole trunk.",
+    "experts/(kernel|bias)_1$",
+    "The 'layer' scope's regex over trunk parameter paths (config.balancing.gramian_params).",
 )
 _METHODS = flags.DEFINE_list("methods", list(balancing.names()), "Methods to time.")
 _OUT = flags.DEFINE_string(
@@ -41,35 +51,47 @@ _OUT = flags.DEFINE_string(
 flags.mark_flag_as_required("config")
 
 
-def time_method(config, dataset, method: str) -> dict:
+SCOPES = ("trunk", "layer", "representation")
+
+
+def scopes_of(config, method: str) -> list[str]:
+    """The --scopes a method can run in: loss-weighting methods have none of their own
+    ("loss"), and DB-MTL combines whole trunk gradients (trunk only)."""
     config.unlock()
     config.balancing.method = method
     config.lock()
     # From the config, as a run builds it (static needs its per-task weights).
     rule = rule_from_config(config.balancing, list(config.tasks))
-    scoped = rule.needs_gramian and rule.combine is None
+    if not rule.needs_gramian:
+        return ["loss"]
+    if rule.combine is not None:
+        return ["trunk"]
+    return list(_SCOPES.value)
+
+
+def compile_method(config, dataset, method: str, scope: str) -> dict:
+    """The method's compiled train step in ``scope``, ready to time, and its description."""
     config.unlock()
-    config.balancing.gramian_params = _GRAMIAN_PARAMS.value if scoped else ""
+    config.balancing.method = method
+    config.balancing.gramian_params = _GRAMIAN_PARAMS.value if scope == "layer" else ""
+    config.balancing.gramian_at = "representation" if scope == "representation" else "trunk"
     config.lock()
     trainer = Trainer(config, dataset)
     state = trainer.init_state()
     batch = parallel.to_global_batch(next(trainer.train_iterator()), trainer.mesh)
-    timing = benchmark.time_train_step(
-        trainer.train_step, state, batch, _STEPS.value, _REPEATS.value
-    )
-    memory = timing["memory"]
+    compiled = benchmark.compile_train_step(trainer.train_step, state, batch)
+    memory = compiled["memory"]
     return {
         "method": method,
         "needs_task_gradients": trainer.rule.needs_gramian,
         # "trunk": the exact Gramian over the whole trunk; "layer": over the trunk
-        # parameters --gramian_params selects; "loss": a loss-weighting method (no Gramian).
-        "scope": ("layer" if config.balancing.gramian_params else "trunk")
-        if trainer.rule.needs_gramian
-        else "loss",
+        # parameters --gramian_params selects; "representation": at the trunk's output;
+        # "loss": a loss-weighting method (no Gramian).
+        "scope": scope,
         "gramian_params": config.balancing.gramian_params,
-        "step_ms": timing["step_ms"],
-        "compile_s": timing["compile_s"],
+        "compile_s": compiled["compile_s"],
         "xla_memory_mb": memory["per_device_total_mib"] if memory else None,
+        "run": compiled["run"],
     }
 
 
@@ -80,8 +102,19 @@ def main(argv):
     config.train.batch_size = _BATCH.value
     config.lock()
     dataset = load_dataset(config.data, config.seed)
+    unknown = sorted(set(_SCOPES.value) - set(SCOPES))
+    if unknown:
+        raise app.UsageError(f"--scopes: unknown {unknown}; valid: {list(SCOPES)}")
     methods = _METHODS.value if "ew" in _METHODS.value else ["ew", *_METHODS.value]
-    rows = [time_method(config, dataset, m) for m in methods]
+    rows = [
+        compile_method(config, dataset, m, scope) for m in methods for scope in scopes_of(config, m)
+    ]
+    # Timed in rounds over every method, so the machine's slow spells hit them alike.
+    seconds = benchmark.interleaved_median_seconds(
+        {i: r.pop("run") for i, r in enumerate(rows)}, _REPEATS.value, _STEPS.value
+    )
+    for i, r in enumerate(rows):
+        r["step_ms"] = 1e3 * seconds[i]
     ew_ms = next(r["step_ms"] for r in rows if r["method"] == "ew")
     common = {
         "benchmark": "balancing",
@@ -95,7 +128,7 @@ def main(argv):
     }
     out = pathlib.Path(_OUT.value)
     out.parent.mkdir(parents=True, exist_ok=True)
-    print(f"{'method':<12} {'task grads':>10} {'step ms':>8} {'x ew':>6} {'XLA MB':>7}")
+    print(f"{'method':<12} {'scope':<14} {'step ms':>8} {'x ew':>6} {'XLA MB':>7}")
     lines = []
     with out.open("a") as f:
         for r in rows:
@@ -104,7 +137,7 @@ def main(argv):
             f.write(lines[-1] + "\n")
             mem = f"{r['xla_memory_mb']:.1f}" if r["xla_memory_mb"] is not None else "-"
             print(
-                f"{r['method']:<12} {str(r['needs_task_gradients']):>10} {r['step_ms']:>8.2f} "
+                f"{r['method']:<12} {r['scope']:<14} {r['step_ms']:>8.2f} "
                 f"{r['ratio_vs_ew']:>6.2f} {mem:>7}"
             )
     for line in lines:  # one JSON line per measurement, for scripts reading stdout

@@ -53,15 +53,48 @@ class CompiledOnce:
 def median_seconds(run: Callable[[], Any], repeats: int, calls: int = 1) -> float:
     """Median wall time of one call of ``run``: one warm-up call (which compiles), then
     ``repeats`` timings of ``calls`` consecutive calls each, waiting for JAX's results."""
-    jax.block_until_ready(run())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            out = run()
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - start) / calls)
-    return statistics.median(times)
+    return interleaved_median_seconds({"run": run}, repeats, calls)["run"]
+
+
+def interleaved_median_seconds(
+    runs: dict[str, Callable[[], Any]], repeats: int, calls: int = 1
+) -> dict[str, float]:
+    """``median_seconds`` of several runs, timed in rounds: each round times every run once
+    (in an order rotated from round to round), so a slow spell of a shared machine lands on
+    all of them alike and their ratios stay meaningful."""
+    names = list(runs)
+    for name in names:
+        jax.block_until_ready(runs[name]())
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start = time.perf_counter()
+            for _ in range(calls):
+                out = runs[name]()
+            jax.block_until_ready(out)
+            times[name].append((time.perf_counter() - start) / calls)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def compile_train_step(train_step: Any, state: Any, batch: Any) -> dict[str, Any]:
+    """Compiles ``train_step`` for ``(state, batch)``: the compiled step, the compile time,
+    XLA's memory estimate, and ``run``, a closure stepping a private copy of ``state`` on the
+    same on-device batch (what the timers call)."""
+    start = time.perf_counter()
+    compiled = train_step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    carry = [state]
+
+    def run():
+        carry[0], metrics = compiled(carry[0], batch)
+        return metrics
+
+    return {
+        "compiled": compiled,
+        "compile_s": compile_s,
+        "memory": memory_mib(compiled),
+        "run": run,
+    }
 
 
 def time_train_step(
@@ -71,18 +104,6 @@ def time_train_step(
     runs of ``steps`` steps on the same on-device batch (input time excluded); returns the
     median seconds per step in ms, the compile time, the memory estimate and the compiled
     step itself (for its cost analysis)."""
-    start = time.perf_counter()
-    compiled = train_step.lower(state, batch).compile()
-    compile_s = time.perf_counter() - start
-    carry = [state]
-
-    def step():
-        carry[0], metrics = compiled(carry[0], batch)
-        return metrics
-
-    return {
-        "step_ms": 1e3 * median_seconds(step, repeats, steps),
-        "compile_s": compile_s,
-        "memory": memory_mib(compiled),
-        "compiled": compiled,
-    }
+    compiled = compile_train_step(train_step, state, batch)
+    step_ms = 1e3 * median_seconds(compiled.pop("run"), repeats, steps)
+    return {"step_ms": step_ms, **compiled}

@@ -24,7 +24,7 @@ from mtl_jax.data.schema import TEXT_FEATURES
 from mtl_jax.errors import UserError
 from mtl_jax.models import TRUNKS
 from mtl_jax.optim import EMBEDDING_OPTIMIZERS
-from mtl_jax.step import TASK_GRADIENT_MODES
+from mtl_jax.step import GRAMIAN_SITES, TASK_GRADIENT_MODES
 from mtl_jax.tasks import METRICS, with_loss_options
 
 
@@ -209,9 +209,30 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "balancing.task_gradients",
         f"{config.balancing.task_gradients!r}; valid: {TASK_GRADIENT_MODES}",
     )
+    gramian_at = config.balancing.gramian_at
+    _require(
+        gramian_at in GRAMIAN_SITES,
+        "balancing.gramian_at",
+        f"{gramian_at!r}; valid: {GRAMIAN_SITES}",
+    )
     gramian_params = config.balancing.gramian_params
+    if gramian_at != "trunk" or gramian_params:
+        method = config.balancing.method  # its name was checked above
+        rule = balancing.make_rule(method, **({"weights": [1.0]} if method == "static" else {}))
+    if gramian_at != "trunk":
+        _require(
+            rule.needs_gramian and rule.combine is None,
+            "balancing.gramian_at",
+            f"{gramian_at!r} is for Gramian-based gradient methods, not "
+            f"{config.balancing.method!r}",
+        )
+        _require(
+            not gramian_params,
+            "balancing.gramian_params",
+            f"selects trunk parameters, so it needs balancing.gramian_at='trunk', not "
+            f"{gramian_at!r}",
+        )
     if gramian_params:
-        rule = balancing.make_rule(config.balancing.method)  # the name was checked above
         _require(
             rule.needs_gramian and rule.combine is None,
             "balancing.gramian_params",

@@ -20,6 +20,7 @@ from flax import traverse_util
 from mtl_jax import balancing
 from mtl_jax import tasks as tasks_lib
 from mtl_jax.models import MultiTaskModel
+from mtl_jax.models.model import esmm_tasks
 from mtl_jax.tasks import TaskSpec
 
 log = logging.getLogger("mtl_jax")
@@ -190,6 +191,63 @@ def _scoped_gradient_step(
     return task_losses, trunk_update, rest_grads, x_grad, weights, balancer, gram
 
 
+GRAMIAN_SITES = ("trunk", "representation")
+
+
+def _representation_gradient_step(model, tasks, rule, balancer_state, batch, params, rngs):
+    """Gradient-rule step with the Gramian of the task gradients at the representation.
+
+    Task t's gradient is ``d loss_t / d rep`` (B, H), summed over the T representations the
+    trunk returns: for Shared-Bottom that is the gradient at the one shared tensor; for MMoE
+    and PLE, whose towers each read their own mixture, it is the gradient at the task's own
+    mixture (LibMTL's ``rep_grad``), compared across tasks as vectors of one space. The
+    weights then scale the task losses for everything below the representation (trunk and
+    embeddings, as LibMTL and MultiBalance do); the towers get the plain sum (or the weights,
+    for rules that weight the whole model). Cost: one forward, T backward passes through the
+    towers only, one backward through the rest: about EW's.
+    """
+    below = {k: params[k] for k in ("embedding", "trunk") if k in params}
+    rest = {k: v for k, v in params.items() if k not in below}
+
+    def represent(below):
+        return model.apply(
+            {"params": below},
+            batch["features"],
+            train=True,
+            rngs=rngs,
+            method=lambda m, features, train: m.represent(
+                m.embed(features, train=train), train=train
+            ),
+        )
+
+    def losses(rest, reps):
+        logits = model.apply(
+            {"params": rest}, reps, train=True, rngs=rngs, method=MultiTaskModel.heads
+        )
+        return _mean_task_losses(tasks, logits, batch, rngs)
+
+    reps, below_vjp = jax.vjp(represent, below)
+    task_losses, heads_vjp = jax.vjp(losses, rest, reps)
+    ones = jnp.ones((len(tasks),), jnp.float32)
+    if not esmm_tasks(model.config)[0]:
+        # Tower t reads only rep t and feeds only loss t, so one backward pass of the summed
+        # loss leaves d loss_t / d rep_t in rep t's cotangent: EW's backward, nothing more.
+        rest_grads, own = heads_vjp(ones)
+        gram = balancing.gramian(jnp.stack(own))
+        weights, balancer = balancing.compute_weights(rule, balancer_state, task_losses, gram)
+        reps_cotangent = [w * g for w, g in zip(weights, own, strict=True)]
+    else:  # ESMM: the CTCVR loss also reads the CTR tower; T backward passes of the towers
+        per_task = jax.vmap(lambda ct: jnp.stack(heads_vjp(ct)[1]))(jnp.eye(len(tasks)))
+        gram = balancing.gramian(per_task.sum(axis=1))  # (loss t, rep k, B, H) -> (t, B, H)
+        weights, balancer = balancing.compute_weights(rule, balancer_state, task_losses, gram)
+        reps_cotangent = list(jnp.einsum("t,tk...->k...", weights, per_task))
+        rest_grads, _ = heads_vjp(ones)
+    if rule.weights_whole_model:
+        rest_grads, _ = heads_vjp(weights)
+    (below_grads,) = below_vjp(reps_cotangent)
+    return task_losses, {**below_grads, **rest_grads}, weights, balancer, gram
+
+
 def embedding_norm_penalty(
     model: MultiTaskModel, embedding: Any, features: dict, strength: float
 ) -> jax.Array:
@@ -214,6 +272,7 @@ def make_train_step(
     embedding_norm: float = 0.0,
     distill: tuple[MultiTaskModel, float, float] | None = None,
     task_gradients: str = "batched",
+    gramian_at: str = "trunk",
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """A pure ``(state, batch) -> (state, metrics)``; jit it with the shardings you need.
 
@@ -228,12 +287,24 @@ def make_train_step(
     paper does): the per-task backward then stops at that layer, and the whole trunk gets the
     weighted gradient ``sum_t w_t g_t`` from one more backward. Cheaper, but the weights are
     those that the chosen layer's gradients call for, not the whole trunk's.
+
+    ``gramian_at="representation"`` takes the Gramian of the task gradients at the trunk's
+    output instead (see ``_representation_gradient_step``): about EW's cost for every
+    Gramian method.
     """
     num_tasks = len(tasks)
-    if gramian_params and rule.combine is not None:
+    if gramian_at not in GRAMIAN_SITES:
+        raise ValueError(f"balancing.gramian_at {gramian_at!r}; valid: {GRAMIAN_SITES}")
+    if rule.combine is not None and (gramian_params or gramian_at != "trunk"):
+        key = "gramian_params" if gramian_params else "gramian_at"
         raise ValueError(
             f"balancing method {rule.name!r} combines whole task gradients, so it cannot take "
-            "balancing.gramian_params; leave it empty"
+            f"balancing.{key}; leave it at its default"
+        )
+    if gramian_params and gramian_at != "trunk":
+        raise ValueError(
+            "balancing.gramian_params selects trunk parameters, so it needs "
+            f"balancing.gramian_at='trunk', not {gramian_at!r}"
         )
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -258,6 +329,10 @@ def make_train_step(
             task_losses, vjp_fn = jax.vjp(losses_of_params, state.params)
             weights, balancer = balancing.compute_weights(rule, state.balancer, task_losses, None)
             (grads,) = vjp_fn(weights)
+        elif gramian_at == "representation":
+            task_losses, grads, weights, balancer, metrics["gram"] = _representation_gradient_step(
+                model, tasks, rule, state.balancer, batch, state.params, rngs
+            )
         else:
             embedding, trunk, rest = _split_params(state.params)
             x, embed_vjp = jax.vjp(

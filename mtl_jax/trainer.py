@@ -186,6 +186,7 @@ class Trainer:
                 config.regularization.embedding_norm,
                 self._distill(),
                 config.balancing.task_gradients,
+                config.balancing.gramian_at,
             ),
             in_shardings=(self.state_sharding, batch_sharding),
             out_shardings=(self.state_sharding, replicated),

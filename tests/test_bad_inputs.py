@@ -52,6 +52,8 @@ ECOMMERCE_CASES = [
     ("balancing.method", "pcgradd", "config.balancing.method: unknown method 'pcgradd'"),
     ("balancing.gramian_params", "experts/(", "only Gramian-based gradient methods"),
     ("balancing.task_gradients", "parallel", "config.balancing.task_gradients: 'parallel'; v"),
+    ("balancing.gramian_at", "rep", "config.balancing.gramian_at: 'rep'; valid: ('trunk', "),
+    ("balancing.gramian_at", "representation", "'representation' is for Gramian-based gradi"),
     ("task_loss.click.pos_weight", NAN, "config.task_loss.click.pos_weight: must be a finite"),
     ("task_loss.click.pos_weight", 0.0, "config.task_loss.click.pos_weight: must lie in (0,"),
     ("task_loss.click.focal_gamma", -1.0, "config.task_loss.click.focal_gamma: must lie in"),

@@ -137,6 +137,75 @@ def test_scoped_gramian_step_matches_per_task_reference(method):
     )
 
 
+@pytest.mark.parametrize(
+    "trunk, method",
+    [("shared_bottom", "mgda"), ("mmoe", "pcgrad"), ("ple", "gradnorm"), ("mmoe+esmm", "upgrad")],
+)
+def test_representation_gramian_step_matches_per_task_reference(trunk, method):
+    """``gramian_at='representation'``: the Gramian of each task's gradient at the trunk's
+    output (summed over the T representations: the shared tensor for Shared-Bottom, the
+    task's own mixture for MMoE/PLE, and with ESMM the CTR tower's too for CTCVR);
+    embeddings and trunk stepped by ``sum_t w_t g_t``, the towers by the plain sum (by the
+    weights for GradNorm). Reference: T ``jax.grad`` calls."""
+    config = tiny_config()
+    trunk, esmm = trunk.removesuffix("+esmm"), trunk.endswith("+esmm")
+    config.model.update(trunk=trunk, dropout=0.0, trunk_hidden=(16, 8))
+    if esmm:
+        config.model.update(esmm_ctr_task="click", esmm_ctcvr_task="purchase")
+    config.balancing.update(method=method, gramian_at="representation")
+    dataset = load_dataset(config.data, config.seed)
+    mesh = parallel.make_mesh(1)
+    trainer = Trainer(config, dataset, mesh=mesh)
+    state = trainer.init_state()
+    batch = parallel.to_global_batch(next(trainer.train_iterator()), mesh)
+    new_state, metrics = trainer.train_step(jax.tree.map(jnp.copy, state), batch)  # donated
+    model, tasks, num_tasks = trainer.model, trainer.tasks, len(trainer.tasks)
+
+    def task_loss(params, t):
+        logits = model.apply({"params": params}, batch["features"], train=True)
+        sums, counts = task_loss_sums(tasks, logits, batch)
+        return sums[t] / jnp.maximum(counts[t], 1.0)
+
+    def loss_at_reps(reps, t):
+        logits = model.apply({"params": state.params}, reps, method=model.heads, train=True)
+        sums, counts = task_loss_sums(tasks, logits, batch)
+        return sums[t] / jnp.maximum(counts[t], 1.0)
+
+    reps = model.apply(
+        {"params": state.params},
+        batch["features"],
+        method=lambda m, f: m.represent(m.embed(f, train=True), train=True),
+    )
+    rep_grads = np.stack(
+        [np.asarray(sum(jax.grad(loss_at_reps)(reps, t))).ravel() for t in range(num_tasks)]
+    )
+    gram = rep_grads @ rep_grads.T
+    np.testing.assert_allclose(metrics["gram"], gram, rtol=1e-4, atol=1e-9)
+    if trunk == "shared_bottom":  # one shared tensor: the Gramian is not diagonal
+        assert abs(gram[0, 1]) > 1e-3 * np.sqrt(gram[0, 0] * gram[1, 1])
+    grad_fn = jax.jit(jax.value_and_grad(task_loss), static_argnums=1)
+    values_and_grads = [grad_fn(state.params, t) for t in range(num_tasks)]
+    losses = jnp.stack([v for v, _ in values_and_grads])
+    weights, _ = balancing.compute_weights(trainer.rule, state.balancer, losses, jnp.asarray(gram))
+    np.testing.assert_allclose(metrics["weights"], weights, rtol=1e-4, atol=1e-6)
+    if method != "gradnorm":  # GradNorm starts from ones and learns its weights
+        assert float(jnp.std(weights)) > 1e-3, weights  # not the plain sum in disguise
+    towers = weights if method == "gradnorm" else jnp.ones((num_tasks,))
+    expected = {
+        group: jax.tree.map(
+            lambda *gs, w=(weights if group in ("embedding", "trunk") else towers): sum(
+                wt * g for wt, g in zip(w, gs, strict=True)
+            ),
+            *[g[group] for _, g in values_and_grads],
+        )
+        for group in state.params
+    }
+    updates, _ = jax.jit(trainer.tx.update)(expected, state.opt_state, state.params)
+    chex.assert_trees_all_close(
+        new_state.params, optax.apply_updates(state.params, updates), rtol=2e-4, atol=1e-6
+    )
+
+
 def test_scoped_gramian_rejects_a_pattern_that_matches_nothing():
     config = tiny_config()
     config.balancing.method = "mgda"

@@ -36,6 +36,10 @@ def default_config(task_names: Sequence[str], method: str = "ew") -> ml_collecti
     # over the task cotangents) or "sequential" (T backward passes); same values, speed
     # depends on the model and backend (experiments/profile_step.py measures both).
     c.task_gradients = "batched"
+    # Gradient methods: where the Gramian of task gradients is taken, "trunk" (the trunk's
+    # parameters, exact, or those gramian_params selects) or "representation" (the trunk's
+    # output each tower reads, as LibMTL's rep_grad and MultiBalance: about EW's cost).
+    c.gramian_at = "trunk"
     for kwarg, kind in sorted(_all_kwargs().items()):
         c[kwarg] = ml_collections.FieldReference(None, field_type=kind)
     return c

@@ -95,8 +95,12 @@ class MultiTaskModel(nn.Module):
     def embed(self, features: dict[str, jax.Array], *, train: bool = False) -> jax.Array:
         return self.embedding(features, train=train)
 
-    def from_embedded(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
-        reps = self.trunk(x, train=train)
+    def represent(self, x: jax.Array, *, train: bool = False) -> list[jax.Array]:
+        """The trunk's output: the representation each task's tower reads, T arrays (B, H)."""
+        return self.trunk(x, train=train)
+
+    def heads(self, reps: Sequence[jax.Array], *, train: bool = False) -> dict[str, jax.Array]:
+        """Task logits from the trunk's representations (the towers, and ESMM's product)."""
         logits = {
             task.name: self.towers[task.name](rep, train=train)
             for task, rep in zip(self.tasks, reps, strict=True)
@@ -108,6 +112,9 @@ class MultiTaskModel(nn.Module):
             self.sow("intermediates", "cvr_logit", logits[ctcvr])
             logits[ctcvr] = product_logit(logits[ctr], logits[ctcvr])
         return logits
+
+    def from_embedded(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
+        return self.heads(self.represent(x, train=train), train=train)
 
     def __call__(self, features: dict[str, jax.Array], *, train: bool = False):
         return self.from_embedded(self.embed(features, train=train), train=train)
