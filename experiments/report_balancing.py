@@ -5,7 +5,8 @@ and the train-step cost from bench_balancing.py.
     python run.py --config=configs/ecommerce.py --workdir=runs/methods/$m \\
         --config.balancing.method=$m
   done
-  python experiments/bench_balancing.py --config=configs/ecommerce.py --batch_size=1024
+  python experiments/bench_balancing.py --config=configs/ecommerce.py --batch_size=1024 \\
+      --scopes=trunk,layer,representation
   python experiments/report_balancing.py --runs=runs/methods \\
       --out=experiments/results/balancing.md
 
@@ -30,9 +31,18 @@ _HIGHER_IS_BETTER = {"auc": True, "accuracy": True, "logloss": False, "rmse": Fa
 
 def _scope_cell(scope: str, needs_gramian: bool) -> str:
     """What a gradient method's Gramian was taken over ('|' escaped for Markdown)."""
+    if scope == "representation":
+        return scope
     if scope:
         return "`" + scope.replace("|", "\\|") + "`"
     return "trunk" if needs_gramian else "-"
+
+
+def _run_scope(balancing_config: dict) -> str:
+    """'' (whole trunk, or no Gramian), a gramian_params regex, or 'representation'."""
+    if balancing_config.get("gramian_at", "trunk") == "representation":
+        return "representation"
+    return balancing_config.get("gramian_params", "")
 
 
 def _cost_by_method(bench: pathlib.Path) -> dict[str, dict]:
@@ -40,7 +50,9 @@ def _cost_by_method(bench: pathlib.Path) -> dict[str, dict]:
     if bench.exists():
         for line in bench.read_text().splitlines():
             row = json.loads(line)
-            cost[(row["method"], row.get("gramian_params", ""))] = row  # later lines win
+            scope = "representation" if row.get("scope") == "representation" else None
+            scope = scope or row.get("gramian_params", "")
+            cost[(row["method"], scope)] = row  # later lines win
     return cost
 
 
@@ -56,7 +68,7 @@ def build(runs_dirs: list[pathlib.Path], bench: pathlib.Path) -> str:
     ]
     for r in found:
         method = r["config"]["balancing"]["method"]
-        scope = r["config"]["balancing"].get("gramian_params", "")
+        scope = _run_scope(r["config"]["balancing"])
         columns = [(t, m) for t, ms in r["test"].items() for m in ms if m != "loss"]
         if header is None:
             header = [

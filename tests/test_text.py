@@ -230,6 +230,34 @@ def test_order_and_batching_do_not_change_embeddings(encoder):
     np.testing.assert_allclose(pieces, whole, atol=2e-6)
 
 
+def test_packed_rows_equal_one_text_per_padded_row(encoder):
+    """Packing lays several texts in a row, each attending to itself only: every text's
+    embedding equals the one it gets alone in a padded row (up to float round-off), also
+    for rows of many tiny texts, the empty text, and a text filling a whole row."""
+    sentences = _unseen_sentences(40, seed=11)[:-1] + ["", "x", "a b", "movie " * 62]
+    ids = encoder.tokenize(sentences)
+    assert len(ids[-1]) == 64 and len(ids[-4]) == 2  # a full 64-token row; [CLS] [SEP]
+    packed = encoder.encode(sentences, batch_size=8)
+    alone = np.concatenate([encoder.embed_padded(*encoder.pad([row], 64)) for row in ids])
+    np.testing.assert_allclose(packed, alone, atol=2e-6)
+    rows = encoder_lib.pack(sorted(len(r) for r in ids), 64)
+    assert len(rows) < len(ids) // 2  # several texts per row, so packing was exercised
+
+
+def test_pack_is_best_fit_decreasing():
+    assert encoder_lib.pack([3, 3, 4, 6, 10], 10) == [[4], [3, 2], [0, 1]]
+    # Best fit: the 2 goes to the row with room 2 (after 8), not the first with room (5).
+    assert encoder_lib.pack([5, 8, 2], 10) == [[1, 2], [0]]
+    lengths = np.random.default_rng(0).integers(2, 30, 500)
+    rows = encoder_lib.pack(lengths, 64)
+    assert sorted(i for row in rows for i in row) == list(range(500))
+    assert max(sum(lengths[row]) for row in rows) <= 64
+    assert sum(lengths) / (64 * len(rows)) > 0.97
+    assert encoder_lib.pack([], 10) == []
+    with pytest.raises(ValueError, match="a text of 11 tokens does not fit a row of 10"):
+        encoder_lib.pack([2, 11], 10)
+
+
 def test_bucket_length():
     assert [encoder_lib.bucket_length(n, 256) for n in (1, 16, 17, 33, 200, 256)] == [
         16, 16, 32, 64, 256, 256,

@@ -65,7 +65,7 @@ class BertLayer(nn.Module):
         k = split(_dense(c.hidden_size, "key")(x))
         v = split(_dense(c.hidden_size, "value")(x))
         scores = jnp.einsum("bhqd,bhkd->bhqk", q, k, precision=_HIGHEST) / np.sqrt(width)
-        probs = jax.nn.softmax(scores + mask_bias[:, None, None, :], axis=-1)
+        probs = jax.nn.softmax(scores + mask_bias, axis=-1)  # bias: (B, 1, 1 or L, L)
         context = jnp.einsum("bhqk,bhkd->bhqd", probs, v, precision=_HIGHEST)
         context = context.transpose(0, 2, 1, 3).reshape(x.shape)
         attended = _dense(c.hidden_size, "attention_output")(context)
@@ -81,16 +81,28 @@ class BertEncoder(nn.Module):
 
     ``trainable_layers`` (None: all) stops gradients below the top that many layers, so
     fine-tuning the top k never pays for the backward pass through the frozen rest.
+
+    Packed rows: with ``segment_ids`` (B, L; 1, 2, ... per text, 0 for padding) and
+    ``position_ids`` (each text's own 0, 1, ...), a row holds several texts and a token
+    attends only to tokens of its own text; ``attention_mask`` is then ignored. Masked
+    scores get the most negative float, whose ``exp`` is exactly 0, so a text's hidden
+    states are those it has alone in a padded row, up to float round-off.
     """
 
     config: BertConfig
     trainable_layers: int | None = None
 
     @nn.compact
-    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array,
+        segment_ids: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
+    ) -> jax.Array:
         c = self.config
         length = input_ids.shape[1]
-        if length > c.max_position_embeddings:
+        if position_ids is None and length > c.max_position_embeddings:
             raise ValueError(
                 f"sequence length {length} exceeds max_position_embeddings "
                 f"{c.max_position_embeddings}"
@@ -100,12 +112,21 @@ class BertEncoder(nn.Module):
         types = nn.Embed(c.type_vocab_size, c.hidden_size, name="token_type_embeddings")
         x = (
             words(input_ids)
-            + positions(jnp.arange(length))[None]
+            + (
+                positions(jnp.arange(length))[None]
+                if position_ids is None
+                else positions(position_ids)
+            )
             + types(jnp.zeros_like(input_ids))
         )
         x = nn.LayerNorm(c.layer_norm_eps, name="embeddings_norm")(x)
         # Masked keys get the most negative float, as Hugging Face does: exp() is exactly 0.
-        mask_bias = jnp.where(attention_mask > 0, 0.0, jnp.finfo(x.dtype).min).astype(x.dtype)
+        if segment_ids is None:
+            allowed = (attention_mask > 0)[:, None, None, :]
+        else:
+            same = segment_ids[:, :, None] == segment_ids[:, None, :]
+            allowed = (same & (segment_ids[:, None, :] > 0))[:, None]
+        mask_bias = jnp.where(allowed, 0.0, jnp.finfo(x.dtype).min).astype(x.dtype)
         first_trainable = c.num_hidden_layers - (
             c.num_hidden_layers if self.trainable_layers is None else self.trainable_layers
         )
@@ -122,8 +143,24 @@ def mean_pool_normalize(hidden: jax.Array, attention_mask: jax.Array) -> jax.Arr
     """sentence-transformers' mean pooling over real tokens, then L2 normalisation."""
     mask = attention_mask.astype(hidden.dtype)[..., None]
     pooled = jnp.sum(hidden * mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1e-9)
-    norm = jnp.linalg.norm(pooled, axis=-1, keepdims=True)
-    return pooled / jnp.maximum(norm, 1e-12)
+    return _l2_normalize(pooled)
+
+
+def segment_mean_pool_normalize(
+    hidden: jax.Array, segment_ids: jax.Array, num_segments: int
+) -> jax.Array:
+    """Mean pooling per text of packed rows: (B, L, D) -> (B, num_segments, D), text k of a
+    row being its tokens with segment id k + 1; then L2 normalisation."""
+    one_hot = (segment_ids[:, None, :] == jnp.arange(1, num_segments + 1)[None, :, None]).astype(
+        hidden.dtype
+    )  # (B, S, L)
+    sums = jnp.einsum("bsl,bld->bsd", one_hot, hidden, precision=_HIGHEST)
+    pooled = sums / jnp.maximum(jnp.sum(one_hot, axis=-1, keepdims=True), 1e-9)
+    return _l2_normalize(pooled)
+
+
+def _l2_normalize(x: jax.Array) -> jax.Array:
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 # Hugging Face module path (under ``encoder.layer.<i>.``) -> our module name, and the kind.
