@@ -72,6 +72,15 @@ def base_config(
             embedding_learning_rate=0.2,
             embedding_l2=0.0,
             warmup_steps=100,
+            # Every group's learning rate: linear warmup, then this schedule (see
+            # mtl_jax.optim.schedule): warmup_cosine, linear, constant, exponential, step,
+            # rsqrt, with the knobs below (each read only by the schedules named).
+            schedule="warmup_cosine",
+            end_fraction=0.01,  # warmup_cosine, linear: the final rate / the peak
+            decay_rate=0.1,  # exponential: factor per decay_steps
+            decay_steps=0,  # exponential: 0 = the whole run after warmup
+            step_boundaries=(0.5, 0.75),  # step: fractions of the steps after warmup
+            step_factor=0.1,  # step: factor at each boundary
             weight_decay=1e-4,
             b1=0.9,
             b2=0.999,

@@ -23,7 +23,7 @@ from mtl_jax.data import DATASETS, MultiTaskDataset
 from mtl_jax.data.schema import TEXT_FEATURES
 from mtl_jax.errors import UserError
 from mtl_jax.models import TRUNKS
-from mtl_jax.optim import EMBEDDING_OPTIMIZERS
+from mtl_jax.optim import EMBEDDING_OPTIMIZERS, SCHEDULES
 from mtl_jax.step import GRAMIAN_SITES, TASK_GRADIENT_MODES
 from mtl_jax.tasks import METRICS, with_loss_options
 
@@ -125,6 +125,18 @@ def _validate_optim(config: ml_collections.ConfigDict) -> None:
         _range(config, f"optim.{key}", 0, 1, "[0, 1)")
     for key in ("weight_decay", "embedding_l2", "grad_clip_norm"):
         _range(config, f"optim.{key}", 0, math.inf, "[0, inf)")
+    o = config.optim
+    _require(o.schedule in SCHEDULES, "optim.schedule", f"{o.schedule!r}; valid: {SCHEDULES}")
+    _range(config, "optim.end_fraction", 0, 1, "[0, 1]")
+    _range(config, "optim.decay_rate", 0, 1, "(0, 1]")
+    _range(config, "optim.step_factor", 0, 1, "(0, 1]")
+    _require(o.decay_steps >= 0, "optim.decay_steps", f"must be >= 0, got {o.decay_steps}")
+    bounds = tuple(o.step_boundaries)
+    _require(
+        all(0 < b < 1 for b in bounds) and list(bounds) == sorted(set(bounds)),
+        "optim.step_boundaries",
+        f"must be increasing fractions in (0, 1) of the steps after warmup, got {bounds}",
+    )
 
 
 def _validate_weights(config: ml_collections.ConfigDict) -> None:

@@ -66,15 +66,54 @@ def param_labels(
     return jax.tree_util.tree_map_with_path(label, params)
 
 
-def schedule(peak: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
-    """Linear warmup to ``peak`` then cosine decay to 1% of it at ``total_steps``."""
+SCHEDULES = ("warmup_cosine", "linear", "constant", "exponential", "step", "rsqrt")
+
+
+def schedule(peak: float, warmup_steps: int, total_steps: int, c: Any = None) -> optax.Schedule:
+    """Linear warmup from 0 to ``peak`` over ``warmup_steps``, then ``c.schedule`` (the
+    optim config section; None: the default) until ``total_steps``:
+
+    - ``warmup_cosine`` (default): cosine decay to ``end_fraction`` x peak;
+    - ``linear``: linear decay to ``end_fraction`` x peak;
+    - ``constant``: peak;
+    - ``exponential``: x ``decay_rate`` every ``decay_steps`` steps, continuously (0: over
+      the whole decay, so the run ends at ``decay_rate`` x peak);
+    - ``step``: x ``step_factor`` at each of ``step_boundaries`` (fractions of the steps
+      after warmup), as in the ResNet recipe;
+    - ``rsqrt``: peak x sqrt(w / (w + s)) at s steps after warmup, w = max(warmup, 1): the
+      Transformer's inverse square root.
+    """
+    name = c.get("schedule", "warmup_cosine") if c is not None else "warmup_cosine"
+    end_fraction = c.get("end_fraction", 0.01) if c is not None else 0.01
     warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0,
-        peak_value=peak,
-        warmup_steps=warmup_steps,
-        decay_steps=max(total_steps, warmup_steps + 1),
-        end_value=peak * 0.01,
+    decay = max(total_steps - warmup_steps, 1)
+    if name == "warmup_cosine":
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0,
+            peak_value=peak,
+            warmup_steps=warmup_steps,
+            decay_steps=max(total_steps, warmup_steps + 1),
+            end_value=peak * end_fraction,
+        )
+    if name == "linear":
+        after = optax.linear_schedule(peak, peak * end_fraction, decay)
+    elif name == "constant":
+        after = optax.constant_schedule(peak)
+    elif name == "exponential":
+        after = optax.exponential_decay(peak, c.decay_steps or decay, c.decay_rate)
+    elif name == "step":
+        after = optax.piecewise_constant_schedule(
+            peak, {max(1, round(f * decay)): c.step_factor for f in c.step_boundaries}
+        )
+    elif name == "rsqrt":
+        w = max(warmup_steps, 1)
+        after = lambda count: peak * jnp.sqrt(w / (w + jnp.asarray(count, jnp.float32)))
+    else:
+        raise ValueError(f"unknown optim.schedule {name!r}; valid: {SCHEDULES}")
+    if warmup_steps == 0:
+        return after
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, peak, warmup_steps), after], [warmup_steps]
     )
 
 
@@ -141,20 +180,20 @@ def make_optimizer(
     l1 = dict(regularization.l1) if regularization is not None else {}
     l2 = dict(regularization.l2) if regularization is not None else {}
     dense = optax.adamw(
-        schedule(c.learning_rate, c.warmup_steps, total_steps),
+        schedule(c.learning_rate, c.warmup_steps, total_steps, c),
         b1=c.b1,
         b2=c.b2,
         weight_decay=c.weight_decay,
     )
     trunk = optax.adamw(
-        schedule(c.learning_rate * shared_lr_scale, c.warmup_steps, total_steps),
+        schedule(c.learning_rate * shared_lr_scale, c.warmup_steps, total_steps, c),
         b1=c.b1,
         b2=c.b2,
         weight_decay=c.weight_decay,
     )
     embeddings = make_embedding_optimizer(
         c.embedding_optimizer,
-        schedule(c.embedding_learning_rate * shared_lr_scale, c.warmup_steps, total_steps),
+        schedule(c.embedding_learning_rate * shared_lr_scale, c.warmup_steps, total_steps, c),
         c,
     )
     partitioned = optax.partition(
@@ -167,7 +206,7 @@ def make_optimizer(
                 for group in ("trunk", "heads", "text")
             },
             "text_encoder": optax.adamw(
-                schedule(text_encoder_learning_rate, c.warmup_steps, total_steps),
+                schedule(text_encoder_learning_rate, c.warmup_steps, total_steps, c),
                 b1=c.b1,
                 b2=c.b2,
                 weight_decay=c.weight_decay,
