@@ -105,6 +105,11 @@ class StepGuard:
         if previous is not None:
             self._judge(*previous)
 
+    def watch_many(self, last_step: int, metrics: dict) -> None:
+        """``watch`` for one dispatch of K steps ending at ``last_step``, whose metrics
+        carry a leading K axis: judged together, one dispatch late."""
+        self.watch(last_step, {**metrics, "_stacked": True})
+
     def flush(self) -> None:
         if self._pending is not None:
             pending, self._pending = self._pending, None
@@ -112,13 +117,19 @@ class StepGuard:
 
     def _judge(self, step: int, metrics: dict) -> None:
         loss, applied = jax.device_get((metrics["loss"], metrics["applied"]))
-        # The task losses only name the culprit in an error: fetched then, not every step.
-        self.observe(
-            step,
-            float(loss),
-            bool(applied),
-            lambda: np.asarray(jax.device_get(metrics["task_losses"])),
-        )
+        if not metrics.get("_stacked"):
+            loss, applied, index = loss[None], applied[None], (lambda i: ())
+        else:
+            index = lambda i: (i,)
+        first = step - len(loss) + 1
+        for i in range(len(loss)):
+            # The task losses only name the culprit in an error: fetched then, not each step.
+            self.observe(
+                first + i,
+                float(loss[i]),
+                bool(applied[i]),
+                lambda i=i: np.asarray(jax.device_get(metrics["task_losses"]))[index(i)],
+            )
 
     def observe(
         self,

@@ -23,6 +23,7 @@ import numpy as np
 from mtl_jax import configlib, parallel, reporting
 from mtl_jax import stages as stages_lib
 from mtl_jax.checkpoint import Checkpointer, IncompatibleCheckpointError
+from mtl_jax.configlib import ConfigError
 from mtl_jax.evaluation import (
     final_results,
     format_diagnostics,
@@ -150,6 +151,12 @@ class TrainingLoop:
             task_name
         ].higher_is_better[metric_name]
         self.step = self.start_step = int(self.meta["step"])
+        k = self.trainer.steps_per_dispatch
+        if self.step % k and not self.meta["finished"]:
+            raise ConfigError(
+                f"config.train.steps_per_dispatch: the checkpoint in {self.workdir} is at step "
+                f"{self.step}, not a multiple of {k}; resume with a divisor of {self.step}"
+            )
         self.throughput = reporting.Throughput(self.step, t.num_steps, t.batch_size)
         if not self.meta["finished"]:
             log.info("training from step %d to %d", self.step, t.num_steps)
@@ -236,14 +243,26 @@ class TrainingLoop:
     # -- one step ------------------------------------------------------------------------
 
     def _train_one_step(self) -> bool:
-        """Trains one step with what follows it (log, stage change, validation, save);
-        True when this call must stop here (step budget spent or preempted)."""
+        """Trains one dispatch (one step, or ``train.steps_per_dispatch`` steps in one call)
+        with what follows it (log, stage change, validation, save); True when this call
+        must stop here (step budget spent or preempted)."""
         t = self.config.train
-        batch = parallel.to_global_batch(next(self.data_iter), self.trainer.mesh)
-        self.state, train_metrics = self.trainer.compiled_train_step(self.state, batch)
-        self.step += 1
+        k = self.trainer.steps_per_dispatch
+        mesh = self.trainer.mesh
+        if k == 1:
+            batch = parallel.to_global_batch(next(self.data_iter), mesh)
+            self.state, train_metrics = self.trainer.compiled_train_step(self.state, batch)
+            self.step += 1
+            self.guard.watch(self.step, train_metrics)
+        else:
+            batches = parallel.to_global_batches([next(self.data_iter) for _ in range(k)], mesh)
+            self.state, train_metrics = self.trainer.compiled_train_step(self.state, batches)
+            self.step += k
+            self.guard.watch_many(self.step, train_metrics)
+            # Logging reads the dispatch's last step (sliced on demand, at log steps only).
+            train_metrics = _LastOfDispatch(train_metrics)
+            batch = _LastOfDispatch(batches)
         step = self.step
-        self.guard.watch(step, train_metrics)
         last = step >= t.num_steps
         if step % t.log_every == 0 or last:
             self._log_train(train_metrics, batch, last)
@@ -270,10 +289,12 @@ class TrainingLoop:
             return True
         return False
 
-    def _log_train(self, train_metrics: dict, batch: dict, last: bool) -> None:
+    def _log_train(self, train_metrics: Any, batch: Any, last: bool) -> None:
         self.guard.flush()
         trainer, step, t = self.trainer, self.step, self.config.train
         names = trainer.train_task_names
+        if isinstance(train_metrics, _LastOfDispatch):
+            train_metrics, batch = train_metrics.get(), batch.get()
         host = jax.device_get(train_metrics)
         gram = host.get("gram")
         if gram is None:  # loss-weighting methods: one extra backward, on log steps only
@@ -402,6 +423,17 @@ class TrainingLoop:
         if reporting.is_lead_process():
             reporting.write_json(self.workdir / "results.json", results)
         return results
+
+
+class _LastOfDispatch:
+    """A tree with a leading steps axis (one dispatch's metrics or batches), sliced to its
+    last step only when asked for, so steps that are not logged never pay for the slice."""
+
+    def __init__(self, tree: Any):
+        self._tree = tree
+
+    def get(self) -> Any:
+        return jax.tree.map(lambda x: x[-1], self._tree)
 
 
 def raise_if_diverged(

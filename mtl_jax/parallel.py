@@ -165,6 +165,22 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, jax.P(DATA_AXIS))
 
 
+def stacked_batch_sharding(mesh: Mesh) -> NamedSharding:
+    """K batches stacked on a leading axis (one dispatch of K steps): the batch axis,
+    second, split over ``data``."""
+    return NamedSharding(mesh, jax.P(None, DATA_AXIS))
+
+
+def to_global_batches(local_batches: Sequence[Any], mesh: Mesh) -> Any:
+    """K of this process's batches -> one tree of global arrays (K, batch, ...), in one
+    transfer (``to_global_batch`` for a stack)."""
+    stacked = jax.tree.map(lambda *xs: np.stack(xs), *local_batches)
+    sharding = stacked_batch_sharding(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(stacked, sharding)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), stacked)
+
+
 def data_axis_size(mesh: Mesh) -> int:
     return mesh.shape[DATA_AXIS]
 

@@ -100,6 +100,8 @@ def _train_seeds(
     if all((d / "results.json").exists() for d in seed_dirs):
         return [json.loads((d / "results.json").read_text()) for d in seed_dirs]
     t = config.train
+    if t.steps_per_dispatch > 1:
+        log.info("seeds train one vmapped step per call (train.steps_per_dispatch is for runs)")
     configs = [seed_config(config, s) for s in seeds]
     config_key = {**configlib.to_dict(config), "parallel_seeds": seeds}
 

@@ -176,23 +176,35 @@ class Trainer:
         if config.balancing.gramian_params:  # a pattern that matches nothing fails here
             scope_mask(abstract.params["trunk"], config.balancing.gramian_params)
         batch_sharding = parallel.batch_sharding(self.mesh)
+        step_fn = make_train_step(
+            self.model,
+            self.train_tasks,
+            self.tx,
+            self.rule,
+            config.balancing.gramian_params,
+            config.regularization.embedding_norm,
+            self._distill(),
+            config.balancing.task_gradients,
+            config.balancing.gramian_at,
+        )
         self.train_step = jax.jit(
-            make_train_step(
-                self.model,
-                self.train_tasks,
-                self.tx,
-                self.rule,
-                config.balancing.gramian_params,
-                config.regularization.embedding_norm,
-                self._distill(),
-                config.balancing.task_gradients,
-                config.balancing.gramian_at,
-            ),
+            step_fn,
             in_shardings=(self.state_sharding, batch_sharding),
             out_shardings=(self.state_sharding, replicated),
             donate_argnums=(0,),
         )
-        self.compiled_train_step = benchmark.CompiledOnce(self.train_step)  # the loop's
+        # train.steps_per_dispatch = K > 1: one call runs K steps (a lax.scan over K stacked
+        # batches), so the host dispatches, transfers and fetches once per K steps.
+        self.steps_per_dispatch = int(config.train.get("steps_per_dispatch", 1))
+        self.train_steps = jax.jit(
+            lambda state, batches: jax.lax.scan(step_fn, state, batches),
+            in_shardings=(self.state_sharding, parallel.stacked_batch_sharding(self.mesh)),
+            out_shardings=(self.state_sharding, replicated),
+            donate_argnums=(0,),
+        )
+        self.compiled_train_step = benchmark.CompiledOnce(  # the loop's
+            self.train_steps if self.steps_per_dispatch > 1 else self.train_step
+        )
         self.params_finite = jax.jit(
             guards.all_finite, in_shardings=(self.state_sharding.params,), out_shardings=replicated
         )

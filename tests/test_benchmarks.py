@@ -33,11 +33,14 @@ def _bench(script, *flags, devices=1):
 
 
 @pytest.mark.slow
-def test_bench_throughput_prints_its_measurement(tmp_path):
+@pytest.mark.parametrize("per_dispatch", [1, 2])
+def test_bench_throughput_prints_its_measurement(tmp_path, per_dispatch):
     out = tmp_path / "t.jsonl"
     (line,) = _bench(
-        "bench_throughput.py", *TINY, "--batch_size=64", "--steps=2", "--repeats=1", f"--out={out}"
-    )
+        "bench_throughput.py", *TINY, "--batch_size=64", "--steps=2", "--repeats=1",
+        f"--steps_per_dispatch={per_dispatch}", f"--out={out}",
+    )  # fmt: skip
+    assert line["steps_per_dispatch"] == per_dispatch
     for key in ("train_examples_per_s", "step_examples_per_s", "pipeline_examples_per_s"):
         assert line[key] > 0
     assert json.loads(out.read_text()) == line

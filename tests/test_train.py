@@ -11,6 +11,7 @@ import pytest
 
 from mtl_jax import balancing, checkpoint, parallel
 from mtl_jax.checkpoint import IncompatibleCheckpointError
+from mtl_jax.configlib import ConfigError
 from mtl_jax.data import load_dataset
 from mtl_jax.guards import NonFiniteLossError
 from mtl_jax.models import TRUNKS
@@ -407,3 +408,44 @@ def test_sequential_task_gradients_equal_batched():
     config.balancing.task_gradients = "sequential"
     sequential = _train_params(config, dataset, mesh, 5)
     chex.assert_trees_all_close(sequential, batched, rtol=1e-5, atol=1e-6)
+
+
+def test_several_steps_per_dispatch_train_as_one_per_dispatch(tmp_path):
+    """train.steps_per_dispatch=4 (a lax.scan over 4 stacked batches per call) takes the
+    same steps on the same batches as one step per call, logs the same losses, and a run
+    split mid-way (stopped after 8 steps, resumed) ends where the straight one does."""
+    config = tiny_config(num_steps=16, eval_every=8, checkpoint_every=8, log_every=4)
+    config.balancing.method = "pcgrad"  # the balancer's state and PRNG key go through scan
+    one = train_and_evaluate(config, str(tmp_path / "one"))
+    config.train.steps_per_dispatch = 4
+    four = train_and_evaluate(config, str(tmp_path / "four"))
+    assert train_and_evaluate(config, str(tmp_path / "split"), max_steps_this_run=8) is None
+    split = train_and_evaluate(config, str(tmp_path / "split"))
+
+    def train_losses(workdir):
+        lines = (workdir / "metrics.jsonl").read_text().splitlines()
+        return [(r["step"], r["loss"]) for r in map(json.loads, lines) if r["split"] == "train"]
+
+    expected = train_losses(tmp_path / "one")
+    assert [s for s, _ in expected] == [4, 8, 12, 16]
+    for name in ("four", "split"):
+        got = train_losses(tmp_path / name)
+        assert [s for s, _ in got] == [s for s, _ in expected]
+        np.testing.assert_allclose([v for _, v in got], [v for _, v in expected], rtol=1e-5)
+    for results in (four, split):
+        assert results["best_step"] == one["best_step"]
+        for task, metrics in one["test"].items():
+            for metric, value in metrics.items():
+                assert results["test"][task][metric] == pytest.approx(value, rel=1e-4, abs=1e-6)
+
+
+def test_steps_per_dispatch_must_divide_the_loop_cadence(tmp_path):
+    config = tiny_config(num_steps=20, eval_every=10, checkpoint_every=10, log_every=5)
+    config.train.steps_per_dispatch = 4
+    with pytest.raises(ConfigError, match="4 steps per call must divide train.eval_every=10"):
+        train_and_evaluate(config, str(tmp_path / "w"))
+    config.train.steps_per_dispatch = 5  # divides all three; a checkpoint at step 8 does not
+    small = tiny_config(num_steps=20, eval_every=10, checkpoint_every=10, log_every=5)
+    assert train_and_evaluate(small, str(tmp_path / "r"), max_steps_this_run=8) is None
+    with pytest.raises(ConfigError, match="is at step 8, not a multiple of 5"):
+        train_and_evaluate(config, str(tmp_path / "r"))
