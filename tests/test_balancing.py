@@ -488,3 +488,112 @@ def test_gradnorm_matches_numpy_reference_over_steps():
         np.testing.assert_allclose(update, w @ g, rtol=1e-4, atol=1e-5)  # this step's weights
         w = 3 * new_w / new_w.sum()
         np.testing.assert_allclose(np.asarray(state.inner.weights), w, rtol=1e-4)
+
+
+def test_dwa_with_a_window_of_several_steps_matches_a_hand_computed_window():
+    """period=3: the ratio is of the mean losses of the two previous complete windows; the
+    weights stay equal until two windows have closed, and change only at window ends."""
+    rng = np.random.default_rng(4)
+    losses = rng.uniform(0.5, 2.0, size=(13, 3))
+    period, temp = 3, 2.0
+    tx = balancing.make("dwa", 3, temperature=temp, period=period)
+    state = tx.init(None)
+    for step, loss in enumerate(losses):
+        _, state = tx.update(jnp.eye(3), state, task_losses=jnp.asarray(loss))
+        done = step // period  # windows complete before this step
+        if done < 2:
+            expected = np.ones(3)
+        else:
+            last = losses[(done - 1) * period : done * period].mean(axis=0)
+            before = losses[(done - 2) * period : (done - 1) * period].mean(axis=0)
+            e = np.exp(last / before / temp)
+            expected = 3 * e / e.sum()
+        np.testing.assert_allclose(np.asarray(state.weights), expected, rtol=1e-5, err_msg=step)
+
+
+def test_rlw_weights_follow_the_softmax_of_standard_normals():
+    """Over many draws: mean 1/T for each task and the variance of softmax(N(0, I)) (from a
+    numpy Monte Carlo of the definition), independent from step to step."""
+    t, draws = 3, 4000
+    rule = balancing.make_rule("rlw")
+    step = jax.jit(lambda s: balancing.compute_weights(rule, s, None, None))
+    state = balancing.init_state(rule, t, seed=3)
+    got = []
+    for _ in range(draws):
+        w, state = step(state)
+        got.append(np.asarray(w))
+    got = np.array(got)
+    z = np.random.default_rng(0).standard_normal((200_000, t))
+    ref = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(got.mean(axis=0), 1 / t, atol=0.01)
+    np.testing.assert_allclose(got.var(axis=0), ref.var(axis=0), rtol=0.1)
+    lag = np.corrcoef(got[:-1, 0], got[1:, 0])[0, 1]
+    assert abs(lag) < 0.06, lag
+
+
+def _conflicting_grads(seed):
+    """T task gradients that pull apart (directions summing to zero) around a small common
+    direction: CAGrad's dual optimum is then interior to the simplex."""
+    rng = np.random.default_rng(seed)
+    t, d = 3 + seed % 3, 8
+    u = rng.normal(size=(t, d))
+    u -= u.mean(axis=0)
+    return u + rng.uniform(0.1, 0.5) * rng.normal(size=(1, d)) + 0.1 * rng.normal(size=(t, d))
+
+
+def _cagrad_exact(g, c):
+    """CAGrad's update from its dual solved to float64 precision: SLSQP for the support,
+    then Newton on the KKT system (interior optimum: gradient = lambda * 1, sum w = 1)."""
+    gram = g @ g.T
+    t = len(gram)
+    b, k = np.full(t, 1 / t), c * np.sqrt(gram.mean())
+    w = _simplex_reference(lambda w: w @ gram @ b + k * np.sqrt(w @ gram @ w), t)
+    assert np.all(w > 1e-3), f"not an interior case: {w}"
+    lam = None
+    for _ in range(20):
+        s = np.sqrt(w @ gram @ w)
+        grad = gram @ b + k * gram @ w / s
+        hess = k * (gram / s - np.outer(gram @ w, gram @ w) / s**3)
+        lam = grad.mean() if lam is None else lam
+        kkt = np.block([[hess, -np.ones((t, 1))], [np.ones((1, t)), np.zeros((1, 1))]])
+        step = np.linalg.solve(kkt, -np.concatenate([grad - lam, [w.sum() - 1]]))
+        w, lam = w + step[:t], lam + step[t]
+    gw = w @ g
+    return (g.mean(0) + k / np.linalg.norm(gw) * gw) / (1 + c * c)
+
+
+@pytest.mark.parametrize("seed", [13, 15, 16, 24])
+def test_cagrad_reaches_the_exact_interior_optimum(seed):
+    """To 1e-5 of the update's norm (the first-order solver alone stops at a few 1e-5; its
+    Newton polish on the support reaches float32 precision)."""
+    g = _conflicting_grads(seed)
+    expected = _cagrad_exact(g, 0.4)
+    update, _ = combine("cagrad", g, c=0.4)
+    np.testing.assert_allclose(update, expected, atol=1e-5 * np.linalg.norm(expected))
+
+
+def _dual_cone_projection_exact(g, v):
+    """argmin ||x - v||^2 s.t. g x >= 0, exactly: x = v + g^T mu over every active set,
+    keeping the feasible one (mu >= 0, g x >= 0) nearest to v."""
+    gram = g @ g.T
+    best = None
+    for r in range(len(g) + 1):
+        for active in itertools.combinations(range(len(g)), r):
+            a = list(active)
+            mu = np.zeros(len(g))
+            if a:
+                mu[a] = np.linalg.solve(gram[np.ix_(a, a)], -(g[a] @ v))
+            x = v + g.T @ mu
+            feasible = np.all(mu >= -1e-12) and np.all(g @ x >= -1e-10)
+            if feasible and (best is None or np.sum((x - v) ** 2) < np.sum((best - v) ** 2)):
+                best = x
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_upgrad_matches_exact_dual_cone_projections(seed):
+    g = _conflicting_grads(seed) if seed % 2 else random_grads(seed, 4, d=6).astype(np.float64)
+    expected = np.mean([_dual_cone_projection_exact(g, gi) for gi in g], axis=0)
+    update, _ = combine("upgrad", g)
+    np.testing.assert_allclose(update, expected, atol=1e-5 * np.linalg.norm(expected))

@@ -208,3 +208,22 @@ def test_ranking_config_errors_name_the_problem():
     problems = " | ".join(ranking.check_config(c, tasks))
     assert "relevance_task 'rating' must be a binary task" in problems
     assert "fusion.genre: a multilabel task cannot score items" in problems
+
+
+def test_ndcg_caps_the_ideal_at_k_when_more_items_are_relevant():
+    """A user with more relevant items than k: the ideal DCG has k hits, so a top k of only
+    relevant items scores 1, whatever the other relevant items."""
+    k, items = 3, 12
+    relevant = np.zeros((3, items), bool)
+    relevant[0, :8] = True  # 8 relevant > k
+    relevant[1, [0, 5, 6, 7, 9]] = True
+    relevant[2, [2]] = True
+    ranked = np.array([[5, 0, 7], [0, 1, 5], [4, 2, 3]])
+    discounts = [1 / math.log2(r + 2) for r in range(k)]
+    ideal = [sum(discounts[: min(n, k)]) for n in relevant.sum(axis=1)]
+    dcg = [sum(d for d, i in zip(discounts, row, strict=True) if relevant[u, i])
+           for u, row in enumerate(ranked)]  # fmt: skip
+    expected = np.mean([a / b for a, b in zip(dcg, ideal, strict=True)])
+    assert metrics.ndcg_at_k(ranked, relevant) == pytest.approx(expected)
+    assert metrics.ndcg_at_k(ranked[:1], relevant[:1]) == pytest.approx(1.0)  # all 3 relevant
+    assert expected < 1.0
