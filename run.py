@@ -57,6 +57,12 @@ _MESH = flags.DEFINE_string(
     "(default: all devices, model axis from config.mesh.model).",
 )
 _XLA_CACHE = flags.DEFINE_string("compilation_cache", "default", compilation_cache.FLAG_HELP)
+_TENSORBOARD = flags.DEFINE_bool(
+    "tensorboard",
+    True,
+    "Write TensorBoard event files into <workdir>/tensorboard (config.train.tensorboard); "
+    "view with: tensorboard --logdir=<workdir or its parent>",
+)
 flags.mark_flags_as_required(["config"])
 
 
@@ -88,7 +94,11 @@ def main(argv: list[str]) -> None:
             "workdir %s (the default for this config; --workdir=DIR to choose)", workdir
         )
     compilation_cache.enable_from_flag(_XLA_CACHE.value)  # not for --compile_only's timing
-    train_and_evaluate(_CONFIG.value, workdir)
+    config = _CONFIG.value
+    if not _TENSORBOARD.value:
+        with config.unlocked():
+            config.train.tensorboard = False
+    train_and_evaluate(config, workdir)
 
 
 def _initialize_distributed() -> None:

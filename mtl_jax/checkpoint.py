@@ -34,6 +34,7 @@ log = logging.getLogger("mtl_jax")
 # the guards only decide when a run stops).
 RESUMABLE_KEYS = (
     "train.log_every",
+    "train.tensorboard",
     "train.steps_per_dispatch",  # the loop checks that the checkpoint's step is a multiple
     "train.eval_batch_size",
     "checkpoint.max_to_keep",

@@ -122,6 +122,8 @@ def base_config(
             # to the device in one transfer): less host work per step, the same updates.
             # eval_every, log_every, num_steps and stage lengths must be multiples of it.
             steps_per_dispatch=1,
+            # TensorBoard event files in <workdir>/tensorboard (run.py --notensorboard: off).
+            tensorboard=True,
         )
     )
     # Top-k evaluation over the whole catalogue (datasets with one, e.g. MovieLens).

@@ -108,13 +108,17 @@ class TrainingLoop:
         self.max_steps_this_run = max_steps_this_run
         self.preemption = preemption
         self.ckpt: Checkpointer | None = None
-        self.metrics_log = reporting.MetricsLog(self.workdir / "metrics.jsonl")
+        self.metrics_log = reporting.MetricsLog(
+            self.workdir / "metrics.jsonl",
+            self.workdir / "tensorboard" if config.train.tensorboard else None,
+        )
         self._trainers: dict[int, Trainer] = {}
 
     def run(self) -> dict[str, Any] | None:
         try:
             return self._run()
         finally:
+            self.metrics_log.close()
             if self.ckpt is not None:
                 self.ckpt.close()
 
@@ -227,8 +231,7 @@ class TrainingLoop:
             }
             if reporting.is_lead_process():
                 reporting.write_json(self.workdir / "config.json", self.config_dict)
-                if self.metrics_log.path.exists():
-                    self.metrics_log.path.unlink()
+                self.metrics_log.reset()
         # Best checkpoints newer than where this run stands were written by a run that did
         # not get to checkpoint them (killed, diverged): they are not this run's.
         self.ckpt.discard_best_after(self.meta["best_step"] or 0)
@@ -315,6 +318,7 @@ class TrainingLoop:
             **{f"{n}/loss": v for n, v in zip(names, host["task_losses"], strict=True)},
             **diagnostics,
             **gates,
+            **{f"lr/{g}": v for g, v in trainer.learning_rates(step).items()},
             **speed,
         }
         self.metrics_log.write(record)

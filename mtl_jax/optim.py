@@ -161,6 +161,31 @@ def with_penalties(
     return optax.chain(*parts, tx) if parts else tx
 
 
+def group_peaks(
+    optim_config: Any, shared_lr_scale: float = 1.0, text_encoder_learning_rate: float = 1e-4
+) -> dict[str, float]:
+    """Each optimized parameter group's peak learning rate (the schedules' maxima)."""
+    c = optim_config
+    return {
+        "embeddings": c.embedding_learning_rate * shared_lr_scale,
+        "trunk": c.learning_rate * shared_lr_scale,
+        "heads": c.learning_rate,
+        "text": c.learning_rate,
+        "text_encoder": text_encoder_learning_rate,
+    }
+
+
+def learning_rates(
+    optim_config: Any, step: int, total_steps: int, peaks: dict[str, float]
+) -> dict[str, float]:
+    """Every group's learning rate ``step`` steps into a schedule of ``total_steps``."""
+    c = optim_config
+    return {
+        group: float(schedule(peak, c.warmup_steps, total_steps, c)(step))
+        for group, peak in peaks.items()
+    }
+
+
 def make_optimizer(
     optim_config: Any,
     total_steps: int,
@@ -179,23 +204,14 @@ def make_optimizer(
     c = optim_config
     l1 = dict(regularization.l1) if regularization is not None else {}
     l2 = dict(regularization.l2) if regularization is not None else {}
-    dense = optax.adamw(
-        schedule(c.learning_rate, c.warmup_steps, total_steps, c),
-        b1=c.b1,
-        b2=c.b2,
-        weight_decay=c.weight_decay,
-    )
-    trunk = optax.adamw(
-        schedule(c.learning_rate * shared_lr_scale, c.warmup_steps, total_steps, c),
-        b1=c.b1,
-        b2=c.b2,
-        weight_decay=c.weight_decay,
-    )
-    embeddings = make_embedding_optimizer(
-        c.embedding_optimizer,
-        schedule(c.embedding_learning_rate * shared_lr_scale, c.warmup_steps, total_steps, c),
-        c,
-    )
+    peaks = group_peaks(c, shared_lr_scale, text_encoder_learning_rate)
+
+    def rate(group: str) -> optax.Schedule:
+        return schedule(peaks[group], c.warmup_steps, total_steps, c)
+
+    dense = optax.adamw(rate("heads"), b1=c.b1, b2=c.b2, weight_decay=c.weight_decay)
+    trunk = optax.adamw(rate("trunk"), b1=c.b1, b2=c.b2, weight_decay=c.weight_decay)
+    embeddings = make_embedding_optimizer(c.embedding_optimizer, rate("embeddings"), c)
     partitioned = optax.partition(
         {
             "embeddings": with_penalties(embeddings, l1.get("embeddings", 0.0), 0.0),
@@ -206,10 +222,7 @@ def make_optimizer(
                 for group in ("trunk", "heads", "text")
             },
             "text_encoder": optax.adamw(
-                schedule(text_encoder_learning_rate, c.warmup_steps, total_steps, c),
-                b1=c.b1,
-                b2=c.b2,
-                weight_decay=c.weight_decay,
+                rate("text_encoder"), b1=c.b1, b2=c.b2, weight_decay=c.weight_decay
             ),
             "frozen": optax.set_to_zero(),
         },

@@ -13,6 +13,7 @@ import math
 import os
 import pathlib
 import resource
+import shutil
 import statistics
 import subprocess
 import time
@@ -79,13 +80,26 @@ def write_json(path: str | pathlib.Path, obj: Any) -> None:
 
 
 class MetricsLog:
-    """Appends one JSON record per line to ``metrics.jsonl``."""
+    """Appends one JSON record per line to ``metrics.jsonl`` and, with ``tensorboard_dir``,
+    the same numbers as TensorBoard scalars (``mtl_jax.tensorboard``)."""
 
-    def __init__(self, path: str | pathlib.Path):
+    def __init__(self, path: str | pathlib.Path, tensorboard_dir: str | pathlib.Path | None = None):
         self.path = pathlib.Path(path)
+        self.tensorboard_dir = pathlib.Path(tensorboard_dir) if tensorboard_dir else None
+        self._tensorboard: Any = None
+        self._purge_step: int | None = None
+
+    def reset(self) -> None:
+        """A fresh start in this workdir: what an earlier attempt logged goes."""
+        if not is_lead_process():
+            return
+        self.path.unlink(missing_ok=True)
+        if self.tensorboard_dir is not None and self.tensorboard_dir.exists():
+            shutil.rmtree(self.tensorboard_dir)
 
     def truncate_after(self, step: int) -> None:
         """Drops records newer than ``step``: a resumed run will write them again."""
+        self._purge_step = step + 1
         if not self.path.exists() or not is_lead_process():
             return
         keep = []
@@ -100,9 +114,21 @@ class MetricsLog:
         os.replace(tmp, self.path)
 
     def write(self, record: dict[str, Any]) -> None:
-        if is_lead_process():
-            with self.path.open("a") as f:
-                f.write(json.dumps(_jsonable(record)) + "\n")
+        if not is_lead_process():
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(_jsonable(record)) + "\n")
+        if self.tensorboard_dir is not None:
+            if self._tensorboard is None:
+                from mtl_jax.tensorboard import TensorBoardWriter
+
+                self._tensorboard = TensorBoardWriter(self.tensorboard_dir, self._purge_step)
+            self._tensorboard.write(_jsonable(record))
+
+    def close(self) -> None:
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
 
 
 class Throughput:

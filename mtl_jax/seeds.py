@@ -131,7 +131,10 @@ def _train_seeds(
         workdir / "stacked", config.checkpoint.max_to_keep, config.checkpoint.async_save
     )
     bests = [Checkpointer(d, 1, config.checkpoint.async_save) for d in seed_dirs]
-    logs = [reporting.MetricsLog(d / "metrics.jsonl") for d in seed_dirs]
+    logs = [
+        reporting.MetricsLog(d / "metrics.jsonl", d / "tensorboard" if t.tensorboard else None)
+        for d in seed_dirs
+    ]
 
     def make_iterator(_step=None):
         return train_iterator(
@@ -169,7 +172,7 @@ def _train_seeds(
         for c, d, metrics_log in zip(configs, seed_dirs, logs, strict=True):
             d.mkdir(parents=True, exist_ok=True)
             reporting.write_json(d / "config.json", configlib.to_dict(c))
-            metrics_log.path.unlink(missing_ok=True)
+            metrics_log.reset()
 
     task_name, _, metric_name = t.early_stopping_metric.partition("/")
     higher = {tk.name: tk for tk in lead.tasks}[task_name].higher_is_better[metric_name]
@@ -228,10 +231,14 @@ def _train_seeds(
             for c in (ckpt, *bests):
                 c.wait()
                 c.close()
+            for metrics_log in logs:
+                metrics_log.close()
             log.info("stopping at step %d; rerun to resume", step)
             return None
     for c in (ckpt, *bests):
         c.wait()
+    for metrics_log in logs:
+        metrics_log.close()
 
     measured = {
         "train_examples_per_s": throughput.examples_per_s,  # of all the seeds together

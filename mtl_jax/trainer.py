@@ -34,7 +34,7 @@ from mtl_jax.evaluation import task_metrics
 from mtl_jax.models import MultiTaskModel
 from mtl_jax.models.gate_stats import make_gate_stats
 from mtl_jax.models.model import esmm_tasks
-from mtl_jax.optim import make_optimizer
+from mtl_jax.optim import group_peaks, learning_rates, make_optimizer
 from mtl_jax.step import TrainState, make_eval_step, make_train_step, make_trunk_gramian, scope_mask
 from mtl_jax.tasks import TaskSpec
 from mtl_jax.text import features as text_features
@@ -148,6 +148,13 @@ class Trainer:
             text_trainable_layers=config.text.finetune_layers,
         )
         self.teacher = self._load_teacher(self.mesh)
+        peaks = group_peaks(
+            config.optim, self.stage.shared_lr_scale, config.text.finetune_learning_rate
+        )
+        trained = {"embeddings", "trunk", "heads"} - set(self.stage.frozen)
+        if text.trainable_layers:
+            trained.add("text_encoder")
+        self._lr_peaks = {g: v for g, v in peaks.items() if g in trained}
         self.tx = make_optimizer(
             config.optim,
             self.stage.steps,
@@ -268,6 +275,13 @@ class Trainer:
             else jax.tree.map(
                 lambda a: jnp.zeros(a.shape, a.dtype), self.teacher.abstract_state.params
             ),
+        )
+
+    def learning_rates(self, step: int) -> dict[str, float]:
+        """The learning rate of each trained group at the update that made ``step`` (the
+        optimizer state, and so the schedule, starts afresh with each stage)."""
+        return learning_rates(
+            self.config.optim, step - 1 - self.stage.start, self.stage.steps, self._lr_peaks
         )
 
     def begin_stage(self, state: TrainState) -> TrainState:
