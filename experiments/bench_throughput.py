@@ -60,6 +60,9 @@ def main(argv):
         raise app.UsageError(f"--steps_per_dispatch={k} must be >= 1 and divide --steps")
     config.train.num_steps = k * (_STEPS.value * (2 * _REPEATS.value + 1) + 1)
     config.train.steps_per_dispatch = k
+    # No loop here: logging and validation cadences only need to be multiples of k.
+    for key in ("eval_every", "checkpoint_every", "log_every"):
+        config.train[key] = config.train.num_steps
     config.lock()
     steps, repeats, batch_size = _STEPS.value, _REPEATS.value, _BATCH.value
 
