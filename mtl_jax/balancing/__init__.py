@@ -44,6 +44,9 @@ _FACTORIES: dict[str, Callable[..., WeightingRule]] = {
     "aligned_mtl": gradient_methods.aligned_mtl,
     "nash_mtl": gradient_methods.nash_mtl,
     "upgrad": gradient_methods.upgrad,
+    "dualproj": gradient_methods.dualproj,
+    "config": gradient_methods.config,
+    "fairgrad": gradient_methods.fairgrad,
     "db_mtl": gradient_methods.db_mtl,
 }
 LOSS_METHODS = ("ew", "static", "uw", "dwa", "rlw", "famo")

@@ -202,6 +202,53 @@ def upgrad(sweeps: int = 100) -> WeightingRule:
     return WeightingRule("upgrad", True, False, _stateless, weights)
 
 
+def dualproj(sweeps: int = 100) -> WeightingRule:
+    """DualProj (Quinton & Rey, 2024; GEM's projection, Lopez-Paz & Ranzato 2017): the mean
+    gradient projected onto the dual cone of the task gradients, ``J^T v`` with
+    ``v = argmin_{v >= 1/T} v^T G v``, so no task's loss goes up to first order."""
+
+    def weights(state, losses, gram, key):
+        t = gram.shape[0]
+        lower = jnp.full((t,), 1.0 / t, gram.dtype)
+        return solvers.box_qp_weights(normalized(gram), lower, sweeps), state
+
+    return WeightingRule("dualproj", True, False, _stateless, weights)
+
+
+def config() -> WeightingRule:
+    """ConFIG (Liu et al., ICLR 2025): the direction ``u`` with equal cosine to every task
+    gradient (``u = pinv(U) 1`` for the unit gradients ``U``), scaled by the sum of the
+    gradients' projections on it. From the Gramian: with ``c = pinv(D^-1 G D^-1) 1`` and
+    ``a = D^-1 c`` (D the gradient norms), ``u = J^T a`` and the update is
+    ``(1^T G a / a^T G a) J^T a``."""
+
+    def weights(state, losses, gram, key):
+        t = gram.shape[0]
+        norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), 0.0))
+        inv = jnp.where(norms > _EPS, 1.0 / jnp.maximum(norms, _EPS), 0.0)
+        units = gram * inv[:, None] * inv[None, :]
+        a = inv * (jnp.linalg.pinv(units, hermitian=True) @ jnp.ones((t,), gram.dtype))
+        return (jnp.sum(gram @ a) / jnp.maximum(a @ gram @ a, _EPS)) * a, state
+
+    return WeightingRule("config", True, False, _stateless, weights)
+
+
+def fairgrad(alpha: float = 1.0, iterations: int = 30) -> WeightingRule:
+    """FairGrad (Ban & Ji, ICML 2024): the alpha-fair weights, ``G w = w^(-1/alpha)``
+    (alpha = 1: proportional fairness, Nash-MTL's equation on the unnormalised Gramian;
+    larger alpha leans toward the worst-off task). Solved on the Gramian divided by its
+    mean diagonal and rescaled, which gives the same ``w`` with better-conditioned steps."""
+    if alpha <= 0:
+        raise ValueError(f"fairgrad needs alpha > 0, got {alpha}")
+
+    def weights(state, losses, gram, key):
+        scale = jnp.maximum(jnp.mean(jnp.diag(gram)), _EPS)
+        w = solvers.fair_weights(gram / scale, alpha, iterations)
+        return w * scale ** (-alpha / (alpha + 1.0)), state
+
+    return WeightingRule("fairgrad", True, False, _stateless, weights)
+
+
 class GradNormState(NamedTuple):
     weights: jax.Array  # (T,) loss weights, summing to T
     initial_losses: jax.Array  # (T,) L_t(0)

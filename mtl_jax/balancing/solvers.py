@@ -123,22 +123,32 @@ def box_qp_weights(gram: jax.Array, lower: jax.Array, sweeps: int = 100) -> jax.
 
 
 def nash_weights(gram: jax.Array, iterations: int = 30, ridge: float = 1e-6) -> jax.Array:
-    """The Nash bargaining solution: ``alpha > 0`` with ``G alpha = 1 / alpha``.
+    """The Nash bargaining solution: ``alpha > 0`` with ``G alpha = 1 / alpha`` (the
+    alpha-fair weights of ``fair_weights`` at alpha = 1)."""
+    return fair_weights(gram, 1.0, iterations, ridge)
 
-    It is the unique minimiser of the strictly convex ``1/2 a^T G a - sum log a``; Newton's
-    method with a fraction-to-the-boundary step keeps ``alpha`` positive and converges
-    quadratically. A tiny ridge keeps the problem bounded when gradients are dependent.
+
+def fair_weights(
+    gram: jax.Array, alpha: float, iterations: int = 30, ridge: float = 1e-6
+) -> jax.Array:
+    """The alpha-fair weights: ``w > 0`` with ``G w = w^(-1/alpha)`` (FairGrad; Nash-MTL's
+    bargaining solution at alpha = 1).
+
+    It is the unique minimiser of the strictly convex ``1/2 w^T G w - sum h(w)`` with
+    ``h' = w^(-1/alpha)`` (``log`` at alpha = 1); Newton's method with a
+    fraction-to-the-boundary step keeps ``w`` positive and converges quadratically. A tiny
+    ridge keeps the problem bounded when gradients are dependent.
     """
     t = gram.shape[0]
     g = gram + ridge * jnp.maximum(jnp.trace(gram) / t, 1e-12) * jnp.eye(t, dtype=gram.dtype)
-    alpha = 1.0 / jnp.sqrt(jnp.maximum(jnp.diag(g), 1e-12))
+    w = jnp.maximum(jnp.diag(g), 1e-12) ** (-alpha / (alpha + 1.0))
 
     def body(_, a):
-        grad = g @ a - 1.0 / a
-        hess = g + jnp.diag(1.0 / (a * a))
+        grad = g @ a - a ** (-1.0 / alpha)
+        hess = g + jnp.diag(a ** (-1.0 / alpha - 1.0) / alpha)
         step = jnp.linalg.solve(hess, grad)
         ratio = jnp.where(step > 0, a / jnp.where(step > 0, step, 1.0), jnp.inf)
         size = jnp.minimum(1.0, 0.99 * jnp.min(ratio))
         return a - size * step
 
-    return jax.lax.fori_loop(0, iterations, body, alpha)
+    return jax.lax.fori_loop(0, iterations, body, w)

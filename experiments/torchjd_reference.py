@@ -1,0 +1,61 @@
+"""Reference outputs of TorchJD's aggregators for tests/test_balancing.py.
+
+  python -m venv /tmp/jdvenv && /tmp/jdvenv/bin/pip install "torchjd[quadprog_projector]==0.18.*" \
+      "qpsolvers[quadprog]"
+  /tmp/jdvenv/bin/python experiments/torchjd_reference.py --out=tests/data/torchjd_0_18.json
+
+Random task-gradient matrices (float64, seeded, so anyone can regenerate them) and what
+TorchJD 0.18 returns for each aggregator we implement independently; the test checks that
+ours agree (cosine >= 0.999 and the same norm to 1e-3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+
+import numpy as np
+
+
+def matrices() -> list[np.ndarray]:
+    out = []
+    for seed in range(8):
+        rng = np.random.default_rng(1000 + seed)
+        t, d = 2 + seed % 4, 7
+        g = rng.normal(size=(t, d)) * rng.uniform(0.3, 3.0, size=(t, 1))
+        out.append(g)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=pathlib.Path, required=True)
+    args = parser.parse_args()
+    import torch
+    import torchjd
+    from torchjd import aggregation as agg
+
+    aggregators = {
+        "config": agg.ConFIG(),
+        "dualproj": agg.DualProj(),
+        "fairgrad_alpha1": agg.FairGrad(alpha=1.0),
+        "fairgrad_alpha2": agg.FairGrad(alpha=2.0),
+        "upgrad": agg.UPGrad(),
+    }
+    cases = []
+    for g in matrices():
+        matrix = torch.tensor(g, dtype=torch.float64)
+        cases.append(
+            {
+                "matrix": g.tolist(),
+                **{name: a(matrix).tolist() for name, a in aggregators.items()},
+            }
+        )
+    version = getattr(torchjd, "__version__", "0.18")
+    args.out.write_text(json.dumps({"torchjd": version, "cases": cases}, indent=1) + "\n")
+    print(f"wrote {len(cases)} cases to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
