@@ -635,3 +635,30 @@ def test_fairgrad_at_alpha_one_is_nash_bargaining_on_the_raw_gramian():
     _, state = combine("fairgrad", g, alpha=1.0)
     w = np.asarray(state.weights, np.float64)
     np.testing.assert_allclose(w * ((g @ g.T) @ w), 1.0, rtol=1e-3)
+
+
+def test_geometric_mean_weights_give_the_gradient_of_the_geometric_mean():
+    """sum_t w_t grad L_t == grad (prod_t L_t)^(1/T), on a toy model with three losses."""
+
+    def losses(x):
+        return jnp.stack([jnp.sum((x - 1.0) ** 2) + 0.1, jnp.sum(jnp.abs(x)) + 2.0,
+                          jnp.exp(x[0]) + x[1] ** 2])  # fmt: skip
+
+    x = jnp.array([0.3, -1.2, 2.0])
+    rule = balancing.make_rule("geometric_mean")
+    w, _ = balancing.compute_weights(rule, balancing.init_state(rule, 3), losses(x), None)
+    weighted = jax.grad(lambda x: jnp.dot(w, losses(x)))(x)
+    direct = jax.grad(lambda x: jnp.prod(losses(x)) ** (1 / 3))(x)
+    np.testing.assert_allclose(weighted, direct, rtol=1e-5)
+
+
+def test_imtl_l_learns_inverse_losses_and_starts_at_one():
+    rule = balancing.make_rule("imtl_l", learning_rate=0.05)
+    state = balancing.init_state(rule, 2)
+    step = jax.jit(lambda s: balancing.compute_weights(rule, s, jnp.array([0.5, 4.0]), None))
+    w, state = step(state)
+    np.testing.assert_allclose(w, [1.0, 1.0])
+    for _ in range(3000):
+        w, state = step(state)
+    # Stationary point of exp(s) L - s is exp(s) = 1 / L: every scaled loss is 1.
+    np.testing.assert_allclose(w, [2.0, 0.25], rtol=2e-2)

@@ -35,6 +35,8 @@ _FACTORIES: dict[str, Callable[..., WeightingRule]] = {
     "dwa": loss_weighting.dwa,
     "rlw": loss_weighting.rlw,
     "famo": loss_weighting.famo,
+    "imtl_l": loss_weighting.imtl_l,
+    "geometric_mean": loss_weighting.geometric_mean,
     "gradnorm": gradient_methods.gradnorm,
     "pcgrad": gradient_methods.pcgrad,
     "gradvac": gradient_methods.gradvac,
@@ -49,7 +51,7 @@ _FACTORIES: dict[str, Callable[..., WeightingRule]] = {
     "fairgrad": gradient_methods.fairgrad,
     "db_mtl": gradient_methods.db_mtl,
 }
-LOSS_METHODS = ("ew", "static", "uw", "dwa", "rlw", "famo")
+LOSS_METHODS = ("ew", "static", "uw", "dwa", "rlw", "famo", "imtl_l", "geometric_mean")
 GRADIENT_METHODS = tuple(n for n in _FACTORIES if n not in LOSS_METHODS)
 
 

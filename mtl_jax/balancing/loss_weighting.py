@@ -131,6 +131,37 @@ def uw(learning_rate: float = 1e-3) -> WeightingRule:
     return WeightingRule("uw", False, True, _learned_init(optimizer), weights)
 
 
+def imtl_l(learning_rate: float = 1e-3) -> WeightingRule:
+    """Loss part of impartial MTL (Liu et al., ICLR 2021): task t's loss becomes
+    ``exp(s_t) L_t - s_t`` with ``s_t`` learned by its own Adam (the paper learns it with the
+    network), so the weight ``exp(s_t)`` tends to ``1 / L_t``: every task's scaled loss
+    settles at 1, whatever its units. Starts at weight 1 (``s = 0``)."""
+    optimizer = optax.adam(learning_rate)
+
+    def weights(state, losses, gram, key):
+        w = jnp.exp(state.values)
+        grad_s = w * losses - 1.0
+        updates, opt_state = optimizer.update(grad_s, state.opt_state, state.values)
+        values = optax.apply_updates(state.values, updates)
+        return w, state._replace(values=values, opt_state=opt_state)
+
+    return WeightingRule("imtl_l", False, True, _learned_init(optimizer), weights)
+
+
+def geometric_mean() -> WeightingRule:
+    """Geometric loss strategy (GLS; Chennupati et al., CVPR-W 2019): minimise the geometric
+    mean of the task losses, ``(prod_t L_t)^(1/T)``, whose gradient weights task t's
+    gradient by ``GM / (T L_t)``: a task whose loss is small relative to the others pulls
+    harder, and the losses' units cancel."""
+
+    def weights(state, losses, gram, key):
+        safe = jnp.maximum(losses, _EPS)
+        gm = jnp.exp(jnp.mean(jnp.log(safe)))
+        return gm / (safe.shape[0] * safe), state
+
+    return WeightingRule("geometric_mean", False, True, _task_count_state, weights)
+
+
 def famo(learning_rate: float = 0.025, gamma: float = 1e-3, min_loss: float = 0.0) -> WeightingRule:
     """Fast adaptive multitask optimisation (Liu et al., NeurIPS 2023).
 
