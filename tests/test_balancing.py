@@ -662,3 +662,46 @@ def test_imtl_l_learns_inverse_losses_and_starts_at_one():
         w, state = step(state)
     # Stationary point of exp(s) L - s is exp(s) = 1 / L: every scaled loss is 1.
     np.testing.assert_allclose(w, [2.0, 0.25], rtol=2e-2)
+
+
+def test_graddrop_keeps_one_sign_per_coordinate_with_the_purity_probability():
+    """Coordinates where the tasks agree in sign pass as their sum; where they disagree,
+    the update is the sum of the positive or of the negative components, the positive one
+    with probability P = (1 + sum g / sum |g|) / 2 (over many draws)."""
+    g = np.array([[1.0, -2.0, 3.0, 0.5], [2.0, -1.0, -1.0, -1.5], [0.5, -0.5, -1.0, 0.0]])
+    positive_sum = np.where(g > 0, g, 0).sum(0)
+    negative_sum = np.where(g < 0, g, 0).sum(0)
+    purity = 0.5 * (1 + g.sum(0) / np.abs(g).sum(0))
+    rule = balancing.make_rule("graddrop")
+    step = jax.jit(lambda s: balancing.combine_task_grads(rule, s, jnp.asarray(g), None))
+    state = balancing.init_state(rule, 3, seed=5)
+    chose_positive = []
+    for _ in range(2000):
+        update, _, _, state = step(state)
+        update = np.asarray(update)
+        np.testing.assert_allclose(update[:2], g[:, :2].sum(0), rtol=1e-6)  # agreeing signs
+        is_pos = np.isclose(update, positive_sum, atol=1e-6)
+        assert np.all(is_pos | np.isclose(update, negative_sum, atol=1e-6)), update
+        chose_positive.append(is_pos[2:])
+    np.testing.assert_allclose(np.mean(chose_positive, axis=0), purity[2:], atol=0.04)
+    leaky = balancing.make_rule("graddrop", leak=1.0)  # nothing dropped: the plain sum
+    update, *_ = balancing.combine_task_grads(leaky, balancing.init_state(leaky, 3), g, None)
+    np.testing.assert_allclose(update, g.sum(0), rtol=1e-6)
+
+
+def test_stch_warms_up_on_log_losses_then_follows_the_smooth_tchebycheff_gradient():
+    rng = np.random.default_rng(2)
+    warmup, mu = 4, 0.5
+    rule = balancing.make_rule("stch", mu=mu, warmup_steps=warmup)
+    state = balancing.init_state(rule, 3)
+    history = rng.uniform(0.2, 3.0, size=(7, 3))
+    for i, losses in enumerate(history):
+        w, state = balancing.compute_weights(rule, state, jnp.asarray(losses), None)
+        if i < warmup:  # the gradient of sum log L
+            np.testing.assert_allclose(w, 1 / losses, rtol=1e-5)
+            continue
+        nadir = history[:warmup].mean(axis=0)
+        scalarised = jax.grad(
+            lambda L, n=nadir: 3 * mu * jax.nn.logsumexp(jnp.log(L / n) / mu)
+        )(jnp.asarray(losses))
+        np.testing.assert_allclose(w, scalarised, rtol=1e-5)

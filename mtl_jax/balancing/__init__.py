@@ -37,6 +37,7 @@ _FACTORIES: dict[str, Callable[..., WeightingRule]] = {
     "famo": loss_weighting.famo,
     "imtl_l": loss_weighting.imtl_l,
     "geometric_mean": loss_weighting.geometric_mean,
+    "stch": loss_weighting.stch,
     "gradnorm": gradient_methods.gradnorm,
     "pcgrad": gradient_methods.pcgrad,
     "gradvac": gradient_methods.gradvac,
@@ -49,9 +50,10 @@ _FACTORIES: dict[str, Callable[..., WeightingRule]] = {
     "dualproj": gradient_methods.dualproj,
     "config": gradient_methods.config,
     "fairgrad": gradient_methods.fairgrad,
+    "graddrop": gradient_methods.graddrop,
     "db_mtl": gradient_methods.db_mtl,
 }
-LOSS_METHODS = ("ew", "static", "uw", "dwa", "rlw", "famo", "imtl_l", "geometric_mean")
+LOSS_METHODS = ("ew", "static", "uw", "dwa", "rlw", "famo", "imtl_l", "geometric_mean", "stch")
 GRADIENT_METHODS = tuple(n for n in _FACTORIES if n not in LOSS_METHODS)
 
 

@@ -249,6 +249,35 @@ def fairgrad(alpha: float = 1.0, iterations: int = 30) -> WeightingRule:
     return WeightingRule("fairgrad", True, False, _stateless, weights)
 
 
+def graddrop(leak: float = 0.0) -> WeightingRule:
+    """Gradient sign dropout (Chen et al., NeurIPS 2020), per trunk parameter coordinate:
+    with sign purity ``P = (1 + sum_t g_t / sum_t |g_t|) / 2`` and ``U ~ Uniform(0, 1)``,
+    keep the tasks' positive components where ``P > U`` and the negative ones otherwise,
+    and sum; ``leak`` in [0, 1] passes that share of every dropped component through.
+    Not a weighting of whole task gradients (the choice is per coordinate), so it uses the
+    contract's ``combine`` hook; the reported weights are ones."""
+    if not 0.0 <= leak <= 1.0:
+        raise ValueError(f"graddrop needs leak in [0, 1], got {leak}")
+
+    def combine(state, task_grads, losses, key):
+        leaves, treedef = jax.tree.flatten(task_grads)
+        keys = jax.random.split(key, len(leaves))
+
+        def drop(g, k):
+            purity = 0.5 * (1.0 + jnp.sum(g, axis=0) / (jnp.sum(jnp.abs(g), axis=0) + 1e-12))
+            positive = purity > jax.random.uniform(k, purity.shape)
+            keep = jnp.where(positive, g > 0, g < 0)
+            return jnp.sum(jnp.where(keep, g, leak * g), axis=0)
+
+        update = jax.tree.unflatten(
+            treedef, [drop(g, k) for g, k in zip(leaves, keys, strict=True)]
+        )
+        t = leaves[0].shape[0]
+        return update, jnp.ones((t,)), jnp.ones((t,)), state
+
+    return WeightingRule("graddrop", True, False, _stateless, None, combine=combine)
+
+
 class GradNormState(NamedTuple):
     weights: jax.Array  # (T,) loss weights, summing to T
     initial_losses: jax.Array  # (T,) L_t(0)

@@ -162,6 +162,37 @@ def geometric_mean() -> WeightingRule:
     return WeightingRule("geometric_mean", False, True, _task_count_state, weights)
 
 
+class STCHState(NamedTuple):
+    loss_sum: jax.Array  # (T,) losses summed over the warm-up steps
+    step: jax.Array
+
+
+def stch(mu: float = 1.0, warmup_steps: int = 100) -> WeightingRule:
+    """Smooth Tchebycheff scalarisation (Lin et al., ICML 2024), as LibMTL runs it: for
+    ``warmup_steps`` steps train on ``sum_t log L_t`` (weights ``1 / L_t``) while averaging
+    the losses into a nadir point ``n``; then minimise
+    ``T mu logsumexp(log(L_t / n_t) / mu)``, whose weights ``T softmax(log(L / n) / mu)_t /
+    L_t`` go mostly to the task furthest above its nadir (mu -> 0: the worst task only)."""
+    if mu <= 0 or warmup_steps < 1:
+        raise ValueError(f"stch needs mu > 0 and warmup_steps >= 1, got {mu}, {warmup_steps}")
+
+    def init(t):
+        return STCHState(jnp.zeros((t,), jnp.float32), jnp.zeros((), jnp.int32))
+
+    def weights(state, losses, gram, key):
+        t = losses.shape[0]
+        safe = jnp.maximum(losses, _EPS)
+        warming = state.step < warmup_steps
+        nadir = state.loss_sum / warmup_steps
+        relative = jnp.log(safe / jnp.maximum(nadir, _EPS))
+        after = t * jax.nn.softmax(relative / mu) / safe
+        w = jnp.where(warming, 1.0 / safe, after)
+        loss_sum = jnp.where(warming, state.loss_sum + losses, state.loss_sum)
+        return w, STCHState(loss_sum, state.step + 1)
+
+    return WeightingRule("stch", False, True, init, weights)
+
+
 def famo(learning_rate: float = 0.025, gamma: float = 1e-3, min_loss: float = 0.0) -> WeightingRule:
     """Fast adaptive multitask optimisation (Liu et al., NeurIPS 2023).
 
