@@ -52,8 +52,21 @@ def main() -> None:
                 **{name: a(matrix).tolist() for name, a in aggregators.items()},
             }
         )
+    # Stateful weightings: the weights after each Gramian of one sequence (3 tasks).
+    rng = np.random.default_rng(77)
+    sequence = [rng.normal(size=(3, 6)) * rng.uniform(0.5, 2.0, size=(3, 1)) for _ in range(12)]
+    gramians = [torch.tensor(g @ g.T, dtype=torch.float64) for g in sequence]
+    stateful = {
+        "modo": agg.MoDoWeighting(gamma=0.1, rho=0.1),
+        "sdmgrad": agg.SDMGradWeighting(lr=10.0, momentum=0.5, n_iter=20, lambda_=0.3),
+    }
+    sequences = {
+        "gramians": [g.tolist() for g in gramians],
+        **{name: [w(g).tolist() for g in gramians] for name, w in stateful.items()},
+    }
     version = getattr(torchjd, "__version__", "0.18")
-    args.out.write_text(json.dumps({"torchjd": version, "cases": cases}, indent=1) + "\n")
+    payload = {"torchjd": version, "cases": cases, "sequences": sequences}
+    args.out.write_text(json.dumps(payload, indent=1) + "\n")
     print(f"wrote {len(cases)} cases to {args.out}")
 
 

@@ -51,6 +51,8 @@ _FACTORIES: dict[str, Callable[..., WeightingRule]] = {
     "config": gradient_methods.config,
     "fairgrad": gradient_methods.fairgrad,
     "graddrop": gradient_methods.graddrop,
+    "modo": gradient_methods.modo,
+    "sdmgrad": gradient_methods.sdmgrad,
     "db_mtl": gradient_methods.db_mtl,
 }
 LOSS_METHODS = ("ew", "static", "uw", "dwa", "rlw", "famo", "imtl_l", "geometric_mean", "stch")

@@ -278,6 +278,57 @@ def graddrop(leak: float = 0.0) -> WeightingRule:
     return WeightingRule("graddrop", True, False, _stateless, None, combine=combine)
 
 
+def _uniform(t: int) -> jax.Array:
+    return jnp.full((t,), 1.0 / t, jnp.float32)
+
+
+def modo(gamma: float = 0.1, rho: float = 0.1) -> WeightingRule:
+    """MoDo (Chen et al., JMLR 2024): the weights follow one projected-gradient step per
+    training step, ``lambda <- P_simplex(lambda - gamma (G lambda + rho lambda))``, on the
+    unnormalised Gramian (gamma is in its units). The paper takes ``G`` from two independent
+    batches; here, as for every Gramian method, it is the one batch's ``J J^T``."""
+    if gamma <= 0 or rho < 0:
+        raise ValueError(f"modo needs gamma > 0 and rho >= 0, got {gamma}, {rho}")
+
+    def weights(state, losses, gram, key):
+        lam = solvers.project_to_simplex(state - gamma * (gram @ state + rho * state))
+        return lam, lam
+
+    return WeightingRule("modo", True, False, _uniform, weights)
+
+
+def sdmgrad(
+    lambda_: float = 0.3, lr: float = 10.0, momentum: float = 0.5, iterations: int = 20
+) -> WeightingRule:
+    """SDMGrad (Xiao et al., NeurIPS 2023): ``iterations`` steps of projected SGD with
+    momentum on ``w -> 1/2 ||J^T (w + lambda_ / T)||^2`` over the simplex, warm-started
+    from the last step's ``w``, on the Gramian divided by the squared mean gradient norm (as
+    the authors' code and LibMTL do); the update is ``J^T (w + lambda_ / T) / (1 + lambda_)``,
+    pulled toward the mean gradient by ``lambda_``. One batch's Gramian, as for MoDo."""
+    if lambda_ < 0 or lr <= 0 or not 0 <= momentum < 1 or iterations < 1:
+        raise ValueError(
+            "sdmgrad needs lambda_ >= 0, lr > 0, momentum in [0, 1) and iterations >= 1, got "
+            f"{lambda_}, {lr}, {momentum}, {iterations}"
+        )
+
+    def weights(state, losses, gram, key):
+        t = gram.shape[0]
+        pref = jnp.full((t,), 1.0 / t, gram.dtype)
+        scale = jnp.mean(jnp.sqrt(jnp.maximum(jnp.diag(gram), 0.0)))
+        a = gram / (scale**2 + 1e-8)
+
+        def body(i, carry):
+            w, velocity = carry
+            grad = a @ (w + lambda_ * pref)
+            velocity = jnp.where(i == 0, grad, momentum * velocity + grad)
+            return solvers.project_to_simplex(w - lr * velocity), velocity
+
+        w, _ = jax.lax.fori_loop(0, iterations, body, (state, jnp.zeros_like(state)))
+        return (w + lambda_ * pref) / (1.0 + lambda_), w
+
+    return WeightingRule("sdmgrad", True, False, _uniform, weights)
+
+
 class GradNormState(NamedTuple):
     weights: jax.Array  # (T,) loss weights, summing to T
     initial_losses: jax.Array  # (T,) L_t(0)
