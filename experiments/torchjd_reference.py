@@ -60,9 +60,16 @@ def main() -> None:
         "modo": agg.MoDoWeighting(gamma=0.1, rho=0.1),
         "sdmgrad": agg.SDMGradWeighting(lr=10.0, momentum=0.5, n_iter=20, lambda_=0.3),
     }
+    excess = {
+        "excess_mtl": agg.ExcessMTL(robust_step_size=1.0, n_warmup_steps=0),
+        "excess_mtl_warmup3": agg.ExcessMTL(robust_step_size=0.5, n_warmup_steps=3),
+    }
+    matrices_t = [torch.tensor(g, dtype=torch.float64) for g in sequence]
     sequences = {
         "gramians": [g.tolist() for g in gramians],
+        "matrices": [g.tolist() for g in sequence],
         **{name: [w(g).tolist() for g in gramians] for name, w in stateful.items()},
+        **{name: [a(m).tolist() for m in matrices_t] for name, a in excess.items()},
     }
     version = getattr(torchjd, "__version__", "0.18")
     payload = {"torchjd": version, "cases": cases, "sequences": sequences}

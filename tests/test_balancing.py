@@ -721,3 +721,40 @@ def test_stateful_weightings_match_torchjd_step_by_step(name):
         # round-off: the same recurrence in float64 numpy matches TorchJD to 1e-12, in
         # float32 numpy it drifts by up to 1.3e-3 on this sequence.
         np.testing.assert_allclose(w, expected, atol=2e-5 if name == "modo" else 2e-3)
+
+
+@pytest.mark.parametrize(
+    "key, kwargs",
+    [("excess_mtl", {}), ("excess_mtl_warmup3", {"robust_step_size": 0.5, "warmup_steps": 3})],
+)
+def test_excess_mtl_matches_torchjd_step_by_step(key, kwargs):
+    """The update after each task-gradient matrix of a 12-step sequence, against TorchJD
+    0.18's ExcessMTL fed the same (its AdaGrad state is per parameter and per task)."""
+    sequence = TORCHJD["sequences"]
+    matrices = [jnp.asarray(m, jnp.float32) for m in sequence["matrices"]]
+    tx = balancing.make("excess_mtl", 3, **kwargs)
+    state = tx.init(matrices[0][0])
+    update_fn = jax.jit(tx.update)
+    for matrix, expected in zip(matrices, sequence[key], strict=True):
+        update, state = update_fn(matrix, state)
+        np.testing.assert_allclose(update, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_moco_follows_its_recurrence():
+    """Against a numpy transcription of MoCo's updates (LibMTL's form) over 10 steps of
+    changing task gradients and losses."""
+    rng = np.random.default_rng(9)
+    t, d = 3, 6
+    tx = balancing.make("moco", t)
+    state = tx.init(jnp.zeros((d,)))
+    update_fn = jax.jit(lambda g, s, losses: tx.update(g, s, task_losses=losses))
+    y, lam = np.zeros((t, d)), np.full(t, 1 / t)
+    for k in range(1, 11):
+        g = rng.normal(size=(t, d))
+        losses = rng.uniform(0.5, 2.0, size=t)
+        update, state = update_fn(jnp.asarray(g, jnp.float32), state, jnp.asarray(losses))
+        scaled = g / (np.linalg.norm(g, axis=1, keepdims=True) + 1e-8) * losses[:, None]
+        y = y - 0.5 / k**0.5 * (y - scaled)
+        z = lam - 0.1 / k**0.5 * (y @ y.T) @ lam
+        lam = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+        np.testing.assert_allclose(update, y.T @ lam, rtol=1e-4, atol=1e-6)

@@ -53,6 +53,8 @@ _FACTORIES: dict[str, Callable[..., WeightingRule]] = {
     "graddrop": gradient_methods.graddrop,
     "modo": gradient_methods.modo,
     "sdmgrad": gradient_methods.sdmgrad,
+    "excess_mtl": gradient_methods.excess_mtl,
+    "moco": gradient_methods.moco,
     "db_mtl": gradient_methods.db_mtl,
 }
 LOSS_METHODS = ("ew", "static", "uw", "dwa", "rlw", "famo", "imtl_l", "geometric_mean", "stch")

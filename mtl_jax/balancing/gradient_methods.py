@@ -9,14 +9,14 @@ gradients exist) and exact under data parallelism (the Gramian of the global bat
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from mtl_jax.balancing import solvers
-from mtl_jax.balancing.core import WeightingRule, normalized
+from mtl_jax.balancing.core import WeightingRule, normalized, weighted_sum
 
 _EPS = 1e-12
 
@@ -327,6 +327,127 @@ def sdmgrad(
         return (w + lambda_ * pref) / (1.0 + lambda_), w
 
     return WeightingRule("sdmgrad", True, False, _uniform, weights)
+
+
+class ExcessMTLState(NamedTuple):
+    sq_sum: Any  # task-leading squared gradients summed over steps (AdaGrad's diagonal)
+    warmup_sum: jax.Array  # (T,) excess risks summed over the warm-up
+    initial: jax.Array  # (T,) the baseline excess risk each later one is divided by
+    has_initial: jax.Array
+    weights: jax.Array  # (T,)
+    step: jax.Array
+
+
+def excess_mtl(robust_step_size: float = 1.0, warmup_steps: int = 0) -> WeightingRule:
+    """ExcessMTL (He et al., ICML 2024): task t's excess risk is estimated as
+    ``g_t^T H_t^-1 g_t`` with AdaGrad's diagonal ``H_t = sqrt(sum of g_t^2 so far)`` over the
+    routed parameters, divided by its baseline (the mean over ``warmup_steps`` uniform-weight
+    steps, or the first step's), and the weights take an exponentiated-gradient step toward
+    the tasks with the largest excess (``robust_step_size``). Needs per-parameter state, so
+    it uses the ``combine`` hook, as TorchJD's aggregator of the same name does."""
+    if robust_step_size <= 0 or warmup_steps < 0:
+        raise ValueError(
+            f"excess_mtl needs robust_step_size > 0, warmup_steps >= 0; got "
+            f"{robust_step_size}, {warmup_steps}"
+        )
+
+    def init(t, params):
+        zeros = jnp.zeros((t,), jnp.float32)
+        return ExcessMTLState(
+            jax.tree.map(lambda p: jnp.zeros((t, *p.shape), jnp.float32), params),
+            zeros,
+            zeros,
+            jnp.zeros((), bool),
+            jnp.full((t,), 1.0 / t, jnp.float32),
+            jnp.zeros((), jnp.int32),
+        )
+
+    def combine(state, task_grads, losses, key):
+        sq = jax.tree.map(jnp.square, task_grads)
+        sq_sum = jax.tree.map(jnp.add, state.sq_sum, sq)
+        excess = sum(
+            jnp.sum((s / jnp.sqrt(h + 1e-7)).reshape(s.shape[0], -1), axis=1)
+            for s, h in zip(jax.tree.leaves(sq), jax.tree.leaves(sq_sum), strict=True)
+        )
+        warming = state.step < warmup_steps
+        first = ~warming & ~state.has_initial
+        baseline = state.warmup_sum / warmup_steps if warmup_steps > 0 else excess
+        initial = jnp.where(first, baseline, state.initial)
+        raw = first & (warmup_steps == 0)  # no warm-up: the first step's excess, unscaled
+        scaled = jnp.where(raw, excess, excess / (initial + 1e-7))
+        stepped = jax.nn.softmax(jnp.log(state.weights) + robust_step_size * scaled)
+        weights = jnp.where(warming, state.weights, stepped)
+        update = weighted_sum(task_grads, weights)
+        t = weights.shape[0]
+        return (
+            update,
+            weights,
+            jnp.ones((t,)),
+            ExcessMTLState(
+                sq_sum,
+                jnp.where(warming, state.warmup_sum + excess, state.warmup_sum),
+                initial,
+                state.has_initial | ~warming,
+                weights,
+                state.step + 1,
+            ),
+        )
+
+    return WeightingRule(
+        "excess_mtl", True, False, init, None, combine=combine, init_needs_params=True
+    )
+
+
+class MoCoState(NamedTuple):
+    tracked: Any  # task-leading moving averages of the (rescaled) task gradients
+    lambdas: jax.Array  # (T,) on the simplex
+    step: jax.Array
+
+
+def moco(
+    beta: float = 0.5,
+    beta_sigma: float = 0.5,
+    gamma: float = 0.1,
+    gamma_sigma: float = 0.5,
+    rho: float = 0.0,
+) -> WeightingRule:
+    """MoCo (Fernando et al., ICLR 2023), as LibMTL runs it: each task gradient rescaled to
+    its loss (``g_t L_t / ||g_t||``) is tracked by a moving average ``y_t`` (rate
+    ``beta / k^beta_sigma`` at step k), the weights take a step ``lambda <- softmax(lambda -
+    gamma / k^gamma_sigma (Y Y^T + rho I) lambda)``, and the update is ``Y^T lambda``: a
+    min-norm direction of the tracked gradients, whose bias shrinks as the averages settle.
+    Per-parameter state, so it uses the ``combine`` hook."""
+
+    def init(t, params):
+        return MoCoState(
+            jax.tree.map(lambda p: jnp.zeros((t, *p.shape), jnp.float32), params),
+            jnp.full((t,), 1.0 / t, jnp.float32),
+            jnp.zeros((), jnp.int32),
+        )
+
+    def combine(state, task_grads, losses, key):
+        step = state.step + 1
+        k = step.astype(jnp.float32)
+        t = losses.shape[0]
+        norms = jnp.sqrt(
+            sum(jnp.sum(g.reshape(t, -1) ** 2, axis=1) for g in jax.tree.leaves(task_grads))
+        )
+        scale = losses / (norms + 1e-8)
+        rate = beta / k**beta_sigma
+        tracked = jax.tree.map(
+            lambda y, g: y - rate * (y - g * scale.reshape((-1,) + (1,) * (g.ndim - 1))),
+            state.tracked,
+            task_grads,
+        )
+        gram = sum(f @ f.T for f in (y.reshape(t, -1) for y in jax.tree.leaves(tracked)))
+        step_size = gamma / k**gamma_sigma
+        lambdas = jax.nn.softmax(
+            state.lambdas - step_size * (gram + rho * jnp.eye(t)) @ state.lambdas
+        )
+        update = weighted_sum(tracked, lambdas)
+        return update, lambdas, jnp.ones((t,)), MoCoState(tracked, lambdas, step)
+
+    return WeightingRule("moco", True, True, init, None, combine=combine, init_needs_params=True)
 
 
 class GradNormState(NamedTuple):
