@@ -72,7 +72,7 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> dict[s
         k: (a.get(k, "<absent>"), b.get(k, "<absent>"))
         for k in sorted(set(a) | set(b))
         if k not in RESUMABLE_KEYS
-        and not k.startswith(("mesh.", "guards."))
+        and not k.startswith(("mesh.", "guards.", "metrics."))
         and a.get(k) != b.get(k)
     }
 

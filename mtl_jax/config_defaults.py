@@ -128,6 +128,10 @@ def base_config(
     )
     # Top-k evaluation over the whole catalogue (datasets with one, e.g. MovieLens).
     c.ranking = ranking.default_config(tasks)
+    # Extra test metrics of binary tasks in results.json's test_binary: GAUC grouped by
+    # gauc_group ("auto": user_id where the dataset has it; "": none), and precision,
+    # recall and F1 of predicting positive at probability >= threshold.
+    c.metrics = ml_collections.ConfigDict(dict(gauc_group="auto", threshold=0.5))
     # Pretrained sentence embeddings of each id's text (e.g. item_id -> "Toy Story (1995)"),
     # projected into the embedding layer; see mtl_jax/text. model_dir '' = the default
     # all-MiniLM-L6-v2 (HF cache, or fetched from PyPI). mode "frozen": vectors computed

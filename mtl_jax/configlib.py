@@ -332,6 +332,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "guards.divergence_window",
         f"must be >= 1, got {g.divergence_window}",
     )
+    _range(config, "metrics.threshold", 0, 1, "(0, 1)")
     _require(len(config.tasks) >= 1, "tasks", "needs at least one task")
     _require(len(set(config.tasks)) == len(config.tasks), "tasks", f"duplicates in {config.tasks}")
 
@@ -361,6 +362,12 @@ def validate_against_dataset(config: ml_collections.ConfigDict, dataset: MultiTa
             "input_features",
             f"{name!r} is also a prediction target; withhold it from the inputs",
         )
+    group = config.metrics.gauc_group
+    _require(
+        group in ("auto", "") or group in feature_names,
+        "metrics.gauc_group",
+        f"unknown feature {group!r}; valid: 'auto', '' (none) or one of {feature_names}",
+    )
     for name in config.tasks:
         try:
             with_loss_options(

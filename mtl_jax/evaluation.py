@@ -63,6 +63,42 @@ def calibration(
     return out
 
 
+def gauc_group(setting: str, split: Split) -> str:
+    """The feature GAUC groups by: ``setting``, or for "auto" ``user_id`` when the split has
+    it ('' = no GAUC)."""
+    if setting == "auto":
+        return "user_id" if "user_id" in split.features else ""
+    return setting
+
+
+def binary_task_metrics(
+    tasks: Sequence[TaskSpec],
+    split: Split,
+    predictions: dict[str, np.ndarray],
+    threshold: float,
+    group: str = "",
+) -> dict[str, dict[str, float]]:
+    """Per binary task: GAUC over ``group`` (when given), and precision, recall and F1 of
+    predicting positive at probability >= ``threshold``."""
+    out = {}
+    for t in tasks:
+        if t.kind != "binary":
+            continue
+        mask = split.masks[t.name] > 0
+        labels, probs = split.labels[t.name][mask], predictions[t.name][mask]
+        m = {}
+        if group:
+            m["gauc"] = metrics_lib.gauc(labels, probs, split.features[group][mask])
+        m.update(
+            {
+                f"{k}@{threshold:g}": v
+                for k, v in metrics_lib.precision_recall_f1(labels, probs, threshold).items()
+            }  # fmt: skip
+        )
+        out[t.name] = m
+    return out
+
+
 def score_task(task: TaskSpec, split: Split, predictions: np.ndarray) -> dict[str, float]:
     mask = split.masks[task.name] > 0
     return tasks_lib.evaluate(task, split.labels[task.name][mask], predictions[mask])
@@ -128,14 +164,19 @@ def final_results(
         name = task.name
         ref = f"  oracle {_fmt(oracle[name])}" if name in oracle else ""
         log.info("  %-9s %s  | trivial %s%s", name, _fmt(test[name]), _fmt(trivial[name]), ref)
-    results["calibration"] = calibration(
-        trainer.tasks, dataset.test, trainer.predict(best_params, dataset.test)[0]
-    )
+    test_predictions = trainer.predict(best_params, dataset.test)[0]
+    results["calibration"] = calibration(trainer.tasks, dataset.test, test_predictions)
     for name, c in results["calibration"].items():
         log.info(
             "  %-9s calibration: ECE %.4f, predicted/observed %.3f",
             name, c["ece"], c["predicted_over_observed"],
         )  # fmt: skip
+    group = gauc_group(config.metrics.gauc_group, dataset.test)
+    results["test_binary"] = binary_task_metrics(
+        trainer.tasks, dataset.test, test_predictions, config.metrics.threshold, group
+    )
+    for name, m in results["test_binary"].items():
+        log.info("  %-9s %s", name, " ".join(f"{k}={v:.4f}" for k, v in m.items()))
     for split_name, subsets in (
         ("validation", dataset.validation_subsets),
         ("test", dataset.test_subsets),

@@ -56,6 +56,45 @@ def auc(labels: np.ndarray, predictions: np.ndarray) -> float:
     return float(u / (n_pos * n_neg))
 
 
+def gauc(labels: np.ndarray, predictions: np.ndarray, groups: np.ndarray) -> float:
+    """Group AUC, as CTR papers report it: each group's (user's) AUC weighted by its
+    number of impressions; groups with one class only (AUC undefined) are skipped. NaN if
+    no group has both classes."""
+    labels = _as_1d("labels", labels).astype(bool)
+    predictions = _as_1d("predictions", predictions).astype(np.float64)
+    groups = _as_1d("groups", groups)
+    _check_same_length(labels, predictions)
+    _check_same_length(labels, groups)
+    order = np.argsort(groups, kind="stable")
+    bounds = np.flatnonzero(np.diff(groups[order])) + 1
+    total = weight = 0.0
+    for rows in np.split(order, bounds):
+        positives = int(labels[rows].sum())
+        if 0 < positives < len(rows):
+            total += len(rows) * auc(labels[rows], predictions[rows])
+            weight += len(rows)
+    return float(total / weight) if weight else float("nan")
+
+
+def precision_recall_f1(
+    labels: np.ndarray, predictions: np.ndarray, threshold: float = 0.5
+) -> dict[str, float]:
+    """Precision, recall and F1 of predicting positive where the probability is >=
+    ``threshold`` (NaN where a ratio's denominator is 0)."""
+    labels = _as_1d("labels", labels).astype(bool)
+    predicted = _as_1d("predictions", predictions) >= threshold
+    _check_same_length(labels, predicted)
+    tp = float(np.sum(predicted & labels))
+    precision = tp / predicted.sum() if predicted.any() else float("nan")
+    recall = tp / labels.sum() if labels.any() else float("nan")
+    f1 = (
+        2 * tp / (predicted.sum() + labels.sum())
+        if (predicted.any() or labels.any())
+        else float("nan")
+    )
+    return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
+
+
 def logloss(labels: np.ndarray, predictions: np.ndarray) -> float:
     """Binary cross-entropy of probabilities, clipped away from 0 and 1.
 
@@ -208,6 +247,19 @@ def ndcg_at_k(ranked: np.ndarray, relevant: np.ndarray) -> float:
     dcg = hits @ discounts
     ideal = np.cumsum(discounts)[np.minimum(counts, k) - 1]
     return float(np.mean(dcg / ideal))
+
+
+def precision_at_k(ranked: np.ndarray, relevant: np.ndarray) -> float:
+    """Mean over users (with any relevant item) of |top-k ∩ relevant| / k."""
+    hits, _ = _hits(ranked, relevant)
+    return float(np.mean(hits.mean(axis=1)))
+
+
+def mrr_at_k(ranked: np.ndarray, relevant: np.ndarray) -> float:
+    """Mean reciprocal rank of each user's first relevant item in the top k (0 if none)."""
+    hits, _ = _hits(ranked, relevant)
+    first = np.argmax(hits, axis=1)
+    return float(np.mean(np.where(hits.any(axis=1), 1.0 / (first + 1), 0.0)))
 
 
 def catalogue_coverage(ranked: np.ndarray, num_items: int) -> float:

@@ -150,6 +150,8 @@ def evaluate_ranking(
             f"recall@{c.k}": metrics.recall_at_k(ranked, relevant),
             f"ndcg@{c.k}": metrics.ndcg_at_k(ranked, relevant),
             f"hr@{c.k}": metrics.hit_rate_at_k(ranked, relevant),
+            f"precision@{c.k}": metrics.precision_at_k(ranked, relevant),
+            f"mrr@{c.k}": metrics.mrr_at_k(ranked, relevant),
             f"coverage@{c.k}": metrics.catalogue_coverage(ranked, len(items)),
             f"ild@{c.k}": metrics.intra_list_diversity(ranked, attributes),
             "long_tail_share": metrics.long_tail_share(ranked, is_head),

@@ -82,3 +82,57 @@ def test_micro_and_macro_auc_match_sklearn_definitions():
     assert metrics.macro_auc(labels, scores) == pytest.approx(np.mean(per_label), abs=1e-12)
     with pytest.raises(ValueError, match=r"\(60, 4\) vs \(60, 3\)"):
         metrics.macro_auc(labels, scores[:, :3])
+
+
+# --- GAUC, precision/recall/F1, precision@k and MRR against brute force -----------------
+
+
+def _brute_auc(labels, scores):
+    pos = [s for s, y in zip(scores, labels, strict=True) if y]
+    neg = [s for s, y in zip(scores, labels, strict=True) if not y]
+    pairs = [(p > n) + 0.5 * (p == n) for p in pos for n in neg]
+    return sum(pairs) / len(pairs)
+
+
+def test_gauc_weights_each_users_auc_by_impressions_and_skips_one_class_users():
+    rng = np.random.default_rng(0)
+    groups = rng.integers(0, 12, size=300)
+    labels = rng.random(300) < 0.3
+    scores = np.round(rng.random(300) + 0.4 * labels, 1)  # ties included
+    labels[groups == 3] = True  # a user with only positives: skipped
+    labels[groups == 4] = False  # and one with only negatives
+    total = weight = 0.0
+    for g in np.unique(groups):
+        y, s = labels[groups == g], scores[groups == g]
+        if 0 < y.sum() < len(y):
+            total += len(y) * _brute_auc(y, s)
+            weight += len(y)
+    assert metrics.gauc(labels, scores, groups) == pytest.approx(total / weight)
+    assert np.isnan(metrics.gauc([1, 1, 0], [0.2, 0.3, 0.1], [0, 0, 1]))
+
+
+def test_precision_recall_f1_at_a_threshold():
+    labels = np.array([1, 1, 0, 0, 1, 0])
+    probs = np.array([0.9, 0.4, 0.6, 0.1, 0.7, 0.3])
+    got = metrics.precision_recall_f1(labels, probs, threshold=0.5)
+    tp, fp, fn = 2, 1, 1  # predicted positive: 0.9, 0.6, 0.7
+    assert got["precision"] == pytest.approx(tp / (tp + fp))
+    assert got["recall"] == pytest.approx(tp / (tp + fn))
+    assert got["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert metrics.precision_recall_f1(labels, probs, threshold=0.35)["recall"] == 1.0
+
+
+def test_precision_at_k_and_mrr_match_loops():
+    rng = np.random.default_rng(3)
+    relevant = rng.random((20, 30)) < 0.1
+    relevant[0] = False  # a user without relevant items does not count
+    ranked = np.argsort(-rng.random((20, 30)), axis=1)[:, :5]
+    precisions, reciprocal = [], []
+    for user in range(20):
+        if not relevant[user].any():
+            continue
+        hits = [relevant[user, i] for i in ranked[user]]
+        precisions.append(sum(hits) / 5)
+        reciprocal.append(next((1 / (r + 1) for r, h in enumerate(hits) if h), 0.0))
+    assert metrics.precision_at_k(ranked, relevant) == pytest.approx(np.mean(precisions))
+    assert metrics.mrr_at_k(ranked, relevant) == pytest.approx(np.mean(reciprocal))

@@ -457,3 +457,19 @@ def test_steps_per_dispatch_must_divide_the_loop_cadence(tmp_path):
     assert train_and_evaluate(small, str(tmp_path / "r"), max_steps_this_run=8) is None
     with pytest.raises(ConfigError, match="is at step 8, not a multiple of 5"):
         train_and_evaluate(config, str(tmp_path / "r"))
+
+
+def test_results_hold_gauc_and_threshold_metrics_of_binary_tasks(tmp_path):
+    config = tiny_config(num_steps=5, eval_every=5, checkpoint_every=5, log_every=5)
+    config.metrics.threshold = 0.3
+    results = train_and_evaluate(config, str(tmp_path / "a"))
+    binary = results["test_binary"]
+    assert set(binary) == {"click", "purchase"}  # the binary tasks only
+    for values in binary.values():
+        assert set(values) == {"gauc", "precision@0.3", "recall@0.3", "f1@0.3"}
+        assert 0.0 <= values["gauc"] <= 1.0
+    config.metrics.gauc_group = ""
+    assert "gauc" not in train_and_evaluate(config, str(tmp_path / "b"))["test_binary"]["click"]
+    config.metrics.gauc_group = "usr_id"
+    with pytest.raises(ConfigError, match="metrics.gauc_group: unknown feature 'usr_id'"):
+        train_and_evaluate(config, str(tmp_path / "c"))
