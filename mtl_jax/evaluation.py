@@ -46,21 +46,25 @@ def task_metrics(
     }
 
 
+def _binary_tasks(tasks: Sequence[TaskSpec], split: Split, predictions: dict[str, np.ndarray]):
+    """(task, labelled-row mask, labels, probabilities) of every binary task on ``split``."""
+    for t in tasks:
+        if t.kind == "binary":
+            mask = split.masks[t.name] > 0
+            yield t, mask, split.labels[t.name][mask], predictions[t.name][mask]
+
+
 def calibration(
     tasks: Sequence[TaskSpec], split: Split, predictions: dict[str, np.ndarray]
 ) -> dict[str, dict[str, float]]:
     """ECE and predicted / observed rate of every binary task on ``split``."""
-    out = {}
-    for t in tasks:
-        if t.kind != "binary":
-            continue
-        mask = split.masks[t.name] > 0
-        labels, probs = split.labels[t.name][mask], predictions[t.name][mask]
-        out[t.name] = {
+    return {
+        t.name: {
             "ece": metrics_lib.expected_calibration_error(labels, probs),
             "predicted_over_observed": metrics_lib.predicted_over_observed(labels, probs),
         }
-    return out
+        for t, _, labels, probs in _binary_tasks(tasks, split, predictions)
+    }
 
 
 def gauc_group(setting: str, split: Split) -> str:
@@ -81,21 +85,10 @@ def binary_task_metrics(
     """Per binary task: GAUC over ``group`` (when given), and precision, recall and F1 of
     predicting positive at probability >= ``threshold``."""
     out = {}
-    for t in tasks:
-        if t.kind != "binary":
-            continue
-        mask = split.masks[t.name] > 0
-        labels, probs = split.labels[t.name][mask], predictions[t.name][mask]
-        m = {}
-        if group:
-            m["gauc"] = metrics_lib.gauc(labels, probs, split.features[group][mask])
-        m.update(
-            {
-                f"{k}@{threshold:g}": v
-                for k, v in metrics_lib.precision_recall_f1(labels, probs, threshold).items()
-            }  # fmt: skip
-        )
-        out[t.name] = m
+    for t, mask, labels, probs in _binary_tasks(tasks, split, predictions):
+        m = {"gauc": metrics_lib.gauc(labels, probs, split.features[group][mask])} if group else {}
+        scores = metrics_lib.precision_recall_f1(labels, probs, threshold)
+        out[t.name] = {**m, **{f"{k}@{threshold:g}": v for k, v in scores.items()}}
     return out
 
 
