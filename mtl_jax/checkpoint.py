@@ -65,6 +65,28 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# Keys added after checkpoints were already being written, with the value that behaves as
+# the code did before them: a checkpoint without the key resumes under that value.
+ADDED_KEYS = {
+    "balancing.task_gradients": "batched",
+    "balancing.gramian_at": "trunk",
+    "optim.schedule": "warmup_cosine",
+    "optim.end_fraction": 0.01,
+    "optim.decay_rate": 0.1,
+    "optim.decay_steps": 0,
+    "optim.step_boundaries": [0.5, 0.75],
+    "optim.step_factor": 0.1,
+}
+
+
+def _as_before(key: str, value: Any) -> bool:
+    """Whether ``value`` of a key a checkpoint lacks behaves as the code that wrote it: an
+    added key at its backward-compatible value, or a method kwarg left to its default."""
+    if key in ADDED_KEYS:
+        return value == ADDED_KEYS[key]
+    return key.startswith("balancing.") and value is None
+
+
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple]:
     """``{key: (saved value, current value)}`` for keys that differ and matter for resume."""
     a, b = _flatten(saved), _flatten(current)
@@ -74,6 +96,7 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> dict[s
         if k not in RESUMABLE_KEYS
         and not k.startswith(("mesh.", "guards.", "metrics."))
         and a.get(k) != b.get(k)
+        and not (k not in a and _as_before(k, b.get(k)))
     }
 
 

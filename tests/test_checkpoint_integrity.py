@@ -280,3 +280,23 @@ def test_a_damaged_best_falls_back_to_the_previous_best(tmp_path, caplog):
     with pytest.raises(NoIntactCheckpointError, match="no intact best checkpoint up to step 1"):
         ckpt.restore_best(_abstract(_state(1)["params"]))
     ckpt.close()
+
+
+def test_keys_added_since_a_checkpoint_resume_at_their_former_behaviour():
+    """A checkpoint written before a key existed resumes when the key holds the value that
+    behaves as the old code did (or a method kwarg is left to its default); any other value
+    is a change and is named."""
+    from mtl_jax.checkpoint import config_differences
+
+    saved = {"optim": {"learning_rate": 0.1}, "balancing": {"method": "pcgrad"}}
+    now = {
+        "optim": {"learning_rate": 0.1, "schedule": "warmup_cosine", "step_factor": 0.1},
+        "balancing": {"method": "pcgrad", "gramian_at": "trunk", "mu": None},
+    }
+    assert config_differences(saved, now) == {}
+    now["optim"]["schedule"] = "linear"
+    now["balancing"]["mu"] = 0.5
+    assert config_differences(saved, now) == {
+        "balancing.mu": ("<absent>", 0.5),
+        "optim.schedule": ("<absent>", "linear"),
+    }
