@@ -30,22 +30,26 @@ def compile_train_step(
     mesh = parallel.make_mesh(num_devices, model=config.mesh.model if model is None else model)
     trainer = Trainer(config, dataset, mesh=mesh)
     batch = next(trainer.train_iterator(num_steps=1))
-    sharding = parallel.batch_sharding(mesh)
     processes = jax.process_count()  # the iterator yields this process's rows only
+    k = trainer.steps_per_dispatch  # the loop's call: one step, or k over stacked batches
+    sharding = parallel.batch_sharding(mesh) if k == 1 else parallel.stacked_batch_sharding(mesh)
+    stack = () if k == 1 else (k,)
     abstract_batch = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(
-            (x.shape[0] * processes, *x.shape[1:]), x.dtype, sharding=sharding
+            (*stack, x.shape[0] * processes, *x.shape[1:]), x.dtype, sharding=sharding
         ),
         batch,
     )
+    step_fn = trainer.train_step if k == 1 else trainer.train_steps
     start = time.perf_counter()
-    compiled = trainer.train_step.lower(trainer.abstract_state, abstract_batch).compile()
+    compiled = step_fn.lower(trainer.abstract_state, abstract_batch).compile()
     compile_s = time.perf_counter() - start
     report: dict[str, Any] = {
         "devices": mesh.size,
         "mesh": dict(mesh.shape),
         "device_kind": jax.devices()[0].device_kind,
         "global_batch": config.train.batch_size,
+        "steps_per_dispatch": k,
         "params": int(sum(x.size for x in jax.tree.leaves(trainer.abstract_state.params))),
         "compile_s": compile_s,
     }
