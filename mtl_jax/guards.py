@@ -118,7 +118,8 @@ class StepGuard:
     def _judge(self, step: int, metrics: dict) -> None:
         loss, applied = jax.device_get((metrics["loss"], metrics["applied"]))
         if not metrics.get("_stacked"):
-            loss, applied, index = loss[None], applied[None], (lambda i: ())
+            loss, applied = np.atleast_1d(loss), np.atleast_1d(applied)
+            index = lambda i: ()
         else:
             index = lambda i: (i,)
         first = step - len(loss) + 1

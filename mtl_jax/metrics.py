@@ -80,19 +80,18 @@ def precision_recall_f1(
     labels: np.ndarray, predictions: np.ndarray, threshold: float = 0.5
 ) -> dict[str, float]:
     """Precision, recall and F1 of predicting positive where the probability is >=
-    ``threshold`` (NaN where a ratio's denominator is 0)."""
+    ``threshold``; a ratio whose denominator is 0 is 0 (scikit-learn's ``zero_division=0``),
+    so a model that never predicts a rare positive scores 0, not NaN."""
     labels = _as_1d("labels", labels).astype(bool)
     predicted = _as_1d("predictions", predictions) >= threshold
     _check_same_length(labels, predicted)
     tp = float(np.sum(predicted & labels))
-    precision = tp / predicted.sum() if predicted.any() else float("nan")
-    recall = tp / labels.sum() if labels.any() else float("nan")
-    f1 = (
-        2 * tp / (predicted.sum() + labels.sum())
-        if (predicted.any() or labels.any())
-        else float("nan")
-    )
-    return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
+    n_predicted, n_positive = float(predicted.sum()), float(labels.sum())
+    return {
+        "precision": tp / n_predicted if n_predicted else 0.0,
+        "recall": tp / n_positive if n_positive else 0.0,
+        "f1": 2 * tp / (n_predicted + n_positive) if n_predicted + n_positive else 0.0,
+    }
 
 
 def logloss(labels: np.ndarray, predictions: np.ndarray) -> float:

@@ -120,6 +120,8 @@ def test_precision_recall_f1_at_a_threshold():
     assert got["recall"] == pytest.approx(tp / (tp + fn))
     assert got["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
     assert metrics.precision_recall_f1(labels, probs, threshold=0.35)["recall"] == 1.0
+    nothing = metrics.precision_recall_f1(labels, probs, threshold=0.95)  # none predicted
+    assert nothing == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
 
 
 def test_precision_at_k_and_mrr_match_loops():
