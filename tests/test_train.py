@@ -141,7 +141,7 @@ def test_scoped_gramian_step_matches_per_task_reference(method):
 @pytest.mark.parametrize(
     "trunk, method",
     # PLE, like MMoE, hands each tower its own mixture; GradNorm also weights the towers.
-    [("shared_bottom", "mgda"), ("mmoe", "gradnorm"), ("mmoe+esmm", "upgrad")],
+    [("shared_bottom", "gradnorm"), ("mmoe", "pcgrad"), ("mmoe+esmm", "upgrad")],
 )
 def test_representation_gramian_step_matches_per_task_reference(trunk, method):
     """``gramian_at='representation'``: the Gramian of each task's gradient at the trunk's
