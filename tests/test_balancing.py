@@ -701,9 +701,9 @@ def test_stch_warms_up_on_log_losses_then_follows_the_smooth_tchebycheff_gradien
             np.testing.assert_allclose(w, 1 / losses, rtol=1e-5)
             continue
         nadir = history[:warmup].mean(axis=0)
-        scalarised = jax.grad(
-            lambda L, n=nadir: 3 * mu * jax.nn.logsumexp(jnp.log(L / n) / mu)
-        )(jnp.asarray(losses))
+        scalarised = jax.grad(lambda L, n=nadir: 3 * mu * jax.nn.logsumexp(jnp.log(L / n) / mu))(
+            jnp.asarray(losses)
+        )
         np.testing.assert_allclose(w, scalarised, rtol=1e-5)
 
 
