@@ -24,7 +24,7 @@ from mtl_jax.data.schema import TEXT_FEATURES
 from mtl_jax.errors import UserError
 from mtl_jax.models import TRUNKS
 from mtl_jax.optim import EMBEDDING_OPTIMIZERS, SCHEDULES
-from mtl_jax.step import GRAMIAN_SITES, TASK_GRADIENT_MODES
+from mtl_jax.step import TASK_GRADIENT_MODES, gramian_option_problem
 from mtl_jax.tasks import METRICS, with_loss_options
 
 
@@ -230,35 +230,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "balancing.task_gradients",
         f"{config.balancing.task_gradients!r}; valid: {TASK_GRADIENT_MODES}",
     )
-    gramian_at = config.balancing.gramian_at
-    _require(
-        gramian_at in GRAMIAN_SITES,
-        "balancing.gramian_at",
-        f"{gramian_at!r}; valid: {GRAMIAN_SITES}",
-    )
-    gramian_params = config.balancing.gramian_params
+    gramian_params, gramian_at = config.balancing.gramian_params, config.balancing.gramian_at
     if gramian_at != "trunk" or gramian_params:
         method = config.balancing.method  # its name was checked above
         rule = balancing.make_rule(method, **({"weights": [1.0]} if method == "static" else {}))
-    if gramian_at != "trunk":
-        _require(
-            rule.needs_gramian and rule.combine is None,
-            "balancing.gramian_at",
-            f"{gramian_at!r} is for Gramian-based gradient methods, not "
-            f"{config.balancing.method!r}",
-        )
-        _require(
-            not gramian_params,
-            "balancing.gramian_params",
-            f"selects trunk parameters, so it needs balancing.gramian_at='trunk', not "
-            f"{gramian_at!r}",
-        )
+        problem = gramian_option_problem(rule, gramian_params, gramian_at)
+        if problem:
+            raise ConfigError(f"config.balancing.{problem[0]}: {problem[1]}")
     if gramian_params:
-        _require(
-            rule.needs_gramian and rule.combine is None,
-            "balancing.gramian_params",
-            f"only Gramian-based gradient methods take it, not {config.balancing.method!r}",
-        )
         try:
             re.compile(gramian_params)
         except re.error as e:

@@ -108,7 +108,7 @@ class StepGuard:
     def watch_many(self, last_step: int, metrics: dict) -> None:
         """``watch`` for one dispatch of K steps ending at ``last_step``, whose metrics
         carry a leading K axis: judged together, one dispatch late."""
-        self.watch(last_step, {**metrics, "_stacked": True})
+        self.watch(last_step, metrics)
 
     def flush(self) -> None:
         if self._pending is not None:
@@ -116,12 +116,8 @@ class StepGuard:
             self._judge(*pending)
 
     def _judge(self, step: int, metrics: dict) -> None:
-        loss, applied = jax.device_get((metrics["loss"], metrics["applied"]))
-        if not metrics.get("_stacked"):
-            loss, applied = np.atleast_1d(loss), np.atleast_1d(applied)
-            index = lambda i: ()
-        else:
-            index = lambda i: (i,)
+        # One step's metrics are scalars, a dispatch's carry a leading K axis: both as (K,).
+        loss, applied = map(np.atleast_1d, jax.device_get((metrics["loss"], metrics["applied"])))
         first = step - len(loss) + 1
         for i in range(len(loss)):
             # The task losses only name the culprit in an error: fetched then, not each step.
@@ -129,7 +125,9 @@ class StepGuard:
                 first + i,
                 float(loss[i]),
                 bool(applied[i]),
-                lambda i=i: np.asarray(jax.device_get(metrics["task_losses"]))[index(i)],
+                lambda i=i: np.asarray(jax.device_get(metrics["task_losses"])).reshape(
+                    len(loss), -1
+                )[i],
             )
 
     def observe(

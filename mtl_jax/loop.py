@@ -262,12 +262,11 @@ class TrainingLoop:
             self.state, train_metrics = self.trainer.compiled_train_step(self.state, batches)
             self.step += k
             self.guard.watch_many(self.step, train_metrics)
-            # Logging reads the dispatch's last step (sliced on demand, at log steps only).
-            train_metrics = _LastOfDispatch(train_metrics)
-            batch = _LastOfDispatch(batches)
         step = self.step
         last = step >= t.num_steps
         if step % t.log_every == 0 or last:
+            if k > 1:  # logging reads the dispatch's last step, sliced at log steps only
+                train_metrics, batch = jax.tree.map(lambda x: x[-1], (train_metrics, batches))
             self._log_train(train_metrics, batch, last)
         if not last and step == self.trainer.stage.end:
             self._next_stage()
@@ -292,12 +291,10 @@ class TrainingLoop:
             return True
         return False
 
-    def _log_train(self, train_metrics: Any, batch: Any, last: bool) -> None:
+    def _log_train(self, train_metrics: dict, batch: dict, last: bool) -> None:
         self.guard.flush()
         trainer, step, t = self.trainer, self.step, self.config.train
         names = trainer.train_task_names
-        if isinstance(train_metrics, _LastOfDispatch):
-            train_metrics, batch = train_metrics.get(), batch.get()
         host = jax.device_get(train_metrics)
         gram = host.get("gram")
         if gram is None:  # loss-weighting methods: one extra backward, on log steps only
@@ -427,17 +424,6 @@ class TrainingLoop:
         if reporting.is_lead_process():
             reporting.write_json(self.workdir / "results.json", results)
         return results
-
-
-class _LastOfDispatch:
-    """A tree with a leading steps axis (one dispatch's metrics or batches), sliced to its
-    last step only when asked for, so steps that are not logged never pay for the slice."""
-
-    def __init__(self, tree: Any):
-        self._tree = tree
-
-    def get(self) -> Any:
-        return jax.tree.map(lambda x: x[-1], self._tree)
 
 
 def raise_if_diverged(

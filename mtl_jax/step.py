@@ -194,6 +194,30 @@ def _scoped_gradient_step(
 GRAMIAN_SITES = ("trunk", "representation")
 
 
+def gramian_option_problem(
+    rule: balancing.WeightingRule, gramian_params: str, gramian_at: str
+) -> tuple[str, str] | None:
+    """``(key, what is wrong)`` when ``balancing.gramian_params`` / ``gramian_at`` do not fit
+    the rule, else None: only rules that weight task gradients from their Gramian can take
+    it elsewhere than over the whole trunk (not loss weighting, not ``combine`` rules)."""
+    if gramian_at not in GRAMIAN_SITES:
+        return "gramian_at", f"{gramian_at!r}; valid: {GRAMIAN_SITES}"
+    by_gramian = rule.needs_gramian and rule.combine is None
+    if gramian_at != "trunk":
+        if not by_gramian:
+            return "gramian_at", (
+                f"{gramian_at!r} is for Gramian-based gradient methods, not {rule.name!r}"
+            )
+        if gramian_params:
+            return "gramian_params", (
+                f"selects trunk parameters, so it needs balancing.gramian_at='trunk', not "
+                f"{gramian_at!r}"
+            )
+    if gramian_params and not by_gramian:
+        return "gramian_params", f"only Gramian-based gradient methods take it, not {rule.name!r}"
+    return None
+
+
 def _representation_gradient_step(model, tasks, rule, balancer_state, batch, params, rngs):
     """Gradient-rule step with the Gramian of the task gradients at the representation.
 
@@ -203,8 +227,8 @@ def _representation_gradient_step(model, tasks, rule, balancer_state, batch, par
     mixture (LibMTL's ``rep_grad``), compared across tasks as vectors of one space. The
     weights then scale the task losses for everything below the representation (trunk and
     embeddings, as LibMTL and MultiBalance do); the towers get the plain sum (or the weights,
-    for rules that weight the whole model). Cost: one forward, T backward passes through the
-    towers only, one backward through the rest: about EW's.
+    for rules that weight the whole model). Cost: one forward and one backward, EW's (with
+    ESMM, T more backward passes through the towers only).
     """
     below = {k: params[k] for k in ("embedding", "trunk") if k in params}
     rest = {k: v for k, v in params.items() if k not in below}
@@ -293,19 +317,9 @@ def make_train_step(
     Gramian method.
     """
     num_tasks = len(tasks)
-    if gramian_at not in GRAMIAN_SITES:
-        raise ValueError(f"balancing.gramian_at {gramian_at!r}; valid: {GRAMIAN_SITES}")
-    if rule.combine is not None and (gramian_params or gramian_at != "trunk"):
-        key = "gramian_params" if gramian_params else "gramian_at"
-        raise ValueError(
-            f"balancing method {rule.name!r} combines whole task gradients, so it cannot take "
-            f"balancing.{key}; leave it at its default"
-        )
-    if gramian_params and gramian_at != "trunk":
-        raise ValueError(
-            "balancing.gramian_params selects trunk parameters, so it needs "
-            f"balancing.gramian_at='trunk', not {gramian_at!r}"
-        )
+    problem = gramian_option_problem(rule, gramian_params, gramian_at)
+    if problem:
+        raise ValueError(f"balancing.{problem[0]}: {problem[1]}")
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rngs = {"dropout": jax.random.fold_in(state.rng, state.step)}

@@ -202,7 +202,7 @@ class Trainer:
         )
         # train.steps_per_dispatch = K > 1: one call runs K steps (a lax.scan over K stacked
         # batches), so the host dispatches, transfers and fetches once per K steps.
-        self.steps_per_dispatch = int(config.train.get("steps_per_dispatch", 1))
+        self.steps_per_dispatch = config.train.steps_per_dispatch
         self.train_steps = jax.jit(
             lambda state, batches: jax.lax.scan(step_fn, state, batches),
             in_shardings=(self.state_sharding, parallel.stacked_batch_sharding(self.mesh)),

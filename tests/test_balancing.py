@@ -231,14 +231,21 @@ def test_famo_on_recorded_losses_matches_numpy_reference():
         np.testing.assert_allclose(np.asarray(state.weights), want, rtol=1e-5)
 
 
-def test_uw_learns_log_loss_and_starts_at_one_half():
-    rule = balancing.make_rule("uw", learning_rate=0.05)
-    state = balancing.init_state(rule, 2)
+def _learned_weights_on_fixed_losses(name, steps=3000):
+    """First weights, last weights and state of a rule that learns its weights (at rate
+    0.05), fed the task losses (0.5, 4.0) at every step."""
+    rule = balancing.make_rule(name, learning_rate=0.05)
     step = jax.jit(lambda s: balancing.compute_weights(rule, s, jnp.array([0.5, 4.0]), None))
-    w, state = step(state)
-    np.testing.assert_allclose(w, [0.5, 0.5])
-    for _ in range(3000):
+    first, state = step(balancing.init_state(rule, 2))
+    w = first
+    for _ in range(steps):
         w, state = step(state)
+    return first, w, state
+
+
+def test_uw_learns_log_loss_and_starts_at_one_half():
+    w, _, state = _learned_weights_on_fixed_losses("uw")
+    np.testing.assert_allclose(w, [0.5, 0.5])
     # Stationary point of exp(-s) L / 2 + s / 2 is s = log L, i.e. weight 1 / (2 L).
     np.testing.assert_allclose(np.asarray(state.inner.values), np.log([0.5, 4.0]), atol=1e-2)
 
@@ -653,13 +660,8 @@ def test_geometric_mean_weights_give_the_gradient_of_the_geometric_mean():
 
 
 def test_imtl_l_learns_inverse_losses_and_starts_at_one():
-    rule = balancing.make_rule("imtl_l", learning_rate=0.05)
-    state = balancing.init_state(rule, 2)
-    step = jax.jit(lambda s: balancing.compute_weights(rule, s, jnp.array([0.5, 4.0]), None))
-    w, state = step(state)
-    np.testing.assert_allclose(w, [1.0, 1.0])
-    for _ in range(3000):
-        w, state = step(state)
+    first, w, _ = _learned_weights_on_fixed_losses("imtl_l")
+    np.testing.assert_allclose(first, [1.0, 1.0])
     # Stationary point of exp(s) L - s is exp(s) = 1 / L: every scaled loss is 1.
     np.testing.assert_allclose(w, [2.0, 0.25], rtol=2e-2)
 
