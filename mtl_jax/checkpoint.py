@@ -39,6 +39,8 @@ RESUMABLE_KEYS = (
     "train.eval_batch_size",
     "checkpoint.max_to_keep",
     "checkpoint.async_save",
+    # The row view changes no state layout; Adagrad and SGD give the same updates either way.
+    "optim.sparse_embedding_updates",
 )
 
 

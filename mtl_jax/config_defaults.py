@@ -71,6 +71,11 @@ def base_config(
             embedding_optimizer="adagrad",
             embedding_learning_rate=0.2,
             embedding_l2=0.0,
+            # Update only the table rows each batch looks up (mtl_jax/sparse_rows.py): the
+            # step's cost follows the batch, not the tables. Same result for adagrad,
+            # rowwise_adagrad and sgd; adam becomes lazy adam, and embedding_l2 / L1 pull
+            # only the rows a batch touches.
+            sparse_embedding_updates=False,
             warmup_steps=100,
             # Every group's learning rate: linear warmup, then this schedule (see
             # mtl_jax.optim.schedule): warmup_cosine, linear, constant, exponential, step,

@@ -8,7 +8,7 @@ into the same partition.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -117,7 +117,46 @@ def schedule(peak: float, warmup_steps: int, total_steps: int, c: Any = None) ->
     )
 
 
-EMBEDDING_OPTIMIZERS = ("adagrad", "adam")
+EMBEDDING_OPTIMIZERS = ("adagrad", "rowwise_adagrad", "sgd", "adam")
+
+
+class RowwiseRssState(NamedTuple):
+    sum_of_squares: Any  # per table: (rows,), one accumulator per row
+
+
+def scale_by_rowwise_rss(
+    initial_accumulator_value: float = 0.1, eps: float = 1e-7
+) -> optax.GradientTransformation:
+    """Row-wise Adagrad's scaling (as in TorchRec's and TPU embedding's row-wise Adagrad):
+    one accumulator per table row, the running sum of the row gradient's mean square, so the
+    state is a vector per table instead of a table's copy. A row with zero gradient keeps
+    its accumulator and gets a zero update."""
+
+    def init_fn(params):
+        return RowwiseRssState(
+            jax.tree.map(
+                lambda p: jnp.full(p.shape[:1], initial_accumulator_value, p.dtype), params
+            )
+        )
+
+    def update_fn(updates, state, params=None):
+        del params
+        sums = jax.tree.map(
+            lambda g, t: t + jnp.mean(jnp.square(g), axis=tuple(range(1, g.ndim))),
+            updates,
+            state.sum_of_squares,
+        )
+        scaled = jax.tree.map(
+            lambda g, t: (
+                g
+                * jnp.where(t > 0, jax.lax.rsqrt(t + eps), 0.0).reshape((-1,) + (1,) * (g.ndim - 1))
+            ),
+            updates,
+            sums,
+        )
+        return scaled, RowwiseRssState(sums)
+
+    return optax.GradientTransformation(init_fn, update_fn)
 
 
 def make_embedding_optimizer(
@@ -125,9 +164,15 @@ def make_embedding_optimizer(
 ) -> optax.GradientTransformation:
     """Adagrad by default: a row absent from a batch has zero gradient and stays put, while
     Adam's momentum keeps moving rare ids' rows for many steps after they were last seen,
-    which overfits long-tail ids."""
+    which overfits long-tail ids (with ``optim.sparse_embedding_updates`` Adam is lazy: only
+    the rows a batch touches move). ``rowwise_adagrad`` keeps one accumulator per row (a
+    table's state shrinks from rows x dim to rows); ``sgd`` keeps none."""
     if name == "adagrad":
         tx = optax.adagrad(learning_rate, initial_accumulator_value=0.1)
+    elif name == "rowwise_adagrad":
+        tx = optax.chain(scale_by_rowwise_rss(0.1), optax.scale_by_learning_rate(learning_rate))
+    elif name == "sgd":
+        tx = optax.sgd(learning_rate)
     elif name == "adam":
         tx = optax.adam(learning_rate, b1=c.b1, b2=c.b2)
     else:
@@ -135,6 +180,7 @@ def make_embedding_optimizer(
     if c.embedding_l2 > 0:
         # An L2 penalty's gradient, added before the optimizer sees it (not decoupled decay):
         # rows of rarely seen ids shrink toward zero, the prior for an id we know little of.
+        # With sparse updates only the rows a batch touches are pulled.
         tx = optax.chain(optax.add_decayed_weights(c.embedding_l2), tx)
     return tx
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
-from mtl_jax import balancing
+from mtl_jax import balancing, sparse_rows
 from mtl_jax import tasks as tasks_lib
 from mtl_jax.models import MultiTaskModel
 from mtl_jax.models.model import esmm_tasks
@@ -297,6 +297,7 @@ def make_train_step(
     distill: tuple[MultiTaskModel, float, float] | None = None,
     task_gradients: str = "batched",
     gramian_at: str = "trunk",
+    sparse_embeddings: bool = False,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """A pure ``(state, batch) -> (state, metrics)``; jit it with the shardings you need.
 
@@ -315,24 +316,38 @@ def make_train_step(
     ``gramian_at="representation"`` takes the Gramian of the task gradients at the trunk's
     output instead (see ``_representation_gradient_step``): about EW's cost for every
     Gramian method.
+
+    ``sparse_embeddings`` runs the step on the rows its batch looks up (``sparse_rows_step``):
+    the same update for Adagrad and SGD, at a cost that does not grow with the tables.
     """
     num_tasks = len(tasks)
     problem = gramian_option_problem(rule, gramian_params, gramian_at)
     if problem:
         raise ValueError(f"balancing.{problem[0]}: {problem[1]}")
 
+    def with_teacher(state: TrainState, batch: dict) -> dict:
+        if distill is None:
+            return batch
+        teacher_model, alpha, temperature = distill
+        teacher_logits = teacher_model.apply(
+            {"params": state.teacher}, batch["features"], train=False
+        )
+        return {
+            **batch,
+            "teacher_logits": jax.lax.stop_gradient(teacher_logits),
+            "distill": (alpha, temperature),
+        }
+
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        batch = with_teacher(state, batch)
+        if sparse_embeddings:
+            return sparse_rows_step(model, step_on, state, batch)
+        return step_on(model, state, batch)
+
+    def step_on(model: MultiTaskModel, state: TrainState, batch: dict):
+        """The step of ``model`` (the full one, or the row view's) on a batch that carries
+        the teacher's logits already."""
         rngs = {"dropout": jax.random.fold_in(state.rng, state.step)}
-        if distill is not None:
-            teacher_model, alpha, temperature = distill
-            teacher_logits = teacher_model.apply(
-                {"params": state.teacher}, batch["features"], train=False
-            )
-            batch = {
-                **batch,
-                "teacher_logits": jax.lax.stop_gradient(teacher_logits),
-                "distill": (alpha, temperature),
-            }
 
         def losses_of_params(params):
             logits = model.apply({"params": params}, batch["features"], train=True, rngs=rngs)
@@ -422,6 +437,38 @@ def make_train_step(
         return new_state, metrics
 
     return train_step
+
+
+def sparse_rows_step(
+    model: MultiTaskModel, step_on: Callable, state: TrainState, batch: dict
+) -> tuple[TrainState, dict]:
+    """``step_on(model, state, batch)`` on the row view of the embedding tables (see
+    mtl_jax/sparse_rows.py): each table and each optimizer-state copy of it is cut down to
+    the rows this batch looks up, the step runs on that view with the ids renumbered, and
+    the view's rows are written back. Nothing table-sized is formed."""
+    names = [spec.name for spec in model.features if not spec.is_dense]
+    shapes = sparse_rows.table_shapes(state.params, names)
+    if not shapes:
+        return step_on(model, state, batch)
+    features = dict(batch["features"])
+    slots = {}
+    for name, shape in shapes.items():
+        slots[name], features[name] = sparse_rows.unique_ids(features[name], shape[0])
+    param_owners = sparse_rows.row_owners(state.params, shapes)
+    state_owners = sparse_rows.row_owners(state.opt_state, shapes)
+    view = state.replace(
+        params=sparse_rows.gather_rows(state.params, param_owners, slots),
+        opt_state=sparse_rows.gather_rows(state.opt_state, state_owners, slots),
+    )
+    view_model = model.clone(lookup_rows=tuple((n, s.shape[0]) for n, s in slots.items()))
+    new_view, metrics = step_on(view_model, view, {**batch, "features": features})
+    new_state = new_view.replace(
+        params=sparse_rows.scatter_rows(state.params, new_view.params, param_owners, slots),
+        opt_state=sparse_rows.scatter_rows(
+            state.opt_state, new_view.opt_state, state_owners, slots
+        ),
+    )
+    return new_state, metrics
 
 
 def make_trunk_gramian(

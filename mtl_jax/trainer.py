@@ -193,6 +193,7 @@ class Trainer:
             self._distill(),
             config.balancing.task_gradients,
             config.balancing.gramian_at,
+            config.optim.sparse_embedding_updates,
         )
         self.train_step = jax.jit(
             step_fn,

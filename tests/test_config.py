@@ -38,7 +38,7 @@ def test_unknown_variant():
         ("optim.learning_rate", -1e-3, r"optim.learning_rate: must lie in \(0, inf\)"),
         ("balancing.method", "magic", r"balancing.method.*valid: \(.ew., .static., .uw."),
         ("train.checkpoint_every", 15, r"multiple of train.eval_every=10"),
-        ("optim.embedding_optimizer", "sgd", r"valid: \('adagrad', 'adam'\)"),
+        ("optim.embedding_optimizer", "lamb", r"valid: \('adagrad', 'rowwise_adagrad', 'sgd'"),
     ],
 )
 def test_bad_values_fail_with_choices(key, value, match):

@@ -42,6 +42,10 @@ class FeatureEmbedding(nn.Module):
     # In training, zero each example's embedding of these id features with this probability.
     id_dropout: float = 0.0
     id_dropout_features: Sequence[str] = ()
+    # (feature, rows) pairs: declare these tables with ``rows`` rows instead of the
+    # vocabulary's, for a train step that runs on the rows its batch looks up (the ids are
+    # then row numbers of that small table; see mtl_jax/sparse_rows.py).
+    lookup_rows: Sequence[tuple[str, int]] = ()
 
     @nn.compact
     def __call__(self, features: dict[str, jax.Array], *, train: bool = False) -> jax.Array:
@@ -51,10 +55,12 @@ class FeatureEmbedding(nn.Module):
         # Rows are the logical "vocab" axis: the mesh rules shard big tables by rows.
         init = nn.with_logical_partitioning(nn.initializers.normal(stddev=0.05), ("vocab", "embed"))
         vectors = []
+        rows_of = dict(self.lookup_rows)
         for spec in self.features:
             if spec.is_dense:
                 continue
-            table = nn.Embed(spec.vocab_size, self.embed_dim, embedding_init=init, name=spec.name)
+            rows = rows_of.get(spec.name, spec.vocab_size)
+            table = nn.Embed(rows, self.embed_dim, embedding_init=init, name=spec.name)
             vector = table(features[spec.name])
             if train and self.id_dropout > 0 and spec.name in self.id_dropout_features:
                 rng = self.make_rng("dropout")

@@ -66,6 +66,7 @@ class MultiTaskModel(nn.Module):
     text_encoder: Any = None  # a BertConfig in fine-tune mode, see FeatureEmbedding
     text_token_length: int = 0
     text_trainable_layers: int = 0
+    lookup_rows: Sequence[tuple[str, int]] = ()  # see FeatureEmbedding
 
     def setup(self):
         c = self.config
@@ -80,6 +81,7 @@ class MultiTaskModel(nn.Module):
             text_trainable_layers=self.text_trainable_layers,
             id_dropout=c.get("id_dropout", 0.0),
             id_dropout_features=tuple(c.get("id_dropout_features", ())),
+            lookup_rows=tuple(self.lookup_rows),
         )
         self.trunk = make_trunk(c.trunk, len(self.tasks), c)
         self.towers = {

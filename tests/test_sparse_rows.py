@@ -1,0 +1,129 @@
+"""Sparse row updates of embedding tables (optim.sparse_embedding_updates)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mtl_jax import parallel, sparse_rows
+from mtl_jax.data import load_dataset
+from mtl_jax.optim import scale_by_rowwise_rss
+from mtl_jax.trainer import Trainer
+from tests.helpers import tiny_config
+
+
+def test_unique_ids_renumber_a_batch_into_fixed_slots():
+    ids = jnp.array([7, 3, 7, 9, 3, 3])
+    slots, inverse = sparse_rows.unique_ids(ids, table_rows=10)
+    assert slots.shape == (6,)  # min(batch, rows)
+    np.testing.assert_array_equal(slots, [3, 7, 9, 10, 10, 10])  # unused slots: past the end
+    np.testing.assert_array_equal(slots[inverse], ids)
+    small, _ = sparse_rows.unique_ids(jnp.array([1, 0, 1, 0, 1]), table_rows=2)
+    np.testing.assert_array_equal(small, [0, 1])  # no more slots than rows
+
+
+def test_row_view_gathers_and_scatters_only_owned_leaves():
+    table = np.arange(20.0, dtype=np.float32).reshape(5, 4)
+    params = {"embedding": {"item": {"embedding": table}}, "trunk": {"w": jnp.ones((5, 4))}}
+    rowwise = {"embedding": {"item": {"embedding": jnp.arange(5.0)}}}  # one value per row
+    state = (optax.ScaleByRssState(params), jnp.int32(3), rowwise)
+    shapes = sparse_rows.table_shapes(params, ["item"])
+    owners = sparse_rows.row_owners(state, shapes)
+    assert jax.tree.leaves(owners) == ["item", "", "", "item"]  # the trunk's (5, 4) is not a table
+    slots = {"item": jnp.array([4, 1, 5])}  # 5: an unused slot
+    view = sparse_rows.gather_rows(state, owners, slots)
+    np.testing.assert_array_equal(view[0].sum_of_squares["embedding"]["item"]["embedding"][2], 0)
+    np.testing.assert_array_equal(view[2]["embedding"]["item"]["embedding"], [4, 1, 0])
+    changed = jax.tree.map(lambda x: x + 100, view)
+    back = sparse_rows.scatter_rows(state, changed, owners, slots)
+    got = np.asarray(back[0].sum_of_squares["embedding"]["item"]["embedding"])
+    np.testing.assert_array_equal(got[[0, 2, 3]], table[[0, 2, 3]])  # untouched rows
+    np.testing.assert_array_equal(got[[4, 1]], table[[4, 1]] + 100)
+    assert int(back[1]) == 103  # not a table copy: the view's value
+    np.testing.assert_array_equal(back[0].sum_of_squares["trunk"]["w"], 101.0)
+
+
+def test_rowwise_adagrad_keeps_one_accumulator_per_row():
+    tx = scale_by_rowwise_rss(initial_accumulator_value=0.5)
+    params = jnp.zeros((3, 2))
+    state = tx.init(params)
+    g = jnp.array([[1.0, 3.0], [0.0, 0.0], [2.0, 2.0]])
+    updates, state = tx.update(g, state)
+    np.testing.assert_allclose(state.sum_of_squares, [0.5 + 5.0, 0.5, 0.5 + 4.0])
+    np.testing.assert_allclose(updates, g / np.sqrt([[5.5], [0.5], [4.5]]), rtol=1e-6)
+
+
+def _train(config, dataset, steps, sparse):
+    config.optim.sparse_embedding_updates = sparse
+    trainer = Trainer(config, dataset, mesh=parallel.make_mesh(1))
+    state = trainer.init_state()
+    it = trainer.train_iterator()
+    for _ in range(steps):
+        state, _ = trainer.train_step(state, parallel.to_global_batch(next(it), trainer.mesh))
+    return jax.device_get((state.params, state.opt_state))
+
+
+@pytest.mark.parametrize(
+    "embedding_optimizer, method",
+    [("adagrad", "ew"), ("adagrad", "pcgrad"), ("sgd", "uw"), ("rowwise_adagrad", "ew")],
+)
+def test_sparse_updates_equal_dense_updates(embedding_optimizer, method):
+    """20 steps on the same batches: every table and every accumulator is the dense path's
+    to float32 round-off (rows no batch touched are bit-identical)."""
+    config = tiny_config()
+    config.data.num_users = 2000  # most users' rows are never touched in 20 steps
+    config.optim.embedding_optimizer = embedding_optimizer
+    config.balancing.method = method
+    dataset = load_dataset(config.data, config.seed)
+    dense = _train(config, dataset, 20, sparse=False)
+    sparse = _train(config, dataset, 20, sparse=True)
+    for (path, a), b in zip(
+        jax.tree_util.tree_leaves_with_path(dense), jax.tree.leaves(sparse), strict=True
+    ):
+        np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-6, err_msg=jax.tree_util.keystr(path))
+    table = dense[0]["embedding"]["user_id"]["embedding"]
+    initial = Trainer(config, dataset, mesh=parallel.make_mesh(1)).init_state().params
+    untouched = np.all(table == np.asarray(initial["embedding"]["user_id"]["embedding"]), axis=1)
+    assert 1000 < untouched.sum() < 2000
+    sparse_table = sparse[0]["embedding"]["user_id"]["embedding"]
+    np.testing.assert_array_equal(sparse_table[untouched], table[untouched])
+
+
+def _two_steps(config, dataset):
+    """The user table after step 1 and after step 2, and the user ids of each batch."""
+    trainer = Trainer(config, dataset, mesh=parallel.make_mesh(1))
+    state = trainer.init_state()
+    it = trainer.train_iterator()
+    tables, ids = [], []
+    for _ in range(2):
+        batch = next(it)
+        ids.append(np.asarray(batch["features"]["user_id"]))
+        state, _ = trainer.train_step(state, parallel.to_global_batch(batch, trainer.mesh))
+        tables.append(np.asarray(jax.device_get(state.params["embedding"]["user_id"]["embedding"])))
+    return tables, ids
+
+
+@pytest.mark.parametrize("optimizer, l2", [("adam", 0.0), ("adagrad", 0.1)])
+def test_sparse_adam_is_lazy_and_l2_pulls_only_touched_rows(optimizer, l2):
+    """Rows seen in step 1 but not in step 2: dense Adam keeps moving them (momentum), dense
+    coupled L2 keeps shrinking them; the sparse step leaves them exactly as step 1 left them,
+    and still moves the rows step 2 touches."""
+    config = tiny_config()
+    config.data.num_users = 2000
+    config.optim.embedding_optimizer = optimizer
+    config.optim.embedding_l2 = l2
+    dataset = load_dataset(config.data, config.seed)
+    config.optim.sparse_embedding_updates = False
+    (dense_1, dense_2), ids = _two_steps(config, dataset)
+    config.optim.sparse_embedding_updates = True
+    (sparse_1, sparse_2), sparse_ids = _two_steps(config, dataset)
+    np.testing.assert_array_equal(ids[0], sparse_ids[0])
+    np.testing.assert_allclose(sparse_1, dense_1, rtol=1e-5, atol=1e-6)  # the same first step
+    left = np.setdiff1d(ids[0], ids[1])
+    assert len(left) > 10
+    np.testing.assert_array_equal(sparse_2[left], sparse_1[left])
+    assert np.abs(dense_2[left] - dense_1[left]).max() > 1e-4
+    assert np.abs(sparse_2[ids[1]] - sparse_1[ids[1]]).max() > 1e-4
