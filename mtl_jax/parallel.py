@@ -132,7 +132,8 @@ def sharded_params(shardings: Any) -> list[str]:
 def like_params(tree: Any, abstract_params: Any, shardings: Any, default: NamedSharding) -> Any:
     """Shardings for a tree that holds copies of the parameters (an optimizer state: Adam's
     moments, Adagrad's accumulators): a leaf whose key path ends with a parameter's path and
-    has its shape gets that parameter's sharding; other leaves get ``default``.
+    has its shape gets that parameter's sharding, one with its leading dimension only (a
+    per-row state) the sharding of its rows; other leaves get ``default``.
 
     (``optax.tree_map_params`` does this from the optimizer's init, but not through
     ``optax.partition``'s masked inner states.)
@@ -149,8 +150,13 @@ def like_params(tree: Any, abstract_params: Any, shardings: Any, default: NamedS
     def one(path, leaf):
         for start in range(len(path)):
             shape, sharding = by_path.get(tuple(path[start:]), (None, None))
-            if sharding is not None and shape == getattr(leaf, "shape", None):
+            if sharding is None:
+                continue
+            if shape == getattr(leaf, "shape", None):
                 return sharding
+            if len(shape) > 1 and getattr(leaf, "shape", None) == shape[:1]:
+                # A per-row state (row-wise Adagrad's accumulator): split like the rows.
+                return NamedSharding(sharding.mesh, jax.P(*sharding.spec[:1]))
         return default
 
     return jax.tree_util.tree_map_with_path(one, tree)

@@ -80,28 +80,94 @@ def row_owners(tree: Any, tables: Mapping[str, tuple[int, ...]]) -> Any:
     return jax.tree_util.tree_map_with_path(owner, tree)
 
 
-def gather_rows(tree: Any, owners: Any, slots: Mapping[str, jax.Array]) -> Any:
-    """The row view of ``tree``: each owned leaf's rows at its feature's slots (zeros in
-    unused slots), other leaves as they are."""
+def _row_split(sharding: Any) -> tuple[Any, Any] | None:
+    """``(mesh, spec)`` when ``sharding`` splits a leaf's rows over a mesh axis, else None."""
+    spec = getattr(sharding, "spec", None)
+    if spec is None or len(spec) == 0 or spec[0] is None:
+        return None
+    return sharding.mesh, spec
 
-    def one(leaf, owner):
+
+def _local_rows(shard: jax.Array, slots: jax.Array, axis: Any) -> jax.Array:
+    """Row numbers of ``slots`` within this device's shard of rows; rows other devices own
+    (and unused slots) point past the shard's end."""
+    n = shard.shape[0]
+    local = slots - jax.lax.axis_index(axis) * n
+    return jnp.where((local >= 0) & (local < n), local, n)
+
+
+def _sharded_gather(leaf: jax.Array, slots: jax.Array, mesh: Any, spec: Any) -> jax.Array:
+    """Rows at ``slots`` of a leaf whose rows are split over ``spec[0]``: each device reads
+    the rows it owns (zeros for the others) and a sum over the row axis assembles them, so
+    only slot-sized arrays move, never the table."""
+    axis = spec[0]
+
+    def local(shard, slots):
+        rows = shard.at[_local_rows(shard, slots, axis)].get(mode="fill", fill_value=0)
+        return jax.lax.psum(rows, axis)
+
+    rest = jax.P(*spec[1:])
+    return jax.shard_map(local, mesh=mesh, in_specs=(spec, jax.P()), out_specs=jax.P(None, *rest))(
+        leaf, slots
+    )
+
+
+def _sharded_scatter(
+    leaf: jax.Array, slots: jax.Array, rows: jax.Array, mesh: Any, spec: Any
+) -> jax.Array:
+    """``leaf`` with its rows at ``slots`` set to ``rows``: each device writes only the rows
+    it owns, in place."""
+    axis = spec[0]
+
+    def local(shard, slots, rows):
+        return shard.at[_local_rows(shard, slots, axis)].set(rows, mode="drop")
+
+    rest = jax.P(*spec[1:])
+    return jax.shard_map(
+        local, mesh=mesh, in_specs=(spec, jax.P(), jax.P(None, *rest)), out_specs=spec
+    )(leaf, slots, rows)
+
+
+def gather_rows(
+    tree: Any, owners: Any, slots: Mapping[str, jax.Array], shardings: Any = None
+) -> Any:
+    """The row view of ``tree``: each owned leaf's rows at its feature's slots (zeros in
+    unused slots), other leaves as they are. With ``shardings`` (a tree like ``tree``), a
+    leaf whose rows are split over a mesh axis is read with ``jax.shard_map``, each device
+    gathering from its own rows."""
+    if shardings is None:
+        shardings = jax.tree.map(lambda _: None, owners)
+
+    def one(leaf, owner, sharding):
         if not owner:
             return leaf
+        split = _row_split(sharding)
+        if split is not None:
+            return _sharded_gather(leaf, slots[owner], *split)
         return jnp.asarray(leaf).at[slots[owner]].get(mode="fill", fill_value=0)
 
-    return jax.tree.map(one, tree, owners)
+    return jax.tree.map(one, tree, owners, shardings, is_leaf=lambda x: x is None)
 
 
-def scatter_rows(tree: Any, view: Any, owners: Any, slots: Mapping[str, jax.Array]) -> Any:
+def scatter_rows(
+    tree: Any, view: Any, owners: Any, slots: Mapping[str, jax.Array], shardings: Any = None
+) -> Any:
     """``tree`` with each owned leaf's rows at its feature's slots replaced by the view's
-    (unused slots dropped); other leaves taken from the view."""
+    (unused slots dropped); other leaves taken from the view. ``shardings`` as in
+    ``gather_rows``: each device writes the rows it owns."""
+    if shardings is None:
+        shardings = jax.tree.map(lambda _: None, owners)
 
-    def one(leaf, new, owner):
+    def one(leaf, new, owner, sharding):
         if not owner:
             return new
-        return jnp.asarray(leaf).at[slots[owner]].set(new.astype(leaf.dtype), mode="drop")
+        new = new.astype(leaf.dtype)
+        split = _row_split(sharding)
+        if split is not None:
+            return _sharded_scatter(leaf, slots[owner], new, *split)
+        return jnp.asarray(leaf).at[slots[owner]].set(new, mode="drop")
 
-    return jax.tree.map(one, tree, view, owners)
+    return jax.tree.map(one, tree, view, owners, shardings, is_leaf=lambda x: x is None)
 
 
 def table_shapes(params: Any, names: Sequence[str]) -> dict[str, tuple[int, ...]]:

@@ -298,6 +298,7 @@ def make_train_step(
     task_gradients: str = "batched",
     gramian_at: str = "trunk",
     sparse_embeddings: bool = False,
+    state_sharding: TrainState | None = None,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """A pure ``(state, batch) -> (state, metrics)``; jit it with the shardings you need.
 
@@ -319,6 +320,8 @@ def make_train_step(
 
     ``sparse_embeddings`` runs the step on the rows its batch looks up (``sparse_rows_step``):
     the same update for Adagrad and SGD, at a cost that does not grow with the tables.
+    With ``state_sharding`` (the jitted state's shardings), tables split by rows over a mesh
+    axis are read and written with ``jax.shard_map``, each device on its own rows.
     """
     num_tasks = len(tasks)
     problem = gramian_option_problem(rule, gramian_params, gramian_at)
@@ -341,7 +344,7 @@ def make_train_step(
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         batch = with_teacher(state, batch)
         if sparse_embeddings:
-            return sparse_rows_step(model, step_on, state, batch)
+            return sparse_rows_step(model, step_on, state, batch, state_sharding)
         return step_on(model, state, batch)
 
     def step_on(model: MultiTaskModel, state: TrainState, batch: dict):
@@ -440,12 +443,18 @@ def make_train_step(
 
 
 def sparse_rows_step(
-    model: MultiTaskModel, step_on: Callable, state: TrainState, batch: dict
+    model: MultiTaskModel,
+    step_on: Callable,
+    state: TrainState,
+    batch: dict,
+    sharding: TrainState | None = None,
 ) -> tuple[TrainState, dict]:
     """``step_on(model, state, batch)`` on the row view of the embedding tables (see
     mtl_jax/sparse_rows.py): each table and each optimizer-state copy of it is cut down to
     the rows this batch looks up, the step runs on that view with the ids renumbered, and
-    the view's rows are written back. Nothing table-sized is formed."""
+    the view's rows are written back. Nothing table-sized is formed. ``sharding``: the
+    state's shardings, so that row-split tables are read and written where their rows
+    live."""
     names = [spec.name for spec in model.features if not spec.is_dense]
     shapes = sparse_rows.table_shapes(state.params, names)
     if not shapes:
@@ -456,16 +465,20 @@ def sparse_rows_step(
         slots[name], features[name] = sparse_rows.unique_ids(features[name], shape[0])
     param_owners = sparse_rows.row_owners(state.params, shapes)
     state_owners = sparse_rows.row_owners(state.opt_state, shapes)
+    params_sharding = None if sharding is None else sharding.params
+    opt_sharding = None if sharding is None else sharding.opt_state
     view = state.replace(
-        params=sparse_rows.gather_rows(state.params, param_owners, slots),
-        opt_state=sparse_rows.gather_rows(state.opt_state, state_owners, slots),
+        params=sparse_rows.gather_rows(state.params, param_owners, slots, params_sharding),
+        opt_state=sparse_rows.gather_rows(state.opt_state, state_owners, slots, opt_sharding),
     )
     view_model = model.clone(lookup_rows=tuple((n, s.shape[0]) for n, s in slots.items()))
     new_view, metrics = step_on(view_model, view, {**batch, "features": features})
     new_state = new_view.replace(
-        params=sparse_rows.scatter_rows(state.params, new_view.params, param_owners, slots),
+        params=sparse_rows.scatter_rows(
+            state.params, new_view.params, param_owners, slots, params_sharding
+        ),
         opt_state=sparse_rows.scatter_rows(
-            state.opt_state, new_view.opt_state, state_owners, slots
+            state.opt_state, new_view.opt_state, state_owners, slots, opt_sharding
         ),
     )
     return new_state, metrics

@@ -194,6 +194,7 @@ class Trainer:
             config.balancing.task_gradients,
             config.balancing.gramian_at,
             config.optim.sparse_embedding_updates,
+            self.state_sharding,
         )
         self.train_step = jax.jit(
             step_fn,

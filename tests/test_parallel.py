@@ -68,6 +68,34 @@ def test_mesh_equals_one_device(method, data, model):
     )
 
 
+@pytest.mark.parametrize("method", ["ew", "pcgrad"])
+@pytest.mark.parametrize("data, model", [(1, 8), (4, 2)])
+def test_sparse_row_updates_on_a_mesh_equal_dense_on_one_device(method, data, model):
+    """optim.sparse_embedding_updates with tables split by rows (each device reads and writes
+    its own rows through shard_map): after 20 steps the parameters of the dense step on one
+    device."""
+    config = _config(method)
+    config.optim.sparse_embedding_updates = True
+    trainer, state = _train(config, parallel.make_mesh(data * model, model=model))
+    users = state.params["embedding"]["user_id"]["embedding"]
+    assert users.sharding.spec == jax.P("model", None)
+    chex.assert_trees_all_close(
+        jax.device_get(state.params), _one_device_params(method), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_sparse_row_updates_keep_row_wise_state_split_by_rows():
+    """Row-wise Adagrad's one-accumulator-per-row state is split like its table's rows."""
+    config = _config("ew")
+    config.optim.update(embedding_optimizer="rowwise_adagrad", sparse_embedding_updates=True)
+    trainer, state = _train(config, parallel.make_mesh(8, model=4), steps=3)
+    (acc,) = [
+        leaf for leaf in jax.tree.leaves(state.opt_state) if getattr(leaf, "shape", None) == (120,)
+    ]
+    assert acc.sharding.spec == jax.P("model")
+    assert {s.data.shape for s in acc.addressable_shards} == {(30,)}
+
+
 def test_tables_that_do_not_divide_stay_whole():
     """JAX shards evenly only: a 7-row table on a 4-way model axis is replicated, not an error."""
     trainer = Trainer(_config("ew"), _dataset(), mesh=parallel.make_mesh(8, model=4))
