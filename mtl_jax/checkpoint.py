@@ -78,6 +78,7 @@ ADDED_KEYS = {
     "optim.decay_steps": 0,
     "optim.step_boundaries": [0.5, 0.75],
     "optim.step_factor": 0.1,
+    "model.embedding_dtype": "float32",
 }
 
 

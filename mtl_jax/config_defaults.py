@@ -50,6 +50,10 @@ def base_config(
             id_dropout=0.0,
             id_dropout_features=("item_id",),
             zero_unseen_ids=False,
+            # Storage dtype of the id tables: "bfloat16" halves their memory; lookups,
+            # gradients and the optimizer's math and state stay float32 (with
+            # optim.sparse_embedding_updates, even the gradients' sums per row).
+            embedding_dtype="float32",
         )
     )
     # Per-task loss options for imbalanced labels: pos_weight (binary, multilabel) multiplies

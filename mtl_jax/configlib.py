@@ -23,6 +23,7 @@ from mtl_jax.data import DATASETS, MultiTaskDataset
 from mtl_jax.data.schema import TEXT_FEATURES
 from mtl_jax.errors import UserError
 from mtl_jax.models import TRUNKS
+from mtl_jax.models.embedding import EMBEDDING_DTYPES
 from mtl_jax.optim import EMBEDDING_OPTIMIZERS, SCHEDULES
 from mtl_jax.step import TASK_GRADIENT_MODES, gramian_option_problem
 from mtl_jax.tasks import METRICS, with_loss_options
@@ -195,6 +196,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         not unknown or m.id_dropout == 0,
         "model.id_dropout_features",
         f"{unknown} are not input features; valid: {list(config.input_features)}",
+    )
+    _require(
+        m.embedding_dtype in EMBEDDING_DTYPES,
+        "model.embedding_dtype",
+        f"{m.embedding_dtype!r}; valid: {EMBEDDING_DTYPES}",
     )
     _require(
         o.embedding_optimizer in EMBEDDING_OPTIMIZERS,

@@ -159,6 +159,21 @@ def scale_by_rowwise_rss(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+def in_float32(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``inner`` with float32 math and state whatever the parameters' storage dtype: a
+    bfloat16 table's gradient and parameters are cast up before ``inner`` sees them, its
+    state (Adagrad's sums, Adam's moments) is float32, and ``optax.apply_updates`` rounds the
+    float32 sum back to the table's dtype. The state has ``inner``'s structure."""
+
+    def up(tree):
+        return jax.tree.map(lambda x: x.astype(jnp.promote_types(x.dtype, jnp.float32)), tree)
+
+    def update(updates, state, params=None):
+        return inner.update(up(updates), state, None if params is None else up(params))
+
+    return optax.GradientTransformation(lambda params: inner.init(up(params)), update)
+
+
 def make_embedding_optimizer(
     name: str, learning_rate: optax.Schedule, c: Any
 ) -> optax.GradientTransformation:
@@ -182,7 +197,7 @@ def make_embedding_optimizer(
         # rows of rarely seen ids shrink toward zero, the prior for an id we know little of.
         # With sparse updates only the rows a batch touches are pulled.
         tx = optax.chain(optax.add_decayed_weights(c.embedding_l2), tx)
-    return tx
+    return in_float32(tx)
 
 
 def add_l1_penalty(strength: float) -> optax.GradientTransformation:

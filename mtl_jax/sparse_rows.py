@@ -132,9 +132,10 @@ def gather_rows(
     tree: Any, owners: Any, slots: Mapping[str, jax.Array], shardings: Any = None
 ) -> Any:
     """The row view of ``tree``: each owned leaf's rows at its feature's slots (zeros in
-    unused slots), other leaves as they are. With ``shardings`` (a tree like ``tree``), a
-    leaf whose rows are split over a mesh axis is read with ``jax.shard_map``, each device
-    gathering from its own rows."""
+    unused slots; bfloat16 rows as float32, so that the step's sums and updates of them are
+    float32 and only the scatter rounds), other leaves as they are. With ``shardings`` (a
+    tree like ``tree``), a leaf whose rows are split over a mesh axis is read with
+    ``jax.shard_map``, each device gathering from its own rows."""
     if shardings is None:
         shardings = jax.tree.map(lambda _: None, owners)
 
@@ -143,8 +144,10 @@ def gather_rows(
             return leaf
         split = _row_split(sharding)
         if split is not None:
-            return _sharded_gather(leaf, slots[owner], *split)
-        return jnp.asarray(leaf).at[slots[owner]].get(mode="fill", fill_value=0)
+            rows = _sharded_gather(leaf, slots[owner], *split)
+        else:
+            rows = jnp.asarray(leaf).at[slots[owner]].get(mode="fill", fill_value=0)
+        return rows.astype(jnp.promote_types(rows.dtype, jnp.float32))
 
     return jax.tree.map(one, tree, owners, shardings, is_leaf=lambda x: x is None)
 

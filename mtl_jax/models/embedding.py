@@ -12,6 +12,8 @@ import jax.numpy as jnp
 from mtl_jax.data.schema import FeatureSpec
 from mtl_jax.text.bert import BertEncoder, mean_pool_normalize
 
+EMBEDDING_DTYPES = ("float32", "bfloat16")
+
 
 class FeatureEmbedding(nn.Module):
     """Looks up every categorical feature's id in its own table and appends the dense
@@ -46,6 +48,9 @@ class FeatureEmbedding(nn.Module):
     # vocabulary's, for a train step that runs on the rows its batch looks up (the ids are
     # then row numbers of that small table; see mtl_jax/sparse_rows.py).
     lookup_rows: Sequence[tuple[str, int]] = ()
+    # Storage dtype of the id tables; looked-up vectors are float32 whatever it is (only the
+    # batch's rows are converted, never a whole table).
+    table_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, features: dict[str, jax.Array], *, train: bool = False) -> jax.Array:
@@ -53,15 +58,27 @@ class FeatureEmbedding(nn.Module):
         if missing:
             raise KeyError(f"batch lacks input features {missing}; it has {sorted(features)}")
         # Rows are the logical "vocab" axis: the mesh rules shard big tables by rows.
-        init = nn.with_logical_partitioning(nn.initializers.normal(stddev=0.05), ("vocab", "embed"))
+        normal = nn.initializers.normal(stddev=0.05)
+        # Drawn in float32 whatever the storage dtype: a bfloat16 table starts as the float32
+        # table rounded, not as other random numbers.
+        init = nn.with_logical_partitioning(
+            lambda key, shape, dtype: normal(key, shape, jnp.float32).astype(dtype),
+            ("vocab", "embed"),
+        )
         vectors = []
         rows_of = dict(self.lookup_rows)
         for spec in self.features:
             if spec.is_dense:
                 continue
             rows = rows_of.get(spec.name, spec.vocab_size)
-            table = nn.Embed(rows, self.embed_dim, embedding_init=init, name=spec.name)
-            vector = table(features[spec.name])
+            table = nn.Embed(
+                rows,
+                self.embed_dim,
+                embedding_init=init,
+                param_dtype=self.table_dtype,
+                name=spec.name,
+            )
+            vector = table(features[spec.name]).astype(jnp.float32)
             if train and self.id_dropout > 0 and spec.name in self.id_dropout_features:
                 rng = self.make_rng("dropout")
                 known = jax.random.bernoulli(rng, 1.0 - self.id_dropout, vector.shape[:1])

@@ -82,6 +82,7 @@ class MultiTaskModel(nn.Module):
             id_dropout=c.get("id_dropout", 0.0),
             id_dropout_features=tuple(c.get("id_dropout_features", ())),
             lookup_rows=tuple(self.lookup_rows),
+            table_dtype=jnp.dtype(c.get("embedding_dtype", "float32")),
         )
         self.trunk = make_trunk(c.trunk, len(self.tasks), c)
         self.towers = {
