@@ -119,6 +119,7 @@ def _train_seeds(
         config.regularization.embedding_norm,
         task_gradients=config.balancing.task_gradients,
         gramian_at=config.balancing.gramian_at,
+        sparse_embeddings=config.optim.sparse_embedding_updates,
     )
     vstep = benchmark.CompiledOnce(jax.jit(jax.vmap(step_fn), donate_argnums=(0,)))
     veval = jax.jit(jax.vmap(make_eval_step(lead.model, lead.tasks), in_axes=(0, None)))

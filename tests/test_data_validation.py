@@ -36,7 +36,8 @@ def test_the_simulated_dataset_is_valid(dataset):
     [
         ("train", "features", "item_id", 7, -1, r"train split, column 'item_id': 1 bad values "
          r"\(row 7: -1\); ids must lie in \[0, 80\)"),
-        ("test", "features", "user_id", 3, 120, r"test split, column 'user_id'.*row 3: 120"),
+        ("test", "features", "user_id", 3, 120, r"test split, column 'user_id'.*row 3: 120.*"
+         r"the largest valid id of 'user_id' is 119"),
         ("validation", "labels", "rating", 0, np.nan, r"column 'rating'.*labels must be finite"),
         ("train", "labels", "click", 5, 2.0, r"column 'click'.*a binary label is 0 or 1"),
         ("train", "labels", "category", 1, 99, r"column 'category'.*class ids 0\.\.19"),

@@ -150,3 +150,19 @@ def test_bfloat16_tables_train_close_to_float32(sparse):
     for name, table in params32["embedding"].items():
         got = np.asarray(params16["embedding"][name]["embedding"], np.float32)
         np.testing.assert_allclose(got, table["embedding"], atol=1e-2, err_msg=name)
+
+
+@pytest.mark.slow
+def test_a_run_with_sparse_updates_reports_the_dense_runs_metrics(tmp_path):
+    """The e-commerce smoke run (shrunk), Adagrad tables: results.json's test metrics with
+    optim.sparse_embedding_updates on equal those with it off (rtol 1e-4)."""
+    from mtl_jax.train import train_and_evaluate
+
+    config = tiny_config(num_steps=20, eval_every=10, checkpoint_every=10, log_every=5)
+    dense = train_and_evaluate(config, str(tmp_path / "dense"))
+    config.optim.sparse_embedding_updates = True
+    sparse = train_and_evaluate(config, str(tmp_path / "sparse"))
+    assert sparse["best_step"] == dense["best_step"]
+    for task, metrics in dense["test"].items():
+        for metric, value in metrics.items():
+            assert sparse["test"][task][metric] == pytest.approx(value, rel=1e-4, abs=1e-6)

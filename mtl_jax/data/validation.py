@@ -82,6 +82,9 @@ def validate_dataset(dataset: MultiTaskDataset) -> None:
             bad = (column < 0) | (column >= spec.vocab_size)
             if bad.any():
                 where = _where(split_name, spec.name, bad, column)
-                raise DataFormatError(f"{where}; ids must lie in [0, {spec.vocab_size})")
+                raise DataFormatError(
+                    f"{where}; ids must lie in [0, {spec.vocab_size}): the largest valid id of "
+                    f"{spec.name!r} is {spec.vocab_size - 1}"
+                )
         for task in dataset.tasks:
             _check_labels(split_name, split, task)
