@@ -26,7 +26,7 @@ def compile_train_step(
     decides the shapes; for simulators that is a few seconds.
     """
     configlib.validate(config)
-    dataset = load_dataset(config.data, config.seed)
+    dataset = load_dataset(config.data, config.seed, config.get("features"))
     mesh = parallel.make_mesh(num_devices, model=config.mesh.model if model is None else model)
     trainer = Trainer(config, dataset, mesh=mesh)
     batch = next(trainer.train_iterator(num_steps=1))

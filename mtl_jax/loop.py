@@ -232,6 +232,8 @@ class TrainingLoop:
             if reporting.is_lead_process():
                 reporting.write_json(self.workdir / "config.json", self.config_dict)
                 self.metrics_log.reset()
+                if self.dataset.encoding is not None:  # file datasets: the fitted encoders
+                    self.dataset.encoding.save(self.workdir / "features")
         # Best checkpoints newer than where this run stands were written by a run that did
         # not get to checkpoint them (killed, diverged): they are not this run's.
         self.ckpt.discard_best_after(self.meta["best_step"] or 0)

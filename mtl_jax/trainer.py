@@ -410,7 +410,7 @@ def load_run_dataset(config: ml_collections.ConfigDict) -> MultiTaskDataset:
     log.info("building dataset %s", config.data.name)
     seed = configlib.data_seed(config)
     try:
-        dataset = load_dataset(config.data, seed)
+        dataset = load_dataset(config.data, seed, config.get("features"))
     except UserError:
         raise
     except ValueError as e:  # a builder's own check of its arguments

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mtl_jax.data.ecommerce import simulate_ecommerce
+from mtl_jax.data.files import build_file_dataset
 from mtl_jax.data.mmoe_synthetic import simulate_mmoe_synthetic
 from mtl_jax.data.movielens import build_dataset as movielens_dataset
 from mtl_jax.data.news import simulate_news
@@ -13,6 +14,7 @@ from mtl_jax.data.social import simulate_social
 
 _BUILDERS = {
     "ecommerce": simulate_ecommerce,
+    "files": build_file_dataset,
     "movielens": movielens_dataset,
     "mmoe_synthetic": simulate_mmoe_synthetic,
     "news": simulate_news,
@@ -22,12 +24,17 @@ _BUILDERS = {
 DATASETS = tuple(_BUILDERS)
 
 
-def load_dataset(data_config: Any, seed: int) -> MultiTaskDataset:
-    """Builds the dataset named by ``data_config.name``; its other keys are the builder's kwargs."""
+def load_dataset(data_config: Any, seed: int, features: Any = None) -> MultiTaskDataset:
+    """Builds the dataset named by ``data_config.name``; its other keys are the builder's
+    kwargs. ``features`` (the config's ``features`` section) is the column schema of a file
+    dataset (``name="files"``, see mtl_jax/data/files.py); the built-in datasets define
+    their own."""
     kwargs = dict(data_config)
     name = kwargs.pop("name")
     if name not in _BUILDERS:
         raise ValueError(f"unknown dataset {name!r}; valid: {DATASETS}")
+    if name == "files":
+        kwargs["features"] = {k: dict(v) for k, v in dict(features or {}).items()}
     return _BUILDERS[name](seed=seed, **kwargs)
 
 

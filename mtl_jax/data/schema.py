@@ -7,6 +7,7 @@ numpy fancy-indexing call per column, which is what keeps a small model fed.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
@@ -109,6 +110,9 @@ class MultiTaskDataset:
     # e.g. ``cold_items`` / ``warm_items`` in the cold-start protocol.
     test_subsets: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     validation_subsets: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    # File datasets: the encoders fitted on the train split (mtl_jax.data.files.FileEncoding),
+    # saved with the run so that raw rows can be encoded later as in training.
+    encoding: Any = None
 
     def text_for(self, feature: str) -> tuple[str, ...]:
         """One text per id of ``feature`` (``item_id`` or ``user_id``), indexed by id."""

@@ -1,0 +1,42 @@
+"""Writes tests/data/files_sample/{train,test}.csv: a small synthetic click log in the shape
+of a user's own data (string user ids, large integer item ids, a category, a price with
+gaps, a timestamp; labels click and a 1-5 rating present only for clicks). Deterministic:
+``python tests/data/make_files_sample.py`` rewrites the same files. configs/files.py reads
+them as its example."""
+
+import csv
+import pathlib
+
+import numpy as np
+
+OUT = pathlib.Path(__file__).parent / "files_sample"
+CATEGORIES = ("books", "games", "garden", "kitchen", "music", "toys")
+
+
+def main() -> None:
+    rng = np.random.default_rng(2026)
+    users, items = 60, 90
+    user_taste = rng.normal(size=(users, len(CATEGORIES)))
+    item_category = rng.integers(0, len(CATEGORIES), items)
+    item_price = np.round(np.exp(rng.normal(3.0, 0.8, items)), 2)
+    item_id = 10**12 + rng.choice(10**6, items, replace=False)  # large raw ids
+    OUT.mkdir(exist_ok=True)
+    for split, rows, start in (("train", 800, 0), ("test", 200, 800)):
+        with (OUT / f"{split}.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["user", "item", "category", "price", "age", "ts", "click", "rating"])
+            for n in range(rows):
+                u, i = rng.integers(users), rng.integers(items)
+                c = item_category[i]
+                logit = 1.5 * user_taste[u, c] - 0.4 * np.log(item_price[i]) + 0.5
+                click = int(rng.random() < 1 / (1 + np.exp(-logit)))
+                rating = int(np.clip(np.round(3 + user_taste[u, c] + rng.normal(0, 0.7)), 1, 5))
+                price = "" if rng.random() < 0.05 else f"{item_price[i]:.2f}"
+                w.writerow([
+                    f"u{u:03d}", int(item_id[i]), CATEGORIES[c], price, 20 + u % 50,
+                    1_700_000_000 + 60 * (start + n), click, rating if click else "",
+                ])  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

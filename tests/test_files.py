@@ -1,0 +1,215 @@
+"""File datasets (mtl_jax/data/files.py, configs/files.py): schema, encoders, bad input."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from configs import files as files_config
+from mtl_jax.data import files, load_dataset
+from mtl_jax.data.hashing import HashedIds
+
+SAMPLE = pathlib.Path(__file__).parent / "data" / "files_sample"
+HEADER = "user,item,category,price,age,ts,click,rating"
+
+
+def _config():
+    return files_config.get_config("smoke").unlock()
+
+
+def _dataset(config):
+    return load_dataset(config.data, config.seed, config.features)
+
+
+def _write(tmp_path, name, lines):
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_sample_encodes_by_the_schema():
+    config = _config()
+    ds = _dataset(config)
+    specs = {f.name: f for f in ds.features}
+    assert specs["item"].vocab_size == 65  # 64 buckets + the out-of-vocabulary row
+    assert specs["category"].vocab_size == 7  # 6 categories + row 0
+    assert specs["price"].is_dense and specs["age"].is_dense
+    assert [t.name for t in ds.tasks] == ["click", "like", "rating"]
+    assert ds.sizes() == {"train": 640, "validation": 160, "test": 200}
+    # like = rating > 3 where a rating exists; rows without one are masked.
+    train = ds.train
+    rated = train.masks["rating"] > 0
+    np.testing.assert_array_equal(train.masks["like"], train.masks["rating"])
+    np.testing.assert_array_equal(train.labels["like"][rated], train.labels["rating"][rated] > 3)
+    assert rated.sum() == train.labels["click"].sum()  # ratings only for clicks
+    # age standardised with train statistics: mean 0, std 1 over train.
+    age = train.features["age"][:, 0]
+    assert abs(age.mean()) < 1e-5 and abs(age.std() - 1) < 1e-4
+    # Missing prices take the train mean of log1p(price).
+    enc = ds.encoding.features["price"]
+    assert enc.normalize == "log1p" and np.isclose(enc.mean, 3.0, atol=0.5)
+
+
+def test_unseen_values_map_to_the_out_of_vocabulary_row(tmp_path):
+    config = _config()
+    train = _write(tmp_path, "train.csv", [HEADER, "u1,5,a,1.0,30,1,1,4", "u2,6,b,2.0,40,2,0,"])
+    test = _write(tmp_path, "test.csv", [HEADER, "u3,7,c,3.0,50,3,1,5", "u1,6,a,,30,4,0,"])
+    config.data.update(train=train, validation=train, test=test)
+    ds = _dataset(config)
+    feats = ds.test.features
+    assert feats["user"].tolist() == [0, 1]  # u3 unseen; u1 is row 1 (first seen)
+    assert feats["category"].tolist() == [0, 1]
+    item = ds.encoding.features["item"]
+    assert isinstance(item, HashedIds)
+    assert feats["item"][0] == 0 and feats["item"][1] == item.encode(np.array([6]))[0] > 0
+    np.testing.assert_allclose(feats["price"][1, 0], np.mean(np.log1p([1.0, 2.0])), rtol=1e-6)
+
+
+def test_min_count_sends_rare_values_to_row_0(tmp_path):
+    config = _config()
+    rows = [HEADER] + [f"u1,5,{c},1.0,30,1,1,4" for c in "aab"]
+    path = _write(tmp_path, "tr.csv", rows)
+    config.data.update(train=path, validation=path, test=path)
+    config.features.category.min_count = 2
+    ds = _dataset(config)
+    assert ds.train.features["category"].tolist() == [1, 1, 0]
+
+
+def test_parquet_reads_like_csv(tmp_path):
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    for split in ("train", "test"):
+        pq.write_table(pacsv.read_csv(SAMPLE / f"{split}.csv"), tmp_path / f"{split}.parquet")
+    config = _config()
+    csv_ds = _dataset(config)
+    config.data.update(train=str(tmp_path / "train.parquet"), test=str(tmp_path / "test.parquet"))
+    pq_ds = _dataset(config)
+    for name, column in csv_ds.test.features.items():
+        np.testing.assert_allclose(pq_ds.test.features[name], column, err_msg=name)
+    for name, column in csv_ds.test.labels.items():
+        np.testing.assert_array_equal(pq_ds.test.labels[name], column)
+
+
+@pytest.mark.parametrize("rule", ["random", "time", "user"])
+def test_one_file_split_by_rule(rule):
+    config = _config()
+    config.data.update(
+        train="", test="", file=f"{SAMPLE}/*.csv", split=rule, test_fraction=0.2,
+        split_column={"random": "", "time": "ts", "user": "user"}[rule],
+    )  # fmt: skip
+    ds = _dataset(config)
+    assert sum(ds.sizes().values()) == 1000
+    table = files.load_tables(config.data, config.seed)
+    if rule == "time":
+        assert table[0].columns["ts"].max() < table[1].columns["ts"].min()
+        assert table[1].columns["ts"].max() < table[2].columns["ts"].min()
+    if rule == "user":
+        users = [set(t.columns["user"]) for t in table]
+        assert not (users[0] & users[1]) and not (users[0] & users[2])
+
+
+@pytest.mark.slow
+def test_the_template_trains_and_saves_its_encoders(tmp_path):
+    from mtl_jax.train import train_and_evaluate
+
+    results = train_and_evaluate(_config(), str(tmp_path / "w"))
+    assert set(results["test"]) == {"click", "like", "rating"}
+    saved = json.loads((tmp_path / "w" / "features" / "features.json").read_text())
+    assert saved["item"] == {"column": "item", "kind": "categorical", "hash_buckets": 64}
+    assert saved["category"]["vocabulary"][0] == "games"  # first seen in train
+    loaded = HashedIds.load(tmp_path / "w" / "features" / "item.hash.npz")
+    assert loaded.buckets == 64 and len(loaded.known) > 50
+
+
+GOOD = [HEADER, "u1,5,a,1.0,30,1,1,4", "u2,6,b,2.0,40,2,0,"]
+
+
+def _bad(tmp_path, train=None, test=None, **config_updates):
+    config = _config()
+    config.data.update(
+        train=_write(tmp_path, "train.csv", train or GOOD),
+        validation=_write(tmp_path, "validation.csv", GOOD),
+        test=_write(tmp_path, "test.csv", test or GOOD),
+    )
+    for key, value in config_updates.items():
+        node, _, leaf = key.rpartition(".")
+        target = config
+        for part in node.split("."):
+            target = target[part]
+        target[leaf] = value
+    return config
+
+
+BAD_INPUTS = [
+    (
+        "missing column",
+        dict(train=["user,item", "u1,5"], test=["user,item", "u1,5"]),
+        r"train.csv: no column 'age' \(for dense feature 'age'\); columns: \['user', 'item'\]",
+    ),
+    (
+        "header differs",
+        dict(test=[HEADER.replace("age", "years"), "u1,5,a,1.0,30,1,1,4"]),
+        r"test.csv: columns .* differ from the train file",
+    ),
+    (
+        "non-numeric dense",
+        dict(train=GOOD + ["u3,7,c,cheap,30,3,1,4"]),
+        r"train.csv, line 4, column 'price': 'cheap' is not a number",
+    ),
+    (
+        "rating out of range",
+        dict(train=GOOD + ["u3,7,c,1.0,30,3,1,7"]),
+        r"train.csv, line 4, column 'rating': label 7.* is not a number in \[1.0, 5.0\]",
+    ),
+    (
+        "binary label not 0/1",
+        dict(test=GOOD + ["u3,7,c,1.0,30,3,2,4"]),
+        r"test.csv, line 4, column 'click': label 2.* of binary task 'click' is not 0 or 1",
+    ),
+    ("empty file", dict(train=[""]), r"train.csv: not readable as CSV|the file is empty"),
+    (
+        "all-missing task",
+        dict(train=[HEADER, "u1,5,a,1.0,30,1,1,", "u2,6,b,2.0,40,2,0,"]),
+        r"task 'like': every train row's label \(column 'rating'\) is missing",
+    ),
+]
+
+
+@pytest.mark.parametrize("what, files_, match", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_files_are_named_errors(tmp_path, what, files_, match):
+    config = _bad(tmp_path, **files_)
+    with pytest.raises(files.DataFormatError, match=match):
+        _dataset(config)
+
+
+def test_bad_paths_and_schemas_are_named(tmp_path):
+    config = _bad(tmp_path)
+    config.data.train = str(tmp_path / "nothing_*.csv")
+    with pytest.raises(files.DataFormatError, match=r"the glob .*nothing_\*.csv' matches no file"):
+        _dataset(config)
+    config = _bad(tmp_path)
+    weird = tmp_path / "train.bin"
+    weird.write_bytes(b"\x00\x01")
+    config.data.train = str(weird)
+    with pytest.raises(files.DataFormatError, match="cannot tell the format"):
+        _dataset(config)
+    config = _bad(tmp_path)
+    (tmp_path / "fake.parquet").write_text("user,item\n")
+    config.data.train = str(tmp_path / "fake.parquet")
+    with pytest.raises(files.DataFormatError, match="fake.parquet: not readable as Parquet"):
+        _dataset(config)
+    config = _bad(tmp_path)
+    config.features.item.hash_buckets = -3
+    with pytest.raises(files.ConfigError, match="features.item.hash_buckets must be >= 1"):
+        _dataset(config)
+    config = _bad(tmp_path, train=[HEADER, "u1,-5,a,1.0,30,1,1,4"])
+    with pytest.raises(ValueError, match="item: negative id -5 at row 0"):
+        _dataset(config)
+    config = _bad(tmp_path)
+    config.features.price.normalize = "zscore"
+    with pytest.raises(files.ConfigError, match=r"features.price.normalize: 'zscore'; valid"):
+        _dataset(config)
