@@ -203,9 +203,10 @@ def test_bad_paths_and_schemas_are_named(tmp_path):
     with pytest.raises(files.DataFormatError, match="fake.parquet: not readable as Parquet"):
         _dataset(config)
     config = _bad(tmp_path)
-    config.features.item.hash_buckets = -3
-    with pytest.raises(files.ConfigError, match="features.item.hash_buckets must be >= 1"):
-        _dataset(config)
+    for buckets in (0, -3):
+        config.features.item.hash_buckets = buckets
+        with pytest.raises(files.ConfigError, match="features.item.hash_buckets must be >= 1"):
+            _dataset(config)
     config = _bad(tmp_path, train=[HEADER, "u1,-5,a,1.0,30,1,1,4"])
     with pytest.raises(ValueError, match="item: negative id -5 at row 0"):
         _dataset(config)

@@ -353,14 +353,19 @@ def _fit_feature(name: str, spec: Mapping[str, Any], train: Table) -> Any:
     column = spec.get("column") or name
     if kind == "categorical":
         values = _column(train, column, f"feature {name!r}")
-        if int(spec.get("hash_buckets", 0)):
+        if spec.get("hash_buckets") is not None:
             if int(spec["hash_buckets"]) < 1:
-                raise ConfigError(f"features.{name}.hash_buckets must be >= 1")
+                raise ConfigError(
+                    f"features.{name}.hash_buckets must be >= 1, got {spec['hash_buckets']} "
+                    "(None: a vocabulary from train)"
+                )
             present = values[~_missing_mask(values)]
             ids = _as_keys(present).astype(str) if present.dtype == object else present
             return HashedIds.fit(
                 ids, int(spec["hash_buckets"]), int(spec.get("min_count", 1)), name
             )
+        if int(spec.get("min_count", 1)) < 1:
+            raise ConfigError(f"features.{name}.min_count must be >= 1, got {spec['min_count']}")
         return Vocabulary.fit(values, int(spec.get("min_count", 1)))
     if kind == "dense":
         normalize = spec.get("normalize", "none")
@@ -630,13 +635,19 @@ def label_config(**spec: Any) -> Any:
 
 def feature_config(**spec: Any) -> Any:
     """One input feature: ``kind`` (categorical, dense), the source ``column`` (default: the
-    feature's name); categorical: ``hash_buckets`` (0 = a vocabulary) and ``min_count``;
+    feature's name); categorical: ``hash_buckets`` (None = a vocabulary) and ``min_count``;
     dense: ``normalize`` (none, standard, log1p) and ``missing`` (mean, zero, error)."""
     import ml_collections
 
     c = ml_collections.ConfigDict(
-        dict(kind="categorical", column="", hash_buckets=0, min_count=1, normalize="none",
-             missing="mean")
-    )  # fmt: skip
+        dict(
+            kind="categorical",
+            column="",
+            hash_buckets=ml_collections.config_dict.placeholder(int),
+            min_count=1,
+            normalize="none",
+            missing="mean",
+        )
+    )
     c.update(spec)
     return c
