@@ -407,6 +407,14 @@ class TrainingLoop:
 
     def _report(self) -> dict[str, Any]:
         meta = self.meta
+        if meta["best_step"] is None:
+            metric = self.config.train.early_stopping_metric
+            raise ConfigError(
+                f"no validation step gave a finite {metric} (a validation split without "
+                "labelled examples of both classes, or predictions that were never finite), "
+                "so there is no best checkpoint to test; choose a train.early_stopping_metric "
+                "the validation split defines (e.g. a logloss) or a larger validation split"
+            )
         best_params = self.ckpt.restore_best(
             self.trainer.abstract_state.params, step=meta["best_step"]
         )

@@ -82,23 +82,28 @@ class Table:
         )
 
 
-def expand_paths(spec: str, what: str) -> list[str]:
-    """Files of a comma-separated list of paths and globs, each glob's matches sorted."""
+def expand_paths(spec: str, what: str, data_dir: str = "", hint: str = "") -> list[str]:
+    """Files of a comma-separated list of paths and globs (relative ones under ``data_dir``
+    when it is set), each glob's matches sorted. ``hint`` ends the error when a file is
+    missing (what the data set's files are and where they come from)."""
     out = []
+    tail = f"; {hint}" if hint else ""
     for part in (p.strip() for p in spec.split(",")):
         if not part:
             continue
+        if data_dir and not pathlib.Path(part).is_absolute():
+            part = str(pathlib.Path(data_dir) / part)
         if glob.has_magic(part):
             matches = sorted(glob.glob(part))
             if not matches:
-                raise DataFormatError(f"{what}: the glob {part!r} matches no file")
+                raise DataFormatError(f"{what}: the glob {part!r} matches no file{tail}")
             out.extend(matches)
         elif not pathlib.Path(part).is_file():
-            raise DataFormatError(f"{what}: no such file {part!r}")
+            raise DataFormatError(f"{what}: no such file {part!r}{tail}")
         else:
             out.append(part)
     if not out:
-        raise DataFormatError(f"{what}: no file given")
+        raise DataFormatError(f"{what}: no file given{tail}")
     return out
 
 
@@ -497,23 +502,26 @@ def load_tables(data: Mapping[str, Any], seed: int) -> list[Table]:
     """Train, validation and test tables: from their own files, or one source split by rule
     (validation carved from train with the seed when only train and test are given)."""
     options = dict(data)
+    where = (data.get("data_dir", ""), data.get("hint", ""))
     if data.get("file"):
         if any(data.get(s) for s in ("train", "validation", "test")):
             raise ConfigError("set data.file or data.train/validation/test, not both")
         return _split_one_source(
-            read_files(expand_paths(data["file"], "data.file"), options), data, seed
+            read_files(expand_paths(data["file"], "data.file", *where), options), data, seed
         )
     if not data.get("train") or not data.get("test"):
         raise ConfigError("data.train and data.test (or data.file) must name files")
-    train = read_files(expand_paths(data["train"], "data.train"), options)
-    test = read_files(expand_paths(data["test"], "data.test"), options)
+    train = read_files(expand_paths(data["train"], "data.train", *where), options)
+    test = read_files(expand_paths(data["test"], "data.test", *where), options)
     if list(test.columns) != list(train.columns):
         raise DataFormatError(
             f"{test.files[0]}: columns {list(test.columns)} differ from the train file "
             f"{train.files[0]}'s {list(train.columns)}"
         )
     if data.get("validation"):
-        validation = read_files(expand_paths(data["validation"], "data.validation"), options)
+        validation = read_files(
+            expand_paths(data["validation"], "data.validation", *where), options
+        )
     else:
         fraction = float(data.get("validation_fraction", 0.1))
         keep, held, _ = random_split(len(train), fraction, 0.0, np.random.default_rng(seed))
@@ -583,6 +591,8 @@ def data_config(**overrides: Any) -> Any:
         dict(
             name="files",
             dataset_name="files",  # the name results.json and reports give the dataset
+            data_dir="",  # relative paths below are under it ('' = the working directory)
+            hint="",  # appended to "no such file" errors: what the files are, where from
             train="",  # a path, a glob, or a comma-separated list of either
             validation="",  # '' = carved from train with the seed (validation_fraction)
             test="",
