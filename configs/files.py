@@ -20,7 +20,7 @@ What to set (mtl_jax/data/files.py has the details):
   (normalize none | standard | log1p, missing mean | zero | error); column defaults to the
   name. Every encoder is fitted on train only and saved in <workdir>/features/.
 - data.labels.<task>: kind binary | regression | multiclass, column, and a derivation
-  (threshold, equals or values); a missing source value masks the task for that row.
+  (threshold, equals or value_map); a missing source value masks the task for that row.
 """
 
 from __future__ import annotations

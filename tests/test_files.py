@@ -260,3 +260,48 @@ def test_a_run_whose_validation_metric_is_never_defined_says_so(tmp_path):
     config.train.early_stopping_metric = "ctr/auc"
     with pytest.raises(ConfigError, match="no validation step gave a finite ctr/auc"):
         train_and_evaluate(config, str(tmp_path / "w"))
+
+
+@pytest.mark.slow
+def test_census_income_sample_trains_end_to_end(tmp_path):
+    """configs/census_income.py:smoke: the published format (no header, ', ' separators,
+    '?' for missing; DeepCTR's copy with a leading row id), both tasks' test AUC."""
+    from configs import census_income
+    from mtl_jax.train import train_and_evaluate
+
+    config = census_income.get_config("smoke")
+    results = train_and_evaluate(config, str(tmp_path / "w"))
+    assert set(results["test"]) == {"income", "marital"}
+    assert all(0.0 <= results["test"][t]["auc"] <= 1.0 for t in ("income", "marital"))
+
+
+def test_census_income_task_groups_read_their_labels():
+    from configs import census_income
+
+    tables = None
+    for group, tasks in (("income_marital", ("income", "marital")),
+                         ("education_marital", ("education", "marital"))):  # fmt: skip
+        config = census_income.get_config(group).unlock()
+        config.data.update(train_file="", test_file="", split="random")
+        config.data.file = str(pathlib.Path(census_income.SAMPLE) / "census-income.sample")
+        ds = _dataset(config)
+        assert [t.name for t in ds.tasks] == list(tasks)
+        inputs = {f.name for f in ds.features}
+        assert "marital_stat" not in inputs and "instance_weight" not in inputs
+        assert ("education" in inputs) == (group == "income_marital")
+        tables = files.load_tables(config.data, config.seed)
+    # Strings come stripped of the separator's space; '?' is missing.
+    everything = np.concatenate([t.columns["marital_stat"] for t in tables])
+    assert "Never married" in set(everything)
+    assert None in set(np.concatenate([t.columns["mig_chg_msa"] for t in tables]))
+    all_rows = np.concatenate([t.columns["row_id"] for t in tables])
+    assert len(all_rows) == 200 and all_rows[0] != 62  # the leading id, not the age
+
+
+def test_census_income_without_its_files_names_them(tmp_path):
+    from configs import census_income
+
+    config = census_income.get_config().unlock()
+    config.data.data_dir = str(tmp_path)
+    with pytest.raises(files.DataFormatError, match=r"census-income.data'; census-income: set"):
+        _dataset(config)

@@ -156,6 +156,11 @@ def read_file(path: str, options: Mapping[str, Any]) -> Table:
         else:
             names = list(options.get("columns", ()))
             header = options.get("header", True)
+            if not header and names:
+                with open(path, errors="replace") as f:
+                    fields = len(f.readline().split(options.get("delimiter", ",")))
+                if fields == len(names) + 1:  # a copy with a leading row id (e.g. DeepCTR's)
+                    names = ["row_id", *names]
             read = pacsv.ReadOptions(
                 column_names=None if header else (names or None),
                 autogenerate_column_names=not header and not names,
@@ -416,7 +421,7 @@ def _label(task: str, spec: Mapping[str, Any], table: Table) -> tuple[np.ndarray
     values = _column(table, column, f"task {task!r}")
     missing = _missing_mask(values)
     what = f"task {task!r}"
-    mapping = dict(spec.get("values") or {})
+    mapping = {str(raw): float(label) for raw, label in (spec.get("value_map") or ())}
     if mapping:
         keys = _as_keys(values)
         out = np.zeros(len(values))
@@ -426,7 +431,7 @@ def _label(task: str, spec: Mapping[str, Any], table: Table) -> tuple[np.ndarray
             if k not in mapping:
                 raise DataFormatError(
                     f"{table.where(i)}, column {column!r}: {k!r} is not in data.labels.{task}"
-                    f".values {sorted(mapping)}"
+                    f".value_map {sorted(mapping)}"
                 )
             out[i] = float(mapping[k])
     elif spec.get("equals", "") not in ("", None):
@@ -441,7 +446,7 @@ def _label(task: str, spec: Mapping[str, Any], table: Table) -> tuple[np.ndarray
     present = ~missing
     if kind == "binary":
         bad = present & ~np.isin(out, (0.0, 1.0))
-        allowed = "0 or 1 (derive one with data.labels.<task>.threshold, equals or values)"
+        allowed = "0 or 1 (derive one with data.labels.<task>.threshold, equals or value_map)"
     elif kind == "multiclass":
         classes = int(spec.get("num_classes", 0))
         bad = present & ~((out >= 0) & (out < classes) & (out == np.round(out)))
@@ -619,7 +624,7 @@ def data_config(**overrides: Any) -> Any:
 def label_config(**spec: Any) -> Any:
     """One task's label: ``kind`` (binary, regression, multiclass), the source ``column``
     (default: the task's name) and at most one derivation: ``threshold`` (label = value >
-    threshold), ``equals`` (label = value == equals), ``values`` (a map from raw value to
+    threshold), ``equals`` (label = value == equals), ``value_map`` (a map from raw value to
     label). ``num_classes`` for multiclass, ``min``/``max`` bounds for regression. A
     missing source value masks the task for that row."""
     import ml_collections
@@ -630,16 +635,15 @@ def label_config(**spec: Any) -> Any:
             column="",
             threshold=ml_collections.config_dict.placeholder(float),
             equals="",
-            values=ml_collections.ConfigDict(),
+            value_map=(),  # ((raw value, label), ...): raw values may hold dots
             num_classes=0,
             min=ml_collections.config_dict.placeholder(float),
             max=ml_collections.config_dict.placeholder(float),
         )
     )
-    values = spec.pop("values", {})
+    value_map = spec.pop("value_map", {})
     c.update(spec)
-    for raw, label in values.items():
-        c.values[str(raw)] = float(label)
+    c.value_map = tuple((str(raw), float(label)) for raw, label in dict(value_map).items())
     return c
 
 
