@@ -39,8 +39,6 @@ RESUMABLE_KEYS = (
     "train.eval_batch_size",
     "checkpoint.max_to_keep",
     "checkpoint.async_save",
-    # The row view changes no state layout; Adagrad and SGD give the same updates either way.
-    "optim.sparse_embedding_updates",
 )
 
 
@@ -79,6 +77,7 @@ ADDED_KEYS = {
     "optim.step_boundaries": [0.5, 0.75],
     "optim.step_factor": 0.1,
     "model.embedding_dtype": "float32",
+    "optim.sparse_embedding_updates": False,
 }
 
 

@@ -356,6 +356,7 @@ class TrainingLoop:
         self.guard.flush()
         step, t, meta = self.step, self.config.train, self.meta
         task_name, metric_name = self.early_stopping
+        self.state = self.trainer.settle(self.state)  # what is evaluated and saved
         val = self.trainer.evaluate(self.state.params, self.dataset.validation)
         value = val[task_name][metric_name]
         if not math.isfinite(value):

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 GROUPS = ("embeddings", "trunk", "heads", "text", "text_encoder", "frozen")
@@ -174,14 +175,191 @@ def in_float32(inner: optax.GradientTransformation) -> optax.GradientTransformat
     return optax.GradientTransformation(lambda params: inner.init(up(params)), update)
 
 
+class LazyL2State(NamedTuple):
+    inner: Any  # the table optimizer's state
+    count: jax.Array  # steps taken
+    synced: Any  # per table, (rows,): the first step whose L2 decay the row has not had
+
+
+def _caught_up(w, synced, acc, t, sums, strength):
+    """Rows of ``w`` after the L2 pulls of steps ``synced .. t - 1`` (see lazy_coupled_l2):
+    the product of ``1 - lr_s * c`` over those steps, ``c = strength / sqrt(acc)``, as
+    ``exp(-sum_k c^k / k * sum_s lr_s^k)`` to the fourth power (``sums[k - 1, n]`` holds the
+    sum of ``lr_s^k`` over steps s < n; the fifth-order term is below 1e-7 per step)."""
+    synced = jnp.clip(synced, 0, t)
+    missed = sums[:, t][:, None] - sums[:, synced]  # (4, rows)
+    shape = (-1,) + (1,) * (w.ndim - 1)
+    c = jnp.full(w.shape, strength, jnp.float32)
+    if acc is not None:
+        acc = acc.reshape(acc.shape + (1,) * (w.ndim - acc.ndim))
+        c = c * jnp.where(acc > 0, jax.lax.rsqrt(acc + 1e-7), 0.0)
+    log_factor = sum(-(c**k) / k * missed[k - 1].reshape(shape) for k in range(1, 5))
+    return w * jnp.exp(log_factor)
+
+
+def _rate_sums(learning_rate: optax.Schedule, total_steps: int) -> jax.Array:
+    """``sums[k - 1, n]``: the sum of ``rate^k`` over steps 0 .. n - 1, k = 1..4, for n up
+    to total_steps + 2."""
+    counts = jnp.arange(total_steps + 2)
+    rates = np.asarray(jax.device_get(learning_rate(counts)), np.float64)
+    powers = np.stack([rates**k for k in range(1, 5)])
+    zeros = np.zeros((4, 1))
+    return jnp.asarray(np.concatenate([zeros, np.cumsum(powers, axis=1)], axis=1), jnp.float32)
+
+
+class _Accumulator(NamedTuple):
+    """Where a table optimizer keeps its squared-gradient sums, and whether per row."""
+
+    get: Any  # inner state -> tree like the parameters (or their rows)
+    set: Any  # (inner state, tree) -> inner state
+    per_row: bool
+
+
+_ACCUMULATORS = {
+    "adagrad": _Accumulator(
+        lambda s: s[0].sum_of_squares,
+        lambda s, v: (s[0]._replace(sum_of_squares=v), *s[1:]),
+        per_row=False,
+    ),
+    "rowwise_adagrad": _Accumulator(
+        lambda s: s[0].sum_of_squares,
+        lambda s, v: (s[0]._replace(sum_of_squares=v), *s[1:]),
+        per_row=True,
+    ),
+}
+
+
+def _catch_up(params, state: LazyL2State, strength, sums, total_steps, accumulator):
+    """``(params, state)`` with each row's L2 pulls of the steps it missed applied: the
+    rows scaled in closed form (``_caught_up``), the accumulator grown by the penalty's
+    squared gradients of those steps (trapezoid over the row's start and end), and every
+    row marked synced up to ``state.count``."""
+    t = jnp.minimum(state.count, total_steps + 1)
+    acc = accumulator.get(state.inner) if accumulator is not None else None
+    none = jax.tree.map(lambda s: None, state.synced)
+    caught = jax.tree.map(
+        lambda w, synced, a: _caught_up(w, synced, a, t, sums, strength),
+        params,
+        state.synced,
+        none if acc is None else acc,
+        is_leaf=lambda x: x is None,
+    )
+    inner = state.inner
+    if acc is not None:
+
+        def grown(a, w, c, synced):
+            missed = (t - jnp.clip(synced, 0, t)).astype(jnp.float32)
+            squares = strength**2 * 0.5 * (jnp.square(w) + jnp.square(c))
+            if accumulator.per_row:
+                squares = jnp.mean(squares, axis=tuple(range(1, w.ndim)))
+            return a + missed.reshape(missed.shape + (1,) * (a.ndim - 1)) * squares
+
+        inner = accumulator.set(inner, jax.tree.map(grown, acc, params, caught, state.synced))
+    synced = jax.tree.map(lambda s: jnp.full_like(s, state.count), state.synced)
+    return caught, state._replace(inner=inner, synced=synced)
+
+
+def lazy_coupled_l2(
+    inner: optax.GradientTransformation,
+    strength: float,
+    learning_rate: optax.Schedule,
+    total_steps: int,
+    accumulator: _Accumulator | None = None,
+) -> optax.GradientTransformation:
+    """A coupled L2 penalty for sparse row updates that catches up on the steps a row missed.
+
+    The dense step pulls every row toward zero every step (gradient ``strength * w``, scaled
+    by the table optimizer: for Adagrad a factor ``1 - lr_s * strength / sqrt(acc)`` at step
+    s, and ``acc`` grows by the penalty's squared gradient). A sparse step sees a row only
+    when a batch looks it up; this transform then first applies the pulls of the steps since
+    the row's last update in closed form (``_catch_up``), then this step's update with the
+    penalty as usual. Rows the batch does not touch wait until it does, or until the state
+    is settled (``settle_lazy_l2``, before evaluation and checkpoints). In a dense step no
+    step is ever missed and this is exactly the penalty followed by ``inner``."""
+    sums = _rate_sums(learning_rate, total_steps)
+
+    def init(params):
+        synced = jax.tree.map(lambda p: jnp.zeros(p.shape[:1], jnp.int32), params)
+        return LazyL2State(inner.init(params), jnp.zeros([], jnp.int32), synced)
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("lazy_coupled_l2 needs the parameters: pass params to update()")
+        caught, state = _catch_up(params, state, strength, sums, total_steps, accumulator)
+        penalised = jax.tree.map(lambda g, w: g + strength * w, updates, caught)
+        inner_updates, inner_state = inner.update(penalised, state.inner, caught)
+        out = jax.tree.map(lambda u, c, w: u + (c - w), inner_updates, caught, params)
+        synced = jax.tree.map(lambda s: jnp.full_like(s, state.count + 1), state.synced)
+        return out, LazyL2State(inner_state, state.count + 1, synced)
+
+    return optax.GradientTransformation(init, update)
+
+
+def uses_lazy_l2(c: Any) -> bool:
+    """Whether the tables' L2 penalty is ``lazy_coupled_l2`` (sparse updates, not Adam)."""
+    return (
+        c.embedding_l2 > 0
+        and c.get("sparse_embedding_updates", False)
+        and c.embedding_optimizer != "adam"
+    )
+
+
+def settle_lazy_l2(optim_config: Any, total_steps: int, shared_lr_scale: float = 1.0) -> Any:
+    """``(params, opt_state) -> (params, opt_state)`` with every table row's pending L2 pulls
+    applied (see ``lazy_coupled_l2``), for evaluation and checkpoints: the parameters the
+    dense path would hold. Training on from a settled state takes the same steps. None when
+    the run has no lazy penalty."""
+    c = optim_config
+    if not uses_lazy_l2(c):
+        return None
+    rate = schedule(group_peaks(c, shared_lr_scale)["embeddings"], c.warmup_steps, total_steps, c)
+    sums = _rate_sums(rate, total_steps)
+    accumulator = _ACCUMULATORS.get(c.embedding_optimizer)
+    is_lazy = lambda x: isinstance(x, LazyL2State)  # noqa: E731
+
+    def settle(params, opt_state):
+        changed = {}
+
+        def one(node):
+            if not is_lazy(node):
+                return node
+            own = jax.tree_util.tree_map_with_path(
+                lambda path, _: _leaf_at(params, path), node.synced
+            )
+            caught, node = _catch_up(own, node, c.embedding_l2, sums, total_steps, accumulator)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(caught):
+                changed[tuple(_key(k) for k in path)] = leaf
+            return node
+
+        opt_state = jax.tree.map(one, opt_state, is_leaf=is_lazy)
+        params = jax.tree_util.tree_map_with_path(
+            lambda path, w: changed.get(tuple(_key(k) for k in path), w), params
+        )
+        return params, opt_state
+
+    return settle
+
+
+def _leaf_at(tree: Any, path: tuple) -> Any:
+    for entry in path:
+        tree = tree[_key(entry)]
+    return tree
+
+
 def make_embedding_optimizer(
-    name: str, learning_rate: optax.Schedule, c: Any
+    name: str, learning_rate: optax.Schedule, c: Any, total_steps: int = 0
 ) -> optax.GradientTransformation:
     """Adagrad by default: a row absent from a batch has zero gradient and stays put, while
     Adam's momentum keeps moving rare ids' rows for many steps after they were last seen,
     which overfits long-tail ids (with ``optim.sparse_embedding_updates`` Adam is lazy: only
     the rows a batch touches move). ``rowwise_adagrad`` keeps one accumulator per row (a
-    table's state shrinks from rows x dim to rows); ``sgd`` keeps none."""
+    table's state shrinks from rows x dim to rows); ``sgd`` keeps none.
+
+    ``optim.embedding_l2``: a coupled L2 penalty (rows of rarely seen ids shrink toward zero,
+    the prior for an id we know little of). With sparse updates (Adagrad, row-wise Adagrad,
+    SGD) a row gets the pulls of the steps it missed when a batch next touches it
+    (``lazy_coupled_l2``); with Adam only touched rows are pulled."""
+    accumulator = _ACCUMULATORS.get(name)
     if name == "adagrad":
         tx = optax.adagrad(learning_rate, initial_accumulator_value=0.1)
     elif name == "rowwise_adagrad":
@@ -193,10 +371,10 @@ def make_embedding_optimizer(
     else:
         raise ValueError(f"unknown embedding optimizer {name!r}; valid: {EMBEDDING_OPTIMIZERS}")
     if c.embedding_l2 > 0:
-        # An L2 penalty's gradient, added before the optimizer sees it (not decoupled decay):
-        # rows of rarely seen ids shrink toward zero, the prior for an id we know little of.
-        # With sparse updates only the rows a batch touches are pulled.
-        tx = optax.chain(optax.add_decayed_weights(c.embedding_l2), tx)
+        if uses_lazy_l2(c):
+            tx = lazy_coupled_l2(tx, c.embedding_l2, learning_rate, total_steps, accumulator)
+        else:  # the penalty's gradient, before the optimizer sees it (not decoupled decay)
+            tx = optax.chain(optax.add_decayed_weights(c.embedding_l2), tx)
     return in_float32(tx)
 
 
@@ -272,7 +450,7 @@ def make_optimizer(
 
     dense = optax.adamw(rate("heads"), b1=c.b1, b2=c.b2, weight_decay=c.weight_decay)
     trunk = optax.adamw(rate("trunk"), b1=c.b1, b2=c.b2, weight_decay=c.weight_decay)
-    embeddings = make_embedding_optimizer(c.embedding_optimizer, rate("embeddings"), c)
+    embeddings = make_embedding_optimizer(c.embedding_optimizer, rate("embeddings"), c, total_steps)
     partitioned = optax.partition(
         {
             "embeddings": with_penalties(embeddings, l1.get("embeddings", 0.0), 0.0),

@@ -147,7 +147,9 @@ def gather_rows(
             rows = _sharded_gather(leaf, slots[owner], *split)
         else:
             rows = jnp.asarray(leaf).at[slots[owner]].get(mode="fill", fill_value=0)
-        return rows.astype(jnp.promote_types(rows.dtype, jnp.float32))
+        if jnp.issubdtype(rows.dtype, jnp.floating):
+            rows = rows.astype(jnp.promote_types(rows.dtype, jnp.float32))
+        return rows
 
     return jax.tree.map(one, tree, owners, shardings, is_leaf=lambda x: x is None)
 

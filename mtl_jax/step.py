@@ -299,6 +299,7 @@ def make_train_step(
     gramian_at: str = "trunk",
     sparse_embeddings: bool = False,
     state_sharding: TrainState | None = None,
+    settle: Callable | None = None,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """A pure ``(state, batch) -> (state, metrics)``; jit it with the shardings you need.
 
@@ -321,7 +322,9 @@ def make_train_step(
     ``sparse_embeddings`` runs the step on the rows its batch looks up (``sparse_rows_step``):
     the same update for Adagrad and SGD, at a cost that does not grow with the tables.
     With ``state_sharding`` (the jitted state's shardings), tables split by rows over a mesh
-    axis are read and written with ``jax.shard_map``, each device on its own rows.
+    axis are read and written with ``jax.shard_map``, each device on its own rows; with
+    ``settle`` (``optim.settle_lazy_l2``), the looked-up rows first get the L2 pulls of the
+    steps they missed, so that the forward pass sees what the dense path would.
     """
     num_tasks = len(tasks)
     problem = gramian_option_problem(rule, gramian_params, gramian_at)
@@ -344,7 +347,7 @@ def make_train_step(
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         batch = with_teacher(state, batch)
         if sparse_embeddings:
-            return sparse_rows_step(model, step_on, state, batch, state_sharding)
+            return sparse_rows_step(model, step_on, state, batch, state_sharding, settle)
         return step_on(model, state, batch)
 
     def step_on(model: MultiTaskModel, state: TrainState, batch: dict):
@@ -448,6 +451,7 @@ def sparse_rows_step(
     state: TrainState,
     batch: dict,
     sharding: TrainState | None = None,
+    settle: Callable | None = None,
 ) -> tuple[TrainState, dict]:
     """``step_on(model, state, batch)`` on the row view of the embedding tables (see
     mtl_jax/sparse_rows.py): each table and each optimizer-state copy of it is cut down to
@@ -471,6 +475,9 @@ def sparse_rows_step(
         params=sparse_rows.gather_rows(state.params, param_owners, slots, params_sharding),
         opt_state=sparse_rows.gather_rows(state.opt_state, state_owners, slots, opt_sharding),
     )
+    if settle is not None:  # the rows' pending L2 pulls, before the forward pass reads them
+        params, opt_state = settle(view.params, view.opt_state)
+        view = view.replace(params=params, opt_state=opt_state)
     view_model = model.clone(lookup_rows=tuple((n, s.shape[0]) for n, s in slots.items()))
     new_view, metrics = step_on(view_model, view, {**batch, "features": features})
     new_state = new_view.replace(

@@ -34,7 +34,7 @@ from mtl_jax.evaluation import task_metrics
 from mtl_jax.models import MultiTaskModel
 from mtl_jax.models.gate_stats import make_gate_stats
 from mtl_jax.models.model import esmm_tasks
-from mtl_jax.optim import group_peaks, learning_rates, make_optimizer
+from mtl_jax.optim import group_peaks, learning_rates, make_optimizer, settle_lazy_l2
 from mtl_jax.step import TrainState, make_eval_step, make_train_step, make_trunk_gramian, scope_mask
 from mtl_jax.tasks import TaskSpec
 from mtl_jax.text import features as text_features
@@ -195,6 +195,7 @@ class Trainer:
             config.balancing.gramian_at,
             config.optim.sparse_embedding_updates,
             self.state_sharding,
+            settle_lazy_l2(config.optim, self.stage.steps, self.stage.shared_lr_scale),
         )
         self.train_step = jax.jit(
             step_fn,
@@ -214,6 +215,22 @@ class Trainer:
         self.compiled_train_step = benchmark.CompiledOnce(  # the loop's
             self.train_steps if self.steps_per_dispatch > 1 else self.train_step
         )
+        # Sparse updates with a lazy L2 penalty on the tables: before evaluation and
+        # checkpoints every row gets its pending pulls (optim.settle_lazy_l2).
+        settle = settle_lazy_l2(config.optim, self.stage.steps, self.stage.shared_lr_scale)
+        self._settle = None
+        if settle is not None:
+
+            def settled(state: TrainState) -> TrainState:
+                params, opt_state = settle(state.params, state.opt_state)
+                return state.replace(params=params, opt_state=opt_state)
+
+            self._settle = jax.jit(
+                settled,
+                in_shardings=(self.state_sharding,),
+                out_shardings=self.state_sharding,
+                donate_argnums=(0,),
+            )
         self.params_finite = jax.jit(
             guards.all_finite, in_shardings=(self.state_sharding.params,), out_shardings=replicated
         )
@@ -278,6 +295,11 @@ class Trainer:
                 lambda a: jnp.zeros(a.shape, a.dtype), self.teacher.abstract_state.params
             ),
         )
+
+    def settle(self, state: TrainState) -> TrainState:
+        """The state with every table row's pending L2 pulls applied (sparse updates with
+        ``optim.embedding_l2``; otherwise the state itself)."""
+        return state if self._settle is None else self._settle(state)
 
     def learning_rates(self, step: int) -> dict[str, float]:
         """The learning rate of each trained group at the update that made ``step`` (the
