@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mtl_jax.data.adult import build_adult
 from mtl_jax.data.ecommerce import simulate_ecommerce
 from mtl_jax.data.files import build_file_dataset
 from mtl_jax.data.mmoe_synthetic import simulate_mmoe_synthetic
@@ -13,6 +14,7 @@ from mtl_jax.data.schema import FeatureSpec, MultiTaskDataset, Split
 from mtl_jax.data.social import simulate_social
 
 _BUILDERS = {
+    "adult": build_adult,
     "ecommerce": simulate_ecommerce,
     "files": build_file_dataset,
     "movielens": movielens_dataset,
@@ -22,18 +24,18 @@ _BUILDERS = {
 }
 
 DATASETS = tuple(_BUILDERS)
+FILE_DATASETS = ("files", "adult")  # their schema is the config's features section
 
 
 def load_dataset(data_config: Any, seed: int, features: Any = None) -> MultiTaskDataset:
     """Builds the dataset named by ``data_config.name``; its other keys are the builder's
     kwargs. ``features`` (the config's ``features`` section) is the column schema of a file
-    dataset (``name="files"``, see mtl_jax/data/files.py); the built-in datasets define
-    their own."""
+    dataset (``FILE_DATASETS``, see mtl_jax/data/files.py); the others define their own."""
     kwargs = dict(data_config)
     name = kwargs.pop("name")
     if name not in _BUILDERS:
         raise ValueError(f"unknown dataset {name!r}; valid: {DATASETS}")
-    if name == "files":
+    if name in FILE_DATASETS:
         kwargs["features"] = {k: dict(v) for k, v in dict(features or {}).items()}
     return _BUILDERS[name](seed=seed, **kwargs)
 
