@@ -128,15 +128,15 @@ def test_the_template_trains_and_saves_its_encoders(tmp_path):
 GOOD = [HEADER, "u1,5,a,1.0,30,1,1,4", "u2,6,b,2.0,40,2,0,"]
 
 
-def _bad(tmp_path, train=None, test=None, **config_updates):
+def _bad(tmp_path, train=None, test=None, validation=None, **config_updates):
     config = _config()
     config.data.update(
         train=_write(tmp_path, "train.csv", train or GOOD),
-        validation=_write(tmp_path, "validation.csv", GOOD),
+        validation=_write(tmp_path, "validation.csv", validation or GOOD),
         test=_write(tmp_path, "test.csv", test or GOOD),
     )
     for key, value in config_updates.items():
-        node, _, leaf = key.rpartition(".")
+        node, _, leaf = key.replace("__", ".").rpartition(".")
         target = config
         for part in node.split("."):
             target = target[part]
@@ -144,45 +144,107 @@ def _bad(tmp_path, train=None, test=None, **config_updates):
     return config
 
 
-BAD_INPUTS = [
-    (
-        "missing column",
-        dict(train=["user,item", "u1,5"], test=["user,item", "u1,5"]),
-        r"train.csv: no column 'age' \(for dense feature 'age'\); columns: \['user', 'item'\]",
-    ),
-    (
-        "header differs",
-        dict(test=[HEADER.replace("age", "years"), "u1,5,a,1.0,30,1,1,4"]),
-        r"test.csv: columns .* differ from the train file",
-    ),
-    (
-        "non-numeric dense",
-        dict(train=GOOD + ["u3,7,c,cheap,30,3,1,4"]),
-        r"train.csv, line 4, column 'price': 'cheap' is not a number",
-    ),
-    (
-        "rating out of range",
-        dict(train=GOOD + ["u3,7,c,1.0,30,3,1,7"]),
-        r"train.csv, line 4, column 'rating': label 7.* is not a number in \[1.0, 5.0\]",
-    ),
-    (
-        "binary label not 0/1",
-        dict(test=GOOD + ["u3,7,c,1.0,30,3,2,4"]),
-        r"test.csv, line 4, column 'click': label 2.* of binary task 'click' is not 0 or 1",
-    ),
-    ("empty file", dict(train=[""]), r"train.csv: not readable as CSV|the file is empty"),
-    (
-        "all-missing task",
-        dict(train=[HEADER, "u1,5,a,1.0,30,1,1,", "u2,6,b,2.0,40,2,0,"]),
-        r"task 'like': every train row's label \(column 'rating'\) is missing",
-    ),
-]
+ROW = "u3,7,c,1.0,30,3,1,4"  # a good row; the cases below spoil one field
+GOOD3 = [HEADER, "u1,5,a,1.0,30,1,1,2", "u2,6,b,2.0,40,2,0,"]  # ratings as 3 classes
+CLASSES = {"data__labels__rating__kind": "multiclass", "data__labels__rating__num_classes": 3,
+           "data__labels__rating__min": None, "data__labels__rating__max": None,
+           "data__labels__like__threshold": 1.0, "validation": GOOD3}  # fmt: skip
+Bad = files.DataFormatError
+Cfg = files.ConfigError
+BAD_INPUTS = [  # (what, files and config keys, error class, message)
+    ("missing column", dict(train=["user,item", "u1,5"], test=["user,item", "u1,5"],
+     validation=["user,item", "u1,5"]),
+     Bad, r"train.csv: no column 'age' \(for dense feature 'age'\); columns: \['user', 'item'\]"),
+    ("test header differs", dict(test=[HEADER.replace("age", "years"), ROW]),
+     Bad, r"test.csv: columns .* differ from the train file"),
+    ("validation header differs", dict(validation=[HEADER.replace("ts", "time"), ROW]),
+     Bad, r"validation.csv: columns .* differ from the train file"),
+    ("non-numeric dense", dict(train=GOOD + ["u3,7,c,cheap,30,3,1,4"]),
+     Bad, r"train.csv, line 4, column 'price': 'cheap' is not a number"),
+    ("infinite dense", dict(test=GOOD + ["u3,7,c,inf,30,3,1,4"]),
+     Bad, r"test.csv, line 4, column 'price': inf is not finite"),
+    ("dense missing, policy error", dict(train=GOOD + ["u3,7,c,,30,3,1,4"],
+     features__price__missing="error"),
+     Bad, r"train.csv, line 4, column 'price': missing value \(features.price.missing"),
+    ("rating out of range", dict(train=GOOD + ["u3,7,c,1.0,30,3,1,7"]),
+     Bad, r"train.csv, line 4, column 'rating': label 7 of regression task 'rating' is not a "
+          r"number in \[1.0, 5.0\]"),
+    ("rating below range", dict(validation=GOOD + ["u3,7,c,1.0,30,3,1,0"]),
+     Bad, r"validation.csv, line 4, column 'rating': label 0 of regression"),
+    ("non-numeric regression label", dict(train=GOOD + ["u3,7,c,1.0,30,3,1,five"]),
+     Bad, r"line 4, column 'rating': 'five' is not a number \(task 'like'\)"),
+    ("binary label not 0/1", dict(test=GOOD + ["u3,7,c,1.0,30,3,2,4"]),
+     Bad, r"test.csv, line 4, column 'click': label 2 of binary task 'click' is not 0 or 1"),
+    ("binary label a word", dict(train=GOOD + ["u3,7,c,1.0,30,3,yes,4"]),
+     Bad, r"line 4, column 'click': 'yes' is not a number \(task 'click'\)"),
+    ("unmapped label value", dict(train=GOOD + ["u3,7,c,1.0,30,3,maybe,4"],
+     data__labels__click__value_map=(("0", 0.0), ("1", 1.0))),
+     Bad, r"line 4, column 'click': 'maybe' is not in data.labels.click.value_map \['0', '1'\]"),
+    ("class id beyond the classes", dict(train=GOOD3 + ["u3,7,c,1.0,30,3,1,4"], test=GOOD3,
+     **CLASSES),
+     Bad, r"line 4, column 'rating': label 4 of multiclass task 'rating' is not a class id 0..2"),
+    ("fractional class id", dict(train=GOOD3 + ["u3,7,c,1.0,30,3,1,1.5"], test=GOOD3,
+     **CLASSES),
+     Bad, r"line 4, column 'rating': label 1.5 of multiclass task 'rating'"),
+    ("negative class id", dict(train=GOOD3, test=GOOD3 + ["u3,7,c,1.0,30,3,1,-1"], **CLASSES),
+     Bad, r"test.csv, line 4, column 'rating': label -1 of multiclass"),
+    ("empty file", dict(train=[""]), Bad, r"train.csv: not readable as CSV|the file is empty"),
+    ("header and no rows", dict(test=[HEADER]),
+     Bad, r"test.csv: the file has a header but no rows"),
+    ("short row", dict(train=GOOD + ["u3,7,c"]), Bad, r"train.csv: not readable as CSV"),
+    ("long row", dict(train=GOOD + [ROW + ",extra"]), Bad, r"train.csv: not readable as CSV"),
+    ("all-missing task", dict(train=[HEADER, "u1,5,a,1.0,30,1,1,", "u2,6,b,2.0,40,2,0,"]),
+     Bad, r"task 'like': every train row's label \(column 'rating'\) is missing"),
+    ("negative hashed id", dict(train=[HEADER, "u1,-5,a,1.0,30,1,1,4"]),
+     ValueError, r"item: negative id -5 at row 0"),
+    ("hash buckets 0", dict(features__item__hash_buckets=0),
+     Cfg, r"features.item.hash_buckets must be >= 1, got 0"),
+    ("hash buckets negative", dict(features__item__hash_buckets=-2),
+     Cfg, r"features.item.hash_buckets must be >= 1, got -2"),
+    ("min_count 0", dict(features__category__min_count=0),
+     Cfg, r"features.category.min_count must be >= 1, got 0"),
+    ("unknown feature kind", dict(features__category__kind="text"),
+     Cfg, r"features.category.kind: 'text'; valid: \('categorical', 'dense'\)"),
+    ("unknown normalisation", dict(features__price__normalize="zscore"),
+     Cfg, r"features.price.normalize: 'zscore'; valid"),
+    ("unknown missing policy", dict(features__price__missing="drop"),
+     Cfg, r"features.price.missing: 'drop'; valid: \('mean', 'zero', 'error'\)"),
+    ("unknown label kind", dict(data__labels__click__kind="ordinal"),
+     Cfg, r"data.labels.click.kind: 'ordinal'; valid: \('binary', 'regression', 'multiclass'\)"),
+    ("unknown split rule", dict(data__file="x.csv", data__train="", data__test="",
+     data__validation="", data__split="by_day"),
+     Bad, r"data.file: no such file 'x.csv'"),
+    ("file and train both", dict(data__file="x.csv"),
+     Cfg, r"set data.file or data.train/validation/test, not both"),
+    ("no test file", dict(data__test=""), Cfg, r"data.train and data.test \(or data.file\)"),
+    ("glob matches nothing", dict(data__train="/nonexistent/day_*.csv"),
+     Bad, r"data.train: the glob '/nonexistent/day_\*.csv' matches no file"),
+    ("no such file", dict(data__test="/nonexistent/test.csv"),
+     Bad, r"data.test: no such file '/nonexistent/test.csv'"),
+]  # fmt: skip
 
 
-@pytest.mark.parametrize("what, files_, match", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
-def test_bad_files_are_named_errors(tmp_path, what, files_, match):
-    config = _bad(tmp_path, **files_)
-    with pytest.raises(files.DataFormatError, match=match):
+@pytest.mark.parametrize(
+    "what, spec, error, match", BAD_INPUTS, ids=[b[0].replace(" ", "_") for b in BAD_INPUTS]
+)
+def test_bad_files_are_named_errors(tmp_path, what, spec, error, match):
+    assert len(BAD_INPUTS) >= 30
+    config = _bad(tmp_path, **spec)
+    with pytest.raises(error, match=match):
+        _dataset(config)
+
+
+def test_split_rules_need_their_column(tmp_path):
+    path = _write(tmp_path, "all.csv", GOOD + [ROW, "u4,8,d,2.5,33,x,0,"])
+    config = _config()
+    config.data.update(train="", test="", file=path, split="by_day")
+    with pytest.raises(files.ConfigError, match=r"data.split: 'by_day'; valid"):
+        _dataset(config)
+    config.data.split = "time"
+    with pytest.raises(files.ConfigError, match="data.split='time' needs data.split_column"):
+        _dataset(config)
+    config.data.split_column = "ts"
+    with pytest.raises(files.DataFormatError, match=r"all.csv, line 5, column 'ts': 'x' is not"):
         _dataset(config)
 
 

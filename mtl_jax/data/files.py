@@ -393,6 +393,12 @@ def _fit_feature(name: str, spec: Mapping[str, Any], train: Table) -> Any:
 def _encode_feature(name: str, enc: Any, column: str, table: Table) -> np.ndarray:
     if isinstance(enc, DenseStats):
         values = _numbers(table, column, f"dense feature {name!r}")
+        if np.isinf(values).any():
+            row = int(np.argmax(np.isinf(values)))
+            raise DataFormatError(
+                f"{table.where(row)}, column {column!r}: {values[row]} is not finite (dense "
+                f"feature {name!r})"
+            )
         if enc.missing == "error" and np.isnan(values).any():
             row = int(np.argmax(np.isnan(values)))
             raise DataFormatError(
@@ -503,6 +509,14 @@ def _split_one_source(table: Table, data: Mapping[str, Any], seed: int) -> list[
     return [table.take(p) for p in parts]
 
 
+def _same_columns(table: Table, train: Table) -> None:
+    if list(table.columns) != list(train.columns):
+        raise DataFormatError(
+            f"{table.files[0]}: columns {list(table.columns)} differ from the train file "
+            f"{train.files[0]}'s {list(train.columns)}"
+        )
+
+
 def load_tables(data: Mapping[str, Any], seed: int) -> list[Table]:
     """Train, validation and test tables: from their own files, or one source split by rule
     (validation carved from train with the seed when only train and test are given)."""
@@ -518,15 +532,12 @@ def load_tables(data: Mapping[str, Any], seed: int) -> list[Table]:
         raise ConfigError("data.train and data.test (or data.file) must name files")
     train = read_files(expand_paths(data["train"], "data.train", *where), options)
     test = read_files(expand_paths(data["test"], "data.test", *where), options)
-    if list(test.columns) != list(train.columns):
-        raise DataFormatError(
-            f"{test.files[0]}: columns {list(test.columns)} differ from the train file "
-            f"{train.files[0]}'s {list(train.columns)}"
-        )
+    _same_columns(test, train)
     if data.get("validation"):
         validation = read_files(
             expand_paths(data["validation"], "data.validation", *where), options
         )
+        _same_columns(validation, train)
     else:
         fraction = float(data.get("validation_fraction", 0.1))
         keep, held, _ = random_split(len(train), fraction, 0.0, np.random.default_rng(seed))
@@ -544,6 +555,12 @@ def build_file_dataset(
     labels = dict(data.pop("labels", {}) or {})
     if not labels:
         raise ConfigError("data.labels must define at least one task (see configs/files.py)")
+    for task, spec in labels.items():
+        kind = dict(spec).get("kind", "binary")
+        if kind not in LABEL_KINDS:
+            raise ConfigError(f"data.labels.{task}.kind: {kind!r}; valid: {LABEL_KINDS}")
+        if kind == "multiclass" and int(dict(spec).get("num_classes", 0)) < 2:
+            raise ConfigError(f"data.labels.{task}.num_classes must be >= 2 for multiclass")
     tables = load_tables(data, seed)
     train = tables[0]
     encoders = {name: _fit_feature(name, dict(spec), train) for name, spec in features.items()}
