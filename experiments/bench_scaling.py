@@ -25,9 +25,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mtl_jax import benchmark, parallel, reporting
+from mtl_jax import benchmark, parallel
 from mtl_jax.data import load_dataset
-from mtl_jax.train import Trainer
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", str(pathlib.Path(__file__).parent.parent / "configs" / "ecommerce.py"), "Config."
@@ -48,21 +47,13 @@ _OUT = flags.DEFINE_string(
 
 
 def measure(config, dataset, num_devices: int, model: int) -> dict:
-    trainer = Trainer(config, dataset, mesh=parallel.make_mesh(num_devices, model=model))
-    state = trainer.init_state()
-    batch = parallel.to_global_batch(next(trainer.train_iterator()), trainer.mesh)
-    timing = benchmark.time_train_step(
-        trainer.train_step, state, batch, _STEPS.value, _REPEATS.value
-    )
-    memory = timing["memory"] or {}
+    mesh = parallel.make_mesh(num_devices, model=model)
+    r = benchmark.measure_trainer_step(config, dataset, mesh, _STEPS.value, _REPEATS.value)
+    memory = r.pop("memory")
     return {
-        "mesh": dict(trainer.mesh.shape),
-        "step_ms": timing["step_ms"],
-        "examples_per_s": config.train.batch_size / (timing["step_ms"] / 1e3),
-        "compile_s": timing["compile_s"],
+        **r,
         "per_device_mib": memory.get("per_device_total_mib"),
         "state_per_device_mib": memory.get("arguments_mib"),
-        "params": int(sum(x.size for x in jax.tree.leaves(state.params))),
     }
 
 
@@ -77,15 +68,7 @@ def main(argv):
     del argv
     base = _CONFIG.value
     available = jax.device_count()
-    common = {
-        "benchmark": "scaling",
-        "config": base.data.name,
-        "trunk": base.model.trunk,
-        "batch_size": _BATCH.value,
-        "device_kind": jax.devices()[0].device_kind,
-        "jax": jax.__version__,
-        "commit": reporting.git_commit(),
-    }
+    common = benchmark.record_header("scaling", base, _BATCH.value)
     out = pathlib.Path(_OUT.value)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []

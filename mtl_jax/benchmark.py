@@ -97,6 +97,43 @@ def compile_train_step(train_step: Any, state: Any, batch: Any) -> dict[str, Any
     }
 
 
+def record_header(name: str, config: Any, batch_size: int) -> dict:
+    """The fields every benchmark line starts with: what ran, where, at which commit."""
+    from mtl_jax import reporting
+
+    return {
+        "benchmark": name,
+        "config": config.data.name,
+        "trunk": config.model.trunk,
+        "batch_size": batch_size,
+        "device_kind": jax.devices()[0].device_kind,
+        "jax": jax.__version__,
+        "commit": reporting.git_commit(),
+    }
+
+
+def measure_trainer_step(config: Any, dataset: Any, mesh: Any, steps: int, repeats: int) -> dict:
+    """A fresh ``Trainer`` of ``config`` on ``mesh``: its jitted train step timed on one
+    batch already on device (``time_train_step``), for the benchmarks' sweeps. Returns the
+    mesh shape, step ms, examples/s, compile seconds, XLA's memory estimate (a dict, empty
+    where the backend gives none) and the parameter count."""
+    from mtl_jax import parallel
+    from mtl_jax.trainer import Trainer  # the trainer imports this module
+
+    trainer = Trainer(config, dataset, mesh=mesh)
+    state = trainer.init_state()
+    batch = parallel.to_global_batch(next(trainer.train_iterator()), trainer.mesh)
+    timing = time_train_step(trainer.train_step, state, batch, steps, repeats)
+    return {
+        "mesh": dict(trainer.mesh.shape),
+        "step_ms": timing["step_ms"],
+        "examples_per_s": config.train.batch_size / (timing["step_ms"] / 1e3),
+        "compile_s": timing["compile_s"],
+        "memory": timing["memory"] or {},
+        "params": int(sum(x.size for x in jax.tree.leaves(state.params))),
+    }
+
+
 def time_train_step(
     train_step: Any, state: Any, batch: Any, steps: int, repeats: int
 ) -> dict[str, Any]:
