@@ -21,16 +21,12 @@ from mtl_jax import stages as stages_lib
 from mtl_jax.balancing.config import rule_from_config
 from mtl_jax.data import DATASETS, MultiTaskDataset
 from mtl_jax.data.schema import TEXT_FEATURES
-from mtl_jax.errors import UserError
+from mtl_jax.errors import ConfigError
 from mtl_jax.models import TRUNKS
 from mtl_jax.models.embedding import EMBEDDING_DTYPES
 from mtl_jax.optim import EMBEDDING_OPTIMIZERS, SCHEDULES
 from mtl_jax.step import TASK_GRADIENT_MODES, gramian_option_problem
 from mtl_jax.tasks import METRICS, with_loss_options
-
-
-class ConfigError(UserError, ValueError):
-    """A config value is invalid; the message names the key and what is allowed."""
 
 
 def _require(ok: bool, key: str, message: str) -> None:

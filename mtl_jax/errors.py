@@ -8,3 +8,7 @@ class UserError(Exception):
     """Bad input or a state of the workdir the user must resolve; the message says how."""
 
     exit_status = 2
+
+
+class ConfigError(UserError, ValueError):
+    """A config value is invalid; the message names the key and what is allowed."""

@@ -32,7 +32,7 @@ import numpy as np
 
 from mtl_jax.data.hashing import HashedIds
 from mtl_jax.data.schema import FeatureSpec, MultiTaskDataset, Split, random_split
-from mtl_jax.errors import UserError
+from mtl_jax.errors import ConfigError, UserError
 from mtl_jax.tasks import TaskSpec
 
 log = logging.getLogger("mtl_jax")
@@ -48,10 +48,6 @@ DEFAULT_MISSING = ("", "?", "NA", "N/A", "NaN", "nan", "null", "NULL", "None")
 
 class DataFormatError(UserError, ValueError):
     """Bad input data; the message names the file, line and column."""
-
-
-class ConfigError(UserError, ValueError):
-    """A schema that cannot describe the files (unknown kind, missing column ...)."""
 
 
 # --------------------------------------------------------------------------- reading
