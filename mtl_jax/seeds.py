@@ -32,9 +32,8 @@ from mtl_jax.data import Split, drawn_from_seed
 from mtl_jax.data.pipeline import train_iterator
 from mtl_jax.evaluation import final_results, gradient_diagnostics, task_metrics
 from mtl_jax.loop import raise_if_diverged, track_best
-from mtl_jax.optim import settle_lazy_l2
 from mtl_jax.preemption import PreemptionWatch
-from mtl_jax.step import make_eval_step, make_train_step, make_trunk_gramian
+from mtl_jax.step import make_eval_step, make_train_step, make_trunk_gramian, settling
 from mtl_jax.trainer import Trainer, load_run_dataset
 from mtl_jax.workdir import WorkdirLock
 
@@ -121,17 +120,12 @@ def _train_seeds(
         task_gradients=config.balancing.task_gradients,
         gramian_at=config.balancing.gramian_at,
         sparse_embeddings=config.optim.sparse_embedding_updates,
-        settle=settle_lazy_l2(config.optim, lead.stage.steps, lead.stage.shared_lr_scale),
+        settle=lead.lazy_l2_settle,
     )
     vstep = benchmark.CompiledOnce(jax.jit(jax.vmap(step_fn), donate_argnums=(0,)))
-    settle = settle_lazy_l2(config.optim, lead.stage.steps, lead.stage.shared_lr_scale)
     vsettle = None
-    if settle is not None:  # pending lazy L2 pulls, applied before evaluation and saves
-        vsettle = jax.jit(
-            jax.vmap(lambda s: s.replace(**dict(zip(("params", "opt_state"),
-                                                    settle(s.params, s.opt_state), strict=True)))),
-            donate_argnums=(0,),
-        )  # fmt: skip
+    if lead.lazy_l2_settle is not None:  # pending lazy L2 pulls, before evaluation and saves
+        vsettle = jax.jit(jax.vmap(settling(lead.lazy_l2_settle)), donate_argnums=(0,))
     veval = jax.jit(jax.vmap(make_eval_step(lead.model, lead.tasks), in_axes=(0, None)))
     vgram = jax.jit(
         jax.vmap(make_trunk_gramian(lead.model, lead.train_tasks, config.balancing.task_gradients))

@@ -491,6 +491,17 @@ def sparse_rows_step(
     return new_state, metrics
 
 
+def settling(settle: Callable) -> Callable[[TrainState], TrainState]:
+    """``settle`` (``optim.settle_lazy_l2``: params and optimizer state -> the same with
+    every table row's pending L2 pulls applied) as a function of the whole state."""
+
+    def settled(state: TrainState) -> TrainState:
+        params, opt_state = settle(state.params, state.opt_state)
+        return state.replace(params=params, opt_state=opt_state)
+
+    return settled
+
+
 def make_trunk_gramian(
     model: MultiTaskModel, tasks: Sequence[TaskSpec], task_gradients: str = "batched"
 ) -> Callable:

@@ -35,7 +35,14 @@ from mtl_jax.models import MultiTaskModel
 from mtl_jax.models.gate_stats import make_gate_stats
 from mtl_jax.models.model import esmm_tasks
 from mtl_jax.optim import group_peaks, learning_rates, make_optimizer, settle_lazy_l2
-from mtl_jax.step import TrainState, make_eval_step, make_train_step, make_trunk_gramian, scope_mask
+from mtl_jax.step import (
+    TrainState,
+    make_eval_step,
+    make_train_step,
+    make_trunk_gramian,
+    scope_mask,
+    settling,
+)
 from mtl_jax.tasks import TaskSpec
 from mtl_jax.text import features as text_features
 
@@ -183,6 +190,11 @@ class Trainer:
         if config.balancing.gramian_params:  # a pattern that matches nothing fails here
             scope_mask(abstract.params["trunk"], config.balancing.gramian_params)
         batch_sharding = parallel.batch_sharding(self.mesh)
+        # Sparse updates with a lazy L2 penalty on the tables (optim.settle_lazy_l2): the
+        # step settles the rows it reads, and evaluation and checkpoints settle every row.
+        self.lazy_l2_settle = settle_lazy_l2(
+            config.optim, self.stage.steps, self.stage.shared_lr_scale
+        )
         step_fn = make_train_step(
             self.model,
             self.train_tasks,
@@ -195,7 +207,7 @@ class Trainer:
             config.balancing.gramian_at,
             config.optim.sparse_embedding_updates,
             self.state_sharding,
-            settle_lazy_l2(config.optim, self.stage.steps, self.stage.shared_lr_scale),
+            self.lazy_l2_settle,
         )
         self.train_step = jax.jit(
             step_fn,
@@ -215,22 +227,16 @@ class Trainer:
         self.compiled_train_step = benchmark.CompiledOnce(  # the loop's
             self.train_steps if self.steps_per_dispatch > 1 else self.train_step
         )
-        # Sparse updates with a lazy L2 penalty on the tables: before evaluation and
-        # checkpoints every row gets its pending pulls (optim.settle_lazy_l2).
-        settle = settle_lazy_l2(config.optim, self.stage.steps, self.stage.shared_lr_scale)
-        self._settle = None
-        if settle is not None:
-
-            def settled(state: TrainState) -> TrainState:
-                params, opt_state = settle(state.params, state.opt_state)
-                return state.replace(params=params, opt_state=opt_state)
-
-            self._settle = jax.jit(
-                settled,
+        self._settle = (
+            None
+            if self.lazy_l2_settle is None
+            else jax.jit(
+                settling(self.lazy_l2_settle),
                 in_shardings=(self.state_sharding,),
                 out_shardings=self.state_sharding,
                 donate_argnums=(0,),
             )
+        )
         self.params_finite = jax.jit(
             guards.all_finite, in_shardings=(self.state_sharding.params,), out_shardings=replicated
         )
