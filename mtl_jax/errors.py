@@ -12,3 +12,7 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A config value is invalid; the message names the key and what is allowed."""
+
+
+class DataFormatError(UserError, ValueError):
+    """Bad input data; the message names the file (or split), line (or row) and column."""

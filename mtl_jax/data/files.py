@@ -32,7 +32,7 @@ import numpy as np
 
 from mtl_jax.data.hashing import HashedIds
 from mtl_jax.data.schema import FeatureSpec, MultiTaskDataset, Split, random_split
-from mtl_jax.errors import ConfigError, UserError
+from mtl_jax.errors import ConfigError, DataFormatError
 from mtl_jax.tasks import TaskSpec
 
 log = logging.getLogger("mtl_jax")
@@ -44,10 +44,6 @@ LABEL_KINDS = ("binary", "regression", "multiclass")
 SPLIT_RULES = ("random", "time", "user")
 FORMATS = ("auto", "csv", "parquet")
 DEFAULT_MISSING = ("", "?", "NA", "N/A", "NaN", "nan", "null", "NULL", "None")
-
-
-class DataFormatError(UserError, ValueError):
-    """Bad input data; the message names the file, line and column."""
 
 
 # --------------------------------------------------------------------------- reading

@@ -27,8 +27,9 @@ import zipfile
 import numpy as np
 
 from mtl_jax import paths
+from mtl_jax.data.fetch import FetchError
 from mtl_jax.data.schema import Catalogue, FeatureSpec, MultiTaskDataset, Split
-from mtl_jax.errors import UserError
+from mtl_jax.errors import DataFormatError
 from mtl_jax.tasks import TaskSpec
 
 log = logging.getLogger("mtl_jax")
@@ -48,14 +49,6 @@ RECBOLE_FILES = {  # file -> sha256 of the copy inside the recbole 1.2.1 wheel
 }
 # GroupLens publishes an md5 for the archive (no sha256); the RecBole copies carry sha256s.
 GROUPLENS_ZIP_MD5 = "0e33842e24a9c977be4e0107933c0723"
-
-
-class DataFormatError(UserError, ValueError):
-    """A malformed row; the message names the file and line."""
-
-
-class FetchError(UserError, RuntimeError):
-    """No source could provide the data; the message lists what was tried."""
 
 
 @dataclasses.dataclass(frozen=True)
