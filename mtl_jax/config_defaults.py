@@ -26,8 +26,9 @@ def base_config(
     c.tasks = tuple(tasks)
     c.input_features = tuple(input_features)
     # File datasets (data.name="files", configs/files.py): how each input feature is read
-    # and encoded, per feature: kind (categorical, dense), column, hash_buckets, min_count,
-    # normalize, missing. The built-in datasets define their own features.
+    # and encoded, per feature: kind (categorical, dense, multi_hot, text), column,
+    # hash_buckets, min_count, separator, max_length, normalize, missing. The built-in
+    # datasets define their own features.
     c.features = ml_collections.ConfigDict()
     c.model = ml_collections.ConfigDict(
         dict(

@@ -255,11 +255,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "text.mode",
         f"unknown mode {config.text.mode!r}; valid: {TEXT_MODES}",
     )
+    text_columns = tuple(n for n, f in config.get("features", {}).items() if f.kind == "text")
     for name in config.text.features:
         _require(
-            name in TEXT_FEATURES,
+            name in TEXT_FEATURES + text_columns,
             "text.features",
-            f"no text for {name!r}; valid: {TEXT_FEATURES}",
+            f"no text for {name!r}; valid: {TEXT_FEATURES + text_columns}",
         )
     _require(config.text.encode_batch_size >= 1, "text.encode_batch_size", "must be >= 1")
     _require(config.text.finetune_layers >= 0, "text.finetune_layers", "must be >= 0")

@@ -19,6 +19,7 @@ from flax import traverse_util
 
 from mtl_jax import balancing, sparse_rows
 from mtl_jax import tasks as tasks_lib
+from mtl_jax.data.schema import bag_mask_name
 from mtl_jax.models import MultiTaskModel
 from mtl_jax.models.model import esmm_tasks
 from mtl_jax.tasks import TaskSpec
@@ -281,8 +282,10 @@ def embedding_norm_penalty(
     for spec in model.features:
         if spec.is_dense or spec.name not in embedding:
             continue
-        rows = embedding[spec.name]["embedding"][features[spec.name]]
-        total = total + jnp.sum(jnp.square(rows))
+        squares = jnp.square(embedding[spec.name]["embedding"][features[spec.name]]).sum(-1)
+        if spec.is_bag:
+            squares = squares * features[bag_mask_name(spec.name)]
+        total = total + jnp.sum(squares)
     batch = next(iter(features.values())).shape[0]
     return strength * total / batch
 

@@ -175,7 +175,9 @@ class Trainer:
         self.rule = rule_from_config(config.balancing, self.train_task_names, config.tasks)
 
         # Shapes first: derive the state's shardings from an abstract init, then init under jit.
-        sample = {f.name: jnp.asarray(f.placeholder()) for f in features}
+        sample = {k: jnp.asarray(v) for f in features for k, v in f.placeholder().items()}
+        for name in config.text.features:  # a text column need not be an id input too
+            sample.setdefault(name, jnp.zeros((1,), jnp.int32))
         key = jax.random.PRNGKey(config.seed)
         self._init_fn = lambda k: self._init_state(k, sample)
         abstract = jax.eval_shape(self._init_fn, key)

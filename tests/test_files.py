@@ -16,8 +16,17 @@ SAMPLE = pathlib.Path(__file__).parent / "data" / "files_sample"
 HEADER = "user,item,category,price,age,ts,click,rating"
 
 
-def _config():
-    return files_config.get_config("smoke").unlock()
+def _config(full: bool = False):
+    """The template's smoke config; without ``full``, only the columns of ``HEADER`` (the
+    hand-written files below): no tags, title or actions."""
+    config = files_config.get_config("smoke").unlock()
+    if not full:
+        for name in ("tags", "title"):
+            del config.features[name]
+        del config.data.labels["actions"]
+        config.tasks = tuple(t for t in config.tasks if t != "actions")
+        config.input_features = tuple(f for f in config.input_features if f != "tags")
+    return config
 
 
 def _dataset(config):
@@ -31,13 +40,14 @@ def _write(tmp_path, name, lines):
 
 
 def test_sample_encodes_by_the_schema():
-    config = _config()
+    config = _config(full=True)
     ds = _dataset(config)
     specs = {f.name: f for f in ds.features}
     assert specs["item"].vocab_size == 65  # 64 buckets + the out-of-vocabulary row
     assert specs["category"].vocab_size == 7  # 6 categories + row 0
     assert specs["price"].is_dense and specs["age"].is_dense
-    assert [t.name for t in ds.tasks] == ["click", "like", "rating"]
+    assert specs["tags"].bag_size == 5 and specs["tags"].vocab_size == 6  # 5 tags + row 0
+    assert sorted(t.name for t in ds.tasks) == ["actions", "click", "like", "rating"]
     assert ds.sizes() == {"train": 640, "validation": 160, "test": 200}
     # like = rating > 3 where a rating exists; rows without one are masked.
     train = ds.train
@@ -84,7 +94,7 @@ def test_parquet_reads_like_csv(tmp_path):
 
     for split in ("train", "test"):
         pq.write_table(pacsv.read_csv(SAMPLE / f"{split}.csv"), tmp_path / f"{split}.parquet")
-    config = _config()
+    config = _config(full=True)
     csv_ds = _dataset(config)
     config.data.update(train=str(tmp_path / "train.parquet"), test=str(tmp_path / "test.parquet"))
     pq_ds = _dataset(config)
@@ -92,6 +102,73 @@ def test_parquet_reads_like_csv(tmp_path):
         np.testing.assert_allclose(pq_ds.test.features[name], column, err_msg=name)
     for name, column in csv_ds.test.labels.items():
         np.testing.assert_array_equal(pq_ds.test.labels[name], column)
+
+
+def _raw_rows(split: str) -> list[dict[str, str]]:
+    import csv
+
+    with (SAMPLE / f"{split}.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_lists_and_texts_encode_row_by_row():
+    """Tags (multi_hot), actions (multilabel) and titles (text) of the test file, against
+    the raw cells read with the csv module."""
+    ds = _dataset(_config(full=True))
+    rows, test = _raw_rows("test"), ds.test
+    vocab = ds.encoding.features["tags"].ids.values
+    texts = ds.texts["title"]
+    classes = ("cart", "share", "save")
+    for n, row in enumerate(rows):
+        tags = [t for t in row["tags"].split("|") if t]
+        want = [vocab.index(t) + 1 if t in vocab else 0 for t in tags]
+        assert test.features["tags"][n, : len(tags)].tolist() == want, n
+        assert test.features["tags/mask"][n].tolist() == [1.0] * len(tags) + [0.0] * (5 - len(tags))
+        assert texts[test.features["title"][n]] == row["title"]
+        if row["actions"] == "":
+            assert test.masks["actions"][n] == 0
+        else:
+            on = [c in row["actions"].split("|") for c in classes]
+            assert test.masks["actions"][n] == 1 and test.labels["actions"][n].tolist() == on
+    # Texts of every split have ids (a test-only title is still read); "" is id 0.
+    assert texts[0] == "" and set(r["title"] for r in rows) <= set(texts)
+
+
+def test_parquet_list_columns_read_like_separated_strings(tmp_path):
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    for split in ("train", "test"):
+        table = pacsv.read_csv(SAMPLE / f"{split}.csv")
+        for name in ("tags", "actions"):
+            cells = table.column(name).to_pylist()
+            lists = [
+                None if not c else ([] if c == "none" else [e for e in c.split("|") if e])
+                for c in cells
+            ]
+            index = table.column_names.index(name)
+            table = table.set_column(index, name, pa.array(lists, pa.list_(pa.string())))
+        pq.write_table(table, tmp_path / f"{split}.parquet")
+    config = _config(full=True)
+    csv_ds = _dataset(config)
+    config.data.update(train=str(tmp_path / "train.parquet"), test=str(tmp_path / "test.parquet"))
+    pq_ds = _dataset(config)
+    for name in ("tags", "tags/mask"):
+        np.testing.assert_array_equal(pq_ds.test.features[name], csv_ds.test.features[name])
+    np.testing.assert_array_equal(pq_ds.test.labels["actions"], csv_ds.test.labels["actions"])
+    np.testing.assert_array_equal(pq_ds.test.masks["actions"], csv_ds.test.masks["actions"])
+
+
+def test_max_length_keeps_the_first_elements(tmp_path):
+    config = _config(full=True)
+    config.features.tags.max_length = 2
+    ds = _dataset(config)
+    rows = _raw_rows("test")
+    for n, row in enumerate(rows[:50]):
+        tags = [t for t in row["tags"].split("|") if t][:2]
+        assert ds.test.features["tags/mask"][n].sum() == len(tags)
+    assert ds.test.features["tags"].shape == (200, 2)
 
 
 @pytest.mark.parametrize("rule", ["random", "time", "user"])
@@ -116,10 +193,13 @@ def test_one_file_split_by_rule(rule):
 def test_the_template_trains_and_saves_its_encoders(tmp_path):
     from mtl_jax.train import train_and_evaluate
 
-    results = train_and_evaluate(_config(), str(tmp_path / "w"))
-    assert set(results["test"]) == {"click", "like", "rating"}
+    results = train_and_evaluate(_config(full=True), str(tmp_path / "w"))
+    assert set(results["test"]) == {"click", "like", "rating", "actions"}
+    assert set(results["test"]["actions"]) >= {"micro_auc", "macro_auc"}
     saved = json.loads((tmp_path / "w" / "features" / "features.json").read_text())
     assert saved["item"] == {"column": "item", "kind": "categorical", "hash_buckets": 64}
+    assert saved["tags"]["kind"] == "multi_hot" and saved["tags"]["max_length"] == 5
+    assert saved["title"]["texts"][0] == "" and len(saved["title"]["texts"]) == 91
     assert saved["category"]["vocabulary"][0] == "games"  # first seen in train
     loaded = HashedIds.load(tmp_path / "w" / "features" / "item.hash.npz")
     assert loaded.buckets == 64 and len(loaded.known) > 50
@@ -203,17 +283,31 @@ BAD_INPUTS = [  # (what, files and config keys, error class, message)
      Cfg, r"features.item.hash_buckets must be >= 1, got -2"),
     ("min_count 0", dict(features__category__min_count=0),
      Cfg, r"features.category.min_count must be >= 1, got 0"),
-    ("unknown feature kind", dict(features__category__kind="text"),
-     Cfg, r"features.category.kind: 'text'; valid: \('categorical', 'dense'\)"),
+    ("unknown feature kind", dict(features__category__kind="image"),
+     Cfg, r"features.category.kind: 'image'; valid: \('categorical', 'dense', 'multi_hot'"),
     ("unknown normalisation", dict(features__price__normalize="zscore"),
      Cfg, r"features.price.normalize: 'zscore'; valid"),
     ("unknown missing policy", dict(features__price__missing="drop"),
      Cfg, r"features.price.missing: 'drop'; valid: \('mean', 'zero', 'error'\)"),
     ("unknown label kind", dict(data__labels__click__kind="ordinal"),
-     Cfg, r"data.labels.click.kind: 'ordinal'; valid: \('binary', 'regression', 'multiclass'\)"),
+     Cfg, r"data.labels.click.kind: 'ordinal'; valid: \('binary', 'regression', 'multiclass', "
+          r"'multilabel'\)"),
     ("unknown split rule", dict(data__file="x.csv", data__train="", data__test="",
      data__validation="", data__split="by_day"),
      Bad, r"data.file: no such file 'x.csv'"),
+    ("multilabel class not declared", dict(data__labels__like__kind="multilabel",
+     data__labels__like__column="category", data__labels__like__classes=("a", "x")),
+     Bad, r"train.csv, line 3, column 'category': 'b' of multilabel task 'like' is not one of "
+          r"\['a', 'x'\]"),
+    ("multilabel without classes", dict(data__labels__like__kind="multilabel"),
+     Cfg, r"data.labels.like \(multilabel\) needs at least 2 classes"),
+    ("multilabel id beyond num_classes", dict(data__labels__like__kind="multilabel",
+     data__labels__like__column="item", data__labels__like__num_classes=6),
+     Bad, r"train.csv, line 3, column 'item': '6' of multilabel task 'like' is not a class id "
+          r"0..5"),
+    ("negative bag length", dict(features__category__kind="multi_hot",
+     features__category__max_length=-1),
+     Cfg, r"features.category.max_length must be >= 0, got -1"),
     ("file and train both", dict(data__file="x.csv"),
      Cfg, r"set data.file or data.train/validation/test, not both"),
     ("no test file", dict(data__test=""), Cfg, r"data.train and data.test \(or data.file\)"),

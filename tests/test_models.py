@@ -121,6 +121,25 @@ def test_pairwise_dots_match_reference():
     np.testing.assert_allclose(out, np.concatenate([*rows, np.stack(dots, -1)], -1), rtol=1e-6)
 
 
+def test_a_bag_embeds_as_the_mean_of_its_valid_rows():
+    from mtl_jax.models.embedding import FeatureEmbedding
+
+    specs = (FeatureSpec("tags", 6, bag_size=3), FeatureSpec("a", 4))
+    feats = {
+        "tags": jnp.array([[1, 2, 0], [5, 0, 0], [0, 0, 0], [3, 3, 4]]),
+        "tags/mask": jnp.array([[1, 1, 0], [1, 0, 0], [0, 0, 0], [1, 1, 1]], jnp.float32),
+        "a": jnp.array([0, 1, 2, 3]),
+    }
+    module = FeatureEmbedding(specs, embed_dim=2, pairwise_dots=True)
+    params = nn.meta.unbox(module.init(jax.random.PRNGKey(0), feats)["params"])
+    out = np.asarray(module.apply({"params": params}, feats))
+    table = np.asarray(params["tags"]["embedding"])
+    bags = [table[[1, 2]].mean(0), table[5], np.zeros(2), table[[3, 3, 4]].mean(0)]
+    rows_a = np.asarray(params["a"]["embedding"])[[0, 1, 2, 3]]
+    dots = np.sum(np.stack(bags) * rows_a, -1, keepdims=True)
+    np.testing.assert_allclose(out, np.concatenate([np.stack(bags), rows_a, dots], -1), rtol=1e-6)
+
+
 def test_esmm_ctcvr_is_the_product_of_its_two_towers():
     from mtl_jax.models.model import product_logit
     from mtl_jax.tasks import predict

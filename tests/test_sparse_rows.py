@@ -96,6 +96,24 @@ def test_sparse_updates_equal_dense_updates(embedding_optimizer, method):
     np.testing.assert_array_equal(sparse_table[untouched], table[untouched])
 
 
+def test_sparse_updates_equal_dense_updates_with_bags_and_dense_columns():
+    """The file template (a multi_hot bag of tags, hashed ids, dense columns): a bag's ids
+    share the slots of its table like single ids do."""
+    from configs import files as files_config
+
+    config = files_config.get_config("smoke").unlock()
+    dataset = load_dataset(config.data, config.seed, config.features)
+    dense = _train(config, dataset, 10, sparse=False)[:2]
+    sparse = _train(config, dataset, 10, sparse=True)[:2]
+    for (path, a), b in zip(
+        jax.tree_util.tree_leaves_with_path(dense), jax.tree.leaves(sparse), strict=True
+    ):
+        np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-6, err_msg=jax.tree_util.keystr(path))
+    initial = Trainer(config, dataset, mesh=parallel.make_mesh(1)).init_state().params
+    tags = dense[0]["embedding"]["tags"]["embedding"]
+    assert not np.allclose(tags, initial["embedding"]["tags"]["embedding"])
+
+
 def _two_steps(config, dataset):
     """The user table after step 1 and after step 2, and the user ids of each batch."""
     trainer = Trainer(config, dataset, mesh=parallel.make_mesh(1))

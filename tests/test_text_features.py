@@ -193,3 +193,32 @@ def test_id_dropout_zeroes_whole_id_embeddings_in_training_only():
     for i in others:  # no other feature is touched
         cols = slice(i * width, (i + 1) * width)
         np.testing.assert_array_equal(training[:, cols], evaluation[:, cols])
+
+
+def test_a_file_text_column_feeds_the_model_its_rows_texts(monkeypatch):
+    """A ``text`` column of a file dataset (the template's titles): the frozen table holds
+    one vector per distinct text of every split, and an example reads its own row's."""
+    from configs import files as files_config
+
+    monkeypatch.setattr(text_features, "text_embeddings", _fake_table)
+    monkeypatch.setattr(
+        text_features.TextSetup, "from_config", classmethod(lambda cls, *_: cls(dim=384))
+    )
+    config = files_config.get_config("smoke").unlock()
+    config.text.features = ("title",)
+    configlib.validate(config)
+    dataset = load_dataset(config.data, config.seed, config.features)
+    configlib.validate_against_dataset(config, dataset)
+    trainer = Trainer(config, dataset, mesh=parallel.make_mesh(1))
+    state = trainer.init_state()
+    table = np.asarray(state.params["embedding"]["text_table_title"])
+    texts = dataset.texts["title"]
+    np.testing.assert_array_equal(table, _fake_table(texts))
+    titles = [texts[i] for i in dataset.test.features["title"]]
+    assert all(t.endswith(f"item {t.split()[-1]}") for t in titles) and "" not in titles
+    it = trainer.train_iterator()
+    state, metrics = trainer.train_step(state, parallel.to_global_batch(next(it), trainer.mesh))
+    assert np.isfinite(np.asarray(metrics["loss"]))
+    config.text.features = ("tags",)
+    with pytest.raises(configlib.ConfigError, match=r"no text for 'tags'; valid: .*'title'"):
+        configlib.validate(config)

@@ -11,7 +11,15 @@ columns; the top-level ``features`` section says how each input feature is encod
   into N buckets plus the same row 0 (mtl_jax/data/hashing.py);
 - ``dense``: a number, normalised with train statistics (``none``, ``standard``,
   ``log1p``); missing values become the train mean (``missing="mean"``), 0 (``"zero"``) or
-  an error (``"error"``).
+  an error (``"error"``);
+- ``multi_hot``: a list per row (a Parquet list column, or a CSV string split at
+  ``separator``, e.g. ``"gift|sale"``), each element encoded like a categorical value (a
+  vocabulary or ``hash_buckets``), up to ``max_length`` elements (0: the longest train
+  list; longer lists keep their first ones); the model averages the elements' embeddings;
+- ``text``: a string per row (a title, a description) that the pretrained text encoder
+  reads (list the feature in ``text.features``): each distinct text of every split gets an
+  id into the frozen table of sentence embeddings (the text is an input, like a price, so
+  a cold item's description is there at test time).
 
 Every encoder is fitted on the train split only and saved with the run
 (``FileEncoding.save``), so serving encodes raw rows exactly as training did. Bad input is
@@ -31,16 +39,22 @@ from typing import Any
 import numpy as np
 
 from mtl_jax.data.hashing import HashedIds
-from mtl_jax.data.schema import FeatureSpec, MultiTaskDataset, Split, random_split
+from mtl_jax.data.schema import (
+    FeatureSpec,
+    MultiTaskDataset,
+    Split,
+    bag_mask_name,
+    random_split,
+)
 from mtl_jax.errors import ConfigError, DataFormatError
 from mtl_jax.tasks import TaskSpec
 
 log = logging.getLogger("mtl_jax")
 
-FEATURE_KINDS = ("categorical", "dense")
+FEATURE_KINDS = ("categorical", "dense", "multi_hot", "text")
 NORMALIZATIONS = ("none", "standard", "log1p")
 MISSING_POLICIES = ("mean", "zero", "error")
-LABEL_KINDS = ("binary", "regression", "multiclass")
+LABEL_KINDS = ("binary", "regression", "multiclass", "multilabel")
 SPLIT_RULES = ("random", "time", "user")
 FORMATS = ("auto", "csv", "parquet")
 DEFAULT_MISSING = ("", "?", "NA", "N/A", "NaN", "nan", "null", "NULL", "None")
@@ -123,6 +137,11 @@ def _to_numpy(column: Any, missing: frozenset[str]) -> np.ndarray:
         return column.to_numpy(zero_copy_only=False).astype(np.float64)
     if pa.types.is_boolean(column.type):
         return column.to_numpy(zero_copy_only=False).astype(np.float64)
+    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+        out = np.empty(len(column), object)  # tuples of element keys; None where missing
+        for i, v in enumerate(column.to_pylist()):
+            out[i] = None if v is None else tuple(_key(e) for e in v if e is not None)
+        return out
     values = column.cast(pa.string()).to_pylist()
     out = np.empty(len(values), object)
     for i, v in enumerate(values):
@@ -222,16 +241,35 @@ def _missing_mask(values: np.ndarray) -> np.ndarray:
     return np.zeros(len(values), bool)
 
 
+def _key(v: Any) -> str | None:
+    """One category value as a string (integers without a trailing .0); None if missing."""
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return None
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return str(int(v))
+    return str(v).strip()
+
+
 def _as_keys(values: np.ndarray) -> np.ndarray:
     """Category values as strings (integers without a trailing .0), None kept."""
     out = np.empty(len(values), object)
     for i, v in enumerate(values):
-        if v is None or (isinstance(v, float) and np.isnan(v)):
-            out[i] = None
-        elif isinstance(v, (float, np.floating)) and float(v).is_integer():
-            out[i] = str(int(v))
+        out[i] = _key(v)
+    return out
+
+
+def _lists(values: np.ndarray, separator: str) -> list[tuple[str, ...] | None]:
+    """Each row's elements: a Parquet list as read, a string split at ``separator`` (empty
+    parts dropped), a single number as one element; None where the row is missing."""
+    out: list[tuple[str, ...] | None] = []
+    for v in values:
+        if isinstance(v, tuple) or v is None:
+            out.append(v)
+        elif isinstance(v, str):
+            out.append(tuple(e.strip() for e in v.split(separator) if e.strip()))
         else:
-            out[i] = str(v)
+            key = _key(v)
+            out.append(None if key is None else (key,))
     return out
 
 
@@ -288,6 +326,55 @@ class DenseStats:
         return x.astype(np.float32)[:, None]
 
 
+@dataclasses.dataclass(frozen=True)
+class BagEncoder:
+    """A list column: its elements' vocabulary (or hashing) and the padded bag width."""
+
+    ids: Vocabulary | HashedIds
+    max_length: int
+    separator: str
+
+    @property
+    def rows(self) -> int:
+        return self.ids.rows
+
+    def encode(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, mask)``, both (rows, max_length): the first ``max_length`` elements of
+        each list (unknown ones at row 0, like a categorical value), mask 1 where an element
+        sits; a missing or empty list is all padding."""
+        lists = [(lst or ())[: self.max_length] for lst in _lists(values, self.separator)]
+        lengths = np.array([len(lst) for lst in lists], np.int64)
+        flat = np.array([e for lst in lists for e in lst], object)
+        mask = (np.arange(self.max_length)[None, :] < lengths[:, None]).astype(np.float32)
+        ids = np.zeros(mask.shape, np.int32)
+        if flat.size:
+            ids[mask > 0] = self.ids.encode(flat.astype(str))
+        return ids, mask
+
+
+@dataclasses.dataclass(frozen=True)
+class TextColumn:
+    """A text column: id i -> ``texts[i]``; id 0 is the missing text ("")."""
+
+    texts: tuple[str, ...]
+
+    @classmethod
+    def fit(cls, tables: Sequence[np.ndarray]) -> TextColumn:
+        seen: dict[str, None] = {"": None}
+        for values in tables:
+            for v in values:
+                seen.setdefault("" if _key(v) is None else _key(v), None)
+        return cls(tuple(seen))
+
+    @property
+    def rows(self) -> int:
+        return len(self.texts)
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        index = {t: i for i, t in enumerate(self.texts)}
+        return np.array([index.get(_key(v) or "", 0) for v in values], np.int32)
+
+
 def _transform(values: np.ndarray, normalize: str) -> np.ndarray:
     x = values.astype(np.float64)
     if normalize == "log1p":
@@ -302,7 +389,8 @@ def _transform(values: np.ndarray, normalize: str) -> np.ndarray:
 class FileEncoding:
     """Every fitted encoder of a file dataset: what a later step needs to encode raw rows."""
 
-    features: dict[str, Any]  # name -> Vocabulary | HashedIds | DenseStats
+    # name -> Vocabulary | HashedIds | DenseStats | BagEncoder | TextColumn
+    features: dict[str, Any]
     columns: dict[str, str]  # feature name -> source column
 
     def save(self, directory: str | pathlib.Path) -> None:
@@ -313,11 +401,18 @@ class FileEncoding:
         out = {}
         for name, enc in self.features.items():
             entry: dict[str, Any] = {"column": self.columns[name]}
+            if isinstance(enc, BagEncoder):
+                entry.update(kind="multi_hot", max_length=enc.max_length, separator=enc.separator)
+                enc = enc.ids
             if isinstance(enc, Vocabulary):
-                entry.update(kind="categorical", vocabulary=list(enc.values))
+                entry.setdefault("kind", "categorical")
+                entry.update(vocabulary=list(enc.values))
             elif isinstance(enc, HashedIds):
                 enc.save(directory / f"{name}.hash.npz")
-                entry.update(kind="categorical", hash_buckets=enc.buckets)
+                entry.setdefault("kind", "categorical")
+                entry.update(hash_buckets=enc.buckets)
+            elif isinstance(enc, TextColumn):
+                entry.update(kind="text", texts=list(enc.texts))
             else:
                 entry.update(kind="dense", **dataclasses.asdict(enc))
             out[name] = entry
@@ -350,25 +445,41 @@ def _numbers(table: Table, column: str, what: str) -> np.ndarray:
     return out
 
 
-def _fit_feature(name: str, spec: Mapping[str, Any], train: Table) -> Any:
+def _fit_ids(name: str, spec: Mapping[str, Any], values: np.ndarray) -> Vocabulary | HashedIds:
+    """A categorical encoder (a vocabulary, or hashing) fitted on train's ``values``."""
+    if spec.get("hash_buckets") is not None:
+        if int(spec["hash_buckets"]) < 1:
+            raise ConfigError(
+                f"features.{name}.hash_buckets must be >= 1, got {spec['hash_buckets']} "
+                "(None: a vocabulary from train)"
+            )
+        present = values[~_missing_mask(values)]
+        ids = _as_keys(present).astype(str) if present.dtype == object else present
+        return HashedIds.fit(ids, int(spec["hash_buckets"]), int(spec.get("min_count", 1)), name)
+    if int(spec.get("min_count", 1)) < 1:
+        raise ConfigError(f"features.{name}.min_count must be >= 1, got {spec['min_count']}")
+    return Vocabulary.fit(values, int(spec.get("min_count", 1)))
+
+
+def _fit_feature(name: str, spec: Mapping[str, Any], tables: Sequence[Table]) -> Any:
+    """The encoder of feature ``name``, fitted on the train table (``tables[0]``); a text
+    column's ids cover every split's texts."""
     kind = spec.get("kind", "categorical")
     column = spec.get("column") or name
+    train = tables[0]
     if kind == "categorical":
-        values = _column(train, column, f"feature {name!r}")
-        if spec.get("hash_buckets") is not None:
-            if int(spec["hash_buckets"]) < 1:
-                raise ConfigError(
-                    f"features.{name}.hash_buckets must be >= 1, got {spec['hash_buckets']} "
-                    "(None: a vocabulary from train)"
-                )
-            present = values[~_missing_mask(values)]
-            ids = _as_keys(present).astype(str) if present.dtype == object else present
-            return HashedIds.fit(
-                ids, int(spec["hash_buckets"]), int(spec.get("min_count", 1)), name
-            )
-        if int(spec.get("min_count", 1)) < 1:
-            raise ConfigError(f"features.{name}.min_count must be >= 1, got {spec['min_count']}")
-        return Vocabulary.fit(values, int(spec.get("min_count", 1)))
+        return _fit_ids(name, spec, _column(train, column, f"feature {name!r}"))
+    if kind == "multi_hot":
+        separator = spec.get("separator", "|") or "|"
+        lists = _lists(_column(train, column, f"multi_hot feature {name!r}"), separator)
+        flat = np.array([e for lst in lists if lst for e in lst], object)
+        longest = max((len(lst) for lst in lists if lst), default=1)
+        max_length = int(spec.get("max_length", 0) or 0)
+        if max_length < 0:
+            raise ConfigError(f"features.{name}.max_length must be >= 0, got {max_length}")
+        return BagEncoder(_fit_ids(name, spec, flat), max_length or longest, separator)
+    if kind == "text":
+        return TextColumn.fit([_column(t, column, f"text feature {name!r}") for t in tables])
     if kind == "dense":
         normalize = spec.get("normalize", "none")
         missing = spec.get("missing", "mean")
@@ -382,7 +493,15 @@ def _fit_feature(name: str, spec: Mapping[str, Any], train: Table) -> Any:
     raise ConfigError(f"features.{name}.kind: {kind!r}; valid: {FEATURE_KINDS}")
 
 
-def _encode_feature(name: str, enc: Any, column: str, table: Table) -> np.ndarray:
+def _encode_feature(name: str, enc: Any, column: str, table: Table) -> dict[str, np.ndarray]:
+    """The model's input columns for one feature: its own, and a bag's mask."""
+    if isinstance(enc, BagEncoder):
+        ids, mask = enc.encode(_column(table, column, f"multi_hot feature {name!r}"))
+        return {name: ids, bag_mask_name(name): mask}
+    return {name: _encode_column(name, enc, column, table)}
+
+
+def _encode_column(name: str, enc: Any, column: str, table: Table) -> np.ndarray:
     if isinstance(enc, DenseStats):
         values = _numbers(table, column, f"dense feature {name!r}")
         if np.isinf(values).any():
@@ -417,6 +536,8 @@ def _label(task: str, spec: Mapping[str, Any], table: Table) -> tuple[np.ndarray
     kind = spec.get("kind", "binary")
     column = spec.get("column") or task
     values = _column(table, column, f"task {task!r}")
+    if kind == "multilabel":
+        return _multilabel(task, spec, column, values, table)
     missing = _missing_mask(values)
     what = f"task {task!r}"
     mapping = {str(raw): float(label) for raw, label in (spec.get("value_map") or ())}
@@ -467,6 +588,44 @@ def _label(task: str, spec: Mapping[str, Any], table: Table) -> tuple[np.ndarray
         )
     dtype = np.int32 if kind == "multiclass" else np.float32
     return out.astype(dtype), present.astype(np.float32)
+
+
+def num_classes(spec: Mapping[str, Any]) -> int:
+    """Classes of a multiclass task, or labels of a multilabel one (its ``classes`` names,
+    else ``num_classes`` integer ids); 0 for other kinds."""
+    kind = spec.get("kind", "binary")
+    if kind == "multilabel" and spec.get("classes"):
+        return len(spec["classes"])
+    return int(spec.get("num_classes", 0)) if kind in ("multiclass", "multilabel") else 0
+
+
+def _multilabel(
+    task: str, spec: Mapping[str, Any], column: str, values: np.ndarray, table: Table
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, classes) 0/1 labels from a list column of class names (``classes``) or ids;
+    a missing list masks the row; an empty one, or the cell ``no_labels``, is a row with no
+    label on."""
+    names = [str(c) for c in spec.get("classes") or ()]
+    count = num_classes(spec)
+    index = {c: i for i, c in enumerate(names or map(str, range(count)))}
+    labels = np.zeros((len(values), count), np.float32)
+    present = np.ones(len(values), np.float32)
+    nothing = spec.get("no_labels", "none")
+    for r, elements in enumerate(_lists(values, spec.get("separator", "|") or "|")):
+        if nothing and elements == (nothing,):
+            continue
+        if elements is None:
+            present[r] = 0.0
+            continue
+        for e in elements:
+            if e not in index:
+                allowed = f"one of {names}" if names else f"a class id 0..{count - 1}"
+                raise DataFormatError(
+                    f"{table.where(r)}, column {column!r}: {e!r} of multilabel task {task!r} "
+                    f"is not {allowed}"
+                )
+            labels[r, index[e]] = 1.0
+    return labels, present
 
 
 def _split_one_source(table: Table, data: Mapping[str, Any], seed: int) -> list[Table]:
@@ -551,16 +710,20 @@ def build_file_dataset(
         kind = dict(spec).get("kind", "binary")
         if kind not in LABEL_KINDS:
             raise ConfigError(f"data.labels.{task}.kind: {kind!r}; valid: {LABEL_KINDS}")
-        if kind == "multiclass" and int(dict(spec).get("num_classes", 0)) < 2:
-            raise ConfigError(f"data.labels.{task}.num_classes must be >= 2 for multiclass")
+        if kind in ("multiclass", "multilabel") and num_classes(dict(spec)) < 2:
+            raise ConfigError(
+                f"data.labels.{task} ({kind}) needs at least 2 classes: set num_classes"
+                + (" or classes (their names)" if kind == "multilabel" else "")
+            )
     tables = load_tables(data, seed)
-    train = tables[0]
-    encoders = {name: _fit_feature(name, dict(spec), train) for name, spec in features.items()}
+    encoders = {name: _fit_feature(name, dict(spec), tables) for name, spec in features.items()}
     columns = {name: dict(spec).get("column") or name for name, spec in features.items()}
     specs, tasks = [], []
     for name, enc in encoders.items():
         if isinstance(enc, DenseStats):
             specs.append(FeatureSpec(name, 0, dense_dim=1))
+        elif isinstance(enc, BagEncoder):
+            specs.append(FeatureSpec(name, enc.rows, bag_size=enc.max_length))
         else:
             specs.append(FeatureSpec(name, enc.rows))
             if isinstance(enc, HashedIds) and enc.collisions():
@@ -568,14 +731,14 @@ def build_file_dataset(
     for task, spec in labels.items():
         spec = dict(spec)
         kind = spec.get("kind", "binary")
-        tasks.append(
-            TaskSpec(task, kind, int(spec.get("num_classes", 0)) if kind == "multiclass" else 0)
-        )
+        tasks.append(TaskSpec(task, kind, num_classes(spec)))
     splits = []
     for split_name, table in zip(("train", "validation", "test"), tables, strict=True):
         if len(table) == 0:
             raise DataFormatError(f"the {split_name} split is empty (files {table.files})")
-        feats = {n: _encode_feature(n, e, columns[n], table) for n, e in encoders.items()}
+        feats = {}
+        for n, e in encoders.items():
+            feats.update(_encode_feature(n, e, columns[n], table))
         ys, masks = {}, {}
         for task, spec in labels.items():
             ys[task], masks[task] = _label(task, dict(spec), table)
@@ -593,6 +756,7 @@ def build_file_dataset(
         validation=splits[1],
         test=splits[2],
         encoding=FileEncoding(encoders, columns),
+        texts={n: e.texts for n, e in encoders.items() if isinstance(e, TextColumn)},
     )
 
 
@@ -631,11 +795,13 @@ def data_config(**overrides: Any) -> Any:
 
 
 def label_config(**spec: Any) -> Any:
-    """One task's label: ``kind`` (binary, regression, multiclass), the source ``column``
-    (default: the task's name) and at most one derivation: ``threshold`` (label = value >
-    threshold), ``equals`` (label = value == equals), ``value_map`` (a map from raw value to
-    label). ``num_classes`` for multiclass, ``min``/``max`` bounds for regression. A
-    missing source value masks the task for that row."""
+    """One task's label: ``kind`` (binary, regression, multiclass, multilabel), the source
+    ``column`` (default: the task's name) and at most one derivation: ``threshold`` (label =
+    value > threshold), ``equals`` (label = value == equals), ``value_map`` (a map from raw
+    value to label). ``num_classes`` for multiclass, ``min``/``max`` bounds for regression;
+    multilabel: a list column (or strings split at ``separator``) of class names
+    (``classes``) or ids (``num_classes``). A missing source value masks the task for that
+    row."""
     import ml_collections
 
     c = ml_collections.ConfigDict(
@@ -646,6 +812,9 @@ def label_config(**spec: Any) -> Any:
             equals="",
             value_map=(),  # ((raw value, label), ...): raw values may hold dots
             num_classes=0,
+            classes=(),  # multilabel: the class names, in output order
+            separator="|",  # multilabel: between a CSV cell's class names
+            no_labels="none",  # multilabel: a cell saying "no label on" (empty = missing)
             min=ml_collections.config_dict.placeholder(float),
             max=ml_collections.config_dict.placeholder(float),
         )
@@ -657,9 +826,12 @@ def label_config(**spec: Any) -> Any:
 
 
 def feature_config(**spec: Any) -> Any:
-    """One input feature: ``kind`` (categorical, dense), the source ``column`` (default: the
-    feature's name); categorical: ``hash_buckets`` (None = a vocabulary) and ``min_count``;
-    dense: ``normalize`` (none, standard, log1p) and ``missing`` (mean, zero, error)."""
+    """One input feature: ``kind`` (categorical, dense, multi_hot, text), the source
+    ``column`` (default: the feature's name); categorical and multi_hot: ``hash_buckets``
+    (None = a vocabulary) and ``min_count``; multi_hot: ``separator`` (between a CSV cell's
+    elements) and ``max_length`` (0 = the longest train list); dense: ``normalize`` (none,
+    standard, log1p) and ``missing`` (mean, zero, error); text: nothing more (list it in
+    ``text.features``)."""
     import ml_collections
 
     c = ml_collections.ConfigDict(
@@ -668,6 +840,8 @@ def feature_config(**spec: Any) -> Any:
             column="",
             hash_buckets=ml_collections.config_dict.placeholder(int),
             min_count=1,
+            separator="|",
+            max_length=0,
             normalize="none",
             missing="mean",
         )

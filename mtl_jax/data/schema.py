@@ -16,22 +16,41 @@ from mtl_jax.tasks import TaskSpec
 
 @dataclasses.dataclass(frozen=True)
 class FeatureSpec:
-    """An input feature: categorical with ids in ``[0, vocab_size)``, or, with
-    ``dense_dim > 0``, a float vector of that size fed to the trunk as it is."""
+    """An input feature: categorical with ids in ``[0, vocab_size)``; with ``dense_dim > 0``
+    a float vector of that size fed to the trunk as it is; with ``bag_size > 0`` a bag of
+    up to that many ids per example (a multi-hot/list column, e.g. tags), whose embeddings
+    are averaged over the entries its mask column (``bag_mask_name``) marks valid."""
 
     name: str
     vocab_size: int
     dense_dim: int = 0
+    bag_size: int = 0
 
     @property
     def is_dense(self) -> bool:
         return self.dense_dim > 0
 
-    def placeholder(self) -> np.ndarray:
-        """One example's worth of zeros with this feature's dtype and shape (for init)."""
+    @property
+    def is_bag(self) -> bool:
+        return self.bag_size > 0
+
+    def placeholder(self) -> dict[str, np.ndarray]:
+        """One example's worth of zeros for every column this feature reads (for init)."""
         if self.is_dense:
-            return np.zeros((1, self.dense_dim), np.float32)
-        return np.zeros((1,), np.int32)
+            return {self.name: np.zeros((1, self.dense_dim), np.float32)}
+        if self.is_bag:
+            return {
+                self.name: np.zeros((1, self.bag_size), np.int32),
+                bag_mask_name(self.name): np.zeros((1, self.bag_size), np.float32),
+            }
+        return {self.name: np.zeros((1,), np.int32)}
+
+
+def bag_mask_name(feature: str) -> str:
+    """The column holding a bag feature's (B, bag_size) validity mask: 1 for an entry, 0 for
+    padding. A column of its own (not "id 0 means padding") because the sparse-row train
+    step renumbers ids (mtl_jax/sparse_rows.py), so no id value can mean padding there."""
+    return f"{feature}/mask"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,10 +132,14 @@ class MultiTaskDataset:
     # File datasets: the encoders fitted on the train split (mtl_jax.data.files.FileEncoding),
     # saved with the run so that raw rows can be encoded later as in training.
     encoding: Any = None
+    # Text of other id features (file datasets' ``text`` columns): feature -> one text per id.
+    texts: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     def text_for(self, feature: str) -> tuple[str, ...]:
-        """One text per id of ``feature`` (``item_id`` or ``user_id``), indexed by id."""
+        """One text per id of ``feature`` (``item_id``, ``user_id`` or a ``texts`` entry),
+        indexed by id."""
         by_feature = dict(zip(TEXT_FEATURES, (self.item_text, self.user_text), strict=True))
+        by_feature.update(self.texts)
         texts = by_feature.get(feature, ())
         if not texts:
             have = [f for f, t in by_feature.items() if t]

@@ -79,7 +79,7 @@ def validate_dataset(dataset: MultiTaskDataset) -> None:
                     where = _where(split_name, spec.name, bad, column)
                     raise DataFormatError(f"{where}; dense features must be finite")
                 continue
-            bad = (column < 0) | (column >= spec.vocab_size)
+            bad = ((column < 0) | (column >= spec.vocab_size)).reshape(len(column), -1).any(1)
             if bad.any():
                 where = _where(split_name, spec.name, bad, column)
                 raise DataFormatError(

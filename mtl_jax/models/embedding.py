@@ -9,16 +9,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtl_jax.data.schema import FeatureSpec
+from mtl_jax.data.schema import FeatureSpec, bag_mask_name
 from mtl_jax.text.bert import BertEncoder, mean_pool_normalize
 
 EMBEDDING_DTYPES = ("float32", "bfloat16")
 
 
 class FeatureEmbedding(nn.Module):
-    """Looks up every categorical feature's id in its own table and appends the dense
-    features as they are; (B,) ids per feature -> (B, F * dim + dense dims), plus one
-    ``dim``-wide block per text feature.
+    """Looks up every categorical feature's id in its own table (a bag feature: the mean of
+    its ids' rows) and appends the dense features as they are; (B,) ids per feature ->
+    (B, F * dim + dense dims), plus one ``dim``-wide block per text feature.
 
     With ``pairwise_dots`` the F * (F - 1) / 2 dot products between feature embeddings are
     appended (as in DLRM): user-item affinity is largely bilinear, which an MLP over
@@ -79,6 +79,10 @@ class FeatureEmbedding(nn.Module):
                 name=spec.name,
             )
             vector = table(features[spec.name]).astype(jnp.float32)
+            if spec.is_bag:  # the mean of the bag's valid entries; an empty bag is zeros
+                mask = features[bag_mask_name(spec.name)].astype(jnp.float32)
+                count = jnp.maximum(mask.sum(-1, keepdims=True), 1.0)
+                vector = jnp.einsum("bld,bl->bd", vector, mask) / count
             if train and self.id_dropout > 0 and spec.name in self.id_dropout_features:
                 rng = self.make_rng("dropout")
                 known = jax.random.bernoulli(rng, 1.0 - self.id_dropout, vector.shape[:1])
