@@ -29,6 +29,7 @@ a ``DataFormatError`` naming the file, its line and the column.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import json
 import logging
@@ -38,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from mtl_jax.data.hashing import HashedIds
+from mtl_jax.data.hashing import HashedIds, fingerprints
 from mtl_jax.data.schema import (
     FeatureSpec,
     MultiTaskDataset,
@@ -273,31 +274,66 @@ def _lists(values: np.ndarray, separator: str) -> list[tuple[str, ...] | None]:
     return out
 
 
+def _distinct_keys(values: np.ndarray) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
+    """``(present, keys, first, inverse)``: the rows holding a value, their distinct values
+    as keys (``_key``), each key's first row among them and every present row's key index.
+    Numbers are made unique before they become strings (a Python loop over distinct values
+    only), which keeps a large numeric id column fast."""
+    present = np.flatnonzero(~_missing_mask(values))
+    raw = values[present]
+    if raw.dtype == object:
+        raw = _as_keys(raw).astype(str)
+    uniques, first, inverse = np.unique(raw, return_index=True, return_inverse=True)
+    keys = list(uniques) if uniques.dtype.kind in "US" else list(_as_keys(uniques))
+    return present, [str(k) for k in keys], first, inverse.reshape(-1)
+
+
+class KeyCounter:
+    """Counts of each category value over chunks of a column, with the position of its
+    first appearance: what a vocabulary is fitted from, one chunk at a time."""
+
+    def __init__(self):
+        self.first: dict[str, int] = {}
+        self.count: dict[str, int] = {}
+        self.offset = 0
+
+    def update(self, values: np.ndarray) -> None:
+        present, keys, first, inverse = _distinct_keys(values)
+        counts = np.bincount(inverse, minlength=len(keys))
+        for k, f, c in zip(keys, first, counts, strict=True):
+            if k not in self.first:
+                self.first[k] = self.offset + int(present[f])
+                self.count[k] = 0
+            self.count[k] += int(c)
+        self.offset += len(values)
+
+
 @dataclasses.dataclass(frozen=True)
 class Vocabulary:
-    """Values seen in train at least ``min_count`` times -> rows 1..V; the rest -> 0."""
+    """Values seen in train at least ``min_count`` times -> rows 1..V, in order of first
+    appearance; the rest -> 0."""
 
     values: tuple[str, ...]
 
     @classmethod
-    def fit(cls, train: np.ndarray, min_count: int) -> Vocabulary:
-        keys = _as_keys(train)
-        present = keys[[k is not None for k in keys]]
-        if present.size == 0:
-            return cls(())
-        uniques, first, counts = np.unique(
-            present.astype(str), return_index=True, return_counts=True
-        )
-        kept = [(f, u) for u, f, c in zip(uniques, first, counts, strict=True) if c >= min_count]
-        return cls(tuple(u for _, u in sorted(kept)))
+    def from_counts(cls, counter: KeyCounter, min_count: int) -> Vocabulary:
+        kept = [k for k, c in counter.count.items() if c >= min_count]
+        return cls(tuple(sorted(kept, key=counter.first.__getitem__)))
 
     @property
     def rows(self) -> int:
         return len(self.values) + 1
 
+    @functools.cached_property
+    def _index(self) -> dict[str, int]:
+        return {v: i + 1 for i, v in enumerate(self.values)}
+
     def encode(self, values: np.ndarray) -> np.ndarray:
-        index = {v: i + 1 for i, v in enumerate(self.values)}
-        return np.array([index.get(k, 0) for k in _as_keys(values)], np.int32)
+        out = np.zeros(len(values), np.int32)
+        present, keys, _, inverse = _distinct_keys(values)
+        rows = np.array([self._index.get(k, 0) for k in keys], np.int32)
+        out[present] = rows[inverse] if len(keys) else 0
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,12 +346,11 @@ class DenseStats:
     std: float
 
     @classmethod
-    def fit(cls, train: np.ndarray, normalize: str, missing: str) -> DenseStats:
-        x = _transform(train, normalize)
-        finite = x[np.isfinite(x)]
-        mean = float(finite.mean()) if finite.size else 0.0
-        std = float(finite.std()) if finite.size else 1.0
-        return cls(normalize, missing, mean, std if std > 0 else 1.0)
+    def from_moments(cls, moments: Moments, normalize: str, missing: str) -> DenseStats:
+        if moments.n == 0:
+            return cls(normalize, missing, 0.0, 1.0)
+        std = float(np.sqrt(moments.m2 / moments.n))
+        return cls(normalize, missing, float(moments.mean), std if std > 0 else 1.0)
 
     def encode(self, values: np.ndarray) -> np.ndarray:
         x = _transform(values, self.normalize)
@@ -358,14 +393,6 @@ class TextColumn:
 
     texts: tuple[str, ...]
 
-    @classmethod
-    def fit(cls, tables: Sequence[np.ndarray]) -> TextColumn:
-        seen: dict[str, None] = {"": None}
-        for values in tables:
-            for v in values:
-                seen.setdefault("" if _key(v) is None else _key(v), None)
-        return cls(tuple(seen))
-
     @property
     def rows(self) -> int:
         return len(self.texts)
@@ -373,6 +400,26 @@ class TextColumn:
     def encode(self, values: np.ndarray) -> np.ndarray:
         index = {t: i for i, t in enumerate(self.texts)}
         return np.array([index.get(_key(v) or "", 0) for v in values], np.int32)
+
+
+class Moments:
+    """Count, mean and sum of squared deviations of the finite values seen, merged chunk by
+    chunk (Chan et al.'s pairwise update: no cancellation for large values such as
+    timestamps)."""
+
+    def __init__(self):
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def update(self, x: np.ndarray) -> None:
+        x = x[np.isfinite(x)]
+        if not x.size:
+            return
+        n, mean = x.size, float(x.mean())
+        m2 = float(np.square(x - mean).sum())
+        delta, total = mean - self.mean, self.n + n
+        self.mean += delta * n / total
+        self.m2 += m2 + delta * delta * self.n * n / total
+        self.n = total
 
 
 def _transform(values: np.ndarray, normalize: str) -> np.ndarray:
@@ -445,52 +492,116 @@ def _numbers(table: Table, column: str, what: str) -> np.ndarray:
     return out
 
 
-def _fit_ids(name: str, spec: Mapping[str, Any], values: np.ndarray) -> Vocabulary | HashedIds:
-    """A categorical encoder (a vocabulary, or hashing) fitted on train's ``values``."""
-    if spec.get("hash_buckets") is not None:
-        if int(spec["hash_buckets"]) < 1:
-            raise ConfigError(
-                f"features.{name}.hash_buckets must be >= 1, got {spec['hash_buckets']} "
-                "(None: a vocabulary from train)"
-            )
-        present = values[~_missing_mask(values)]
-        ids = _as_keys(present).astype(str) if present.dtype == object else present
-        return HashedIds.fit(ids, int(spec["hash_buckets"]), int(spec.get("min_count", 1)), name)
-    if int(spec.get("min_count", 1)) < 1:
-        raise ConfigError(f"features.{name}.min_count must be >= 1, got {spec['min_count']}")
-    return Vocabulary.fit(values, int(spec.get("min_count", 1)))
+def _hash_input(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(present rows, raw ids)`` as the hasher takes them: integers (a numeric column
+    with gaps is read as floats: back to integers) or strings."""
+    present = np.flatnonzero(~_missing_mask(values))
+    ids = values[present]
+    if ids.dtype == object:
+        ids = _as_keys(ids).astype(str)
+    elif ids.dtype.kind == "f":
+        ids = ids.astype(np.int64)
+    return present, ids
 
 
-def _fit_feature(name: str, spec: Mapping[str, Any], tables: Sequence[Table]) -> Any:
-    """The encoder of feature ``name``, fitted on the train table (``tables[0]``); a text
-    column's ids cover every split's texts."""
-    kind = spec.get("kind", "categorical")
-    column = spec.get("column") or name
-    train = tables[0]
-    if kind == "categorical":
-        return _fit_ids(name, spec, _column(train, column, f"feature {name!r}"))
-    if kind == "multi_hot":
-        separator = spec.get("separator", "|") or "|"
-        lists = _lists(_column(train, column, f"multi_hot feature {name!r}"), separator)
-        flat = np.array([e for lst in lists if lst for e in lst], object)
-        longest = max((len(lst) for lst in lists if lst), default=1)
-        max_length = int(spec.get("max_length", 0) or 0)
-        if max_length < 0:
-            raise ConfigError(f"features.{name}.max_length must be >= 0, got {max_length}")
-        return BagEncoder(_fit_ids(name, spec, flat), max_length or longest, separator)
-    if kind == "text":
-        return TextColumn.fit([_column(t, column, f"text feature {name!r}") for t in tables])
-    if kind == "dense":
-        normalize = spec.get("normalize", "none")
-        missing = spec.get("missing", "mean")
-        if normalize not in NORMALIZATIONS:
-            raise ConfigError(f"features.{name}.normalize: {normalize!r}; valid: {NORMALIZATIONS}")
-        if missing not in MISSING_POLICIES:
-            raise ConfigError(f"features.{name}.missing: {missing!r}; valid: {MISSING_POLICIES}")
-        return DenseStats.fit(
-            _numbers(train, column, f"dense feature {name!r}"), normalize, missing
-        )
-    raise ConfigError(f"features.{name}.kind: {kind!r}; valid: {FEATURE_KINDS}")
+class FingerprintCounter:
+    """Counts of each id's fingerprint over chunks: what ``HashedIds`` is fitted from."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.unique = np.zeros(0, np.uint64)
+        self.counts = np.zeros(0, np.int64)
+
+    def update(self, values: np.ndarray) -> None:
+        _, ids = _hash_input(values)
+        unique, counts = np.unique(fingerprints(ids, self.name), return_counts=True)
+        merged, inverse = np.unique(np.concatenate([self.unique, unique]), return_inverse=True)
+        weights = np.concatenate([self.counts, counts])
+        self.unique, self.counts = merged, np.bincount(inverse, weights, len(merged)).astype(int)
+
+
+class FeatureFitter:
+    """Fits one feature's encoder chunk by chunk: ``update`` with each train chunk (a text
+    column: every split's chunks), then ``finish``. The in-memory dataset feeds it one chunk
+    per split; ``python -m mtl_jax.data.prepare`` feeds it a file's worth at a time."""
+
+    def __init__(self, name: str, spec: Mapping[str, Any]):
+        self.name, self.kind = name, spec.get("kind", "categorical")
+        self.column = spec.get("column") or name
+        if self.kind not in FEATURE_KINDS:
+            raise ConfigError(f"features.{name}.kind: {self.kind!r}; valid: {FEATURE_KINDS}")
+        self.min_count = int(spec.get("min_count", 1))
+        self.buckets = spec.get("hash_buckets")
+        self.separator = spec.get("separator", "|") or "|"
+        self.max_length = int(spec.get("max_length", 0) or 0)
+        self.normalize = spec.get("normalize", "none")
+        self.missing = spec.get("missing", "mean")
+        if self.kind in ("categorical", "multi_hot"):
+            if self.buckets is not None and int(self.buckets) < 1:
+                raise ConfigError(
+                    f"features.{name}.hash_buckets must be >= 1, got {self.buckets} "
+                    "(None: a vocabulary from train)"
+                )
+            if self.min_count < 1:
+                raise ConfigError(f"features.{name}.min_count must be >= 1, got {self.min_count}")
+            hashed = self.buckets is not None
+            self.counter = FingerprintCounter(name) if hashed else KeyCounter()
+        if self.kind == "multi_hot" and self.max_length < 0:
+            raise ConfigError(f"features.{name}.max_length must be >= 0, got {self.max_length}")
+        if self.kind == "dense":
+            if self.normalize not in NORMALIZATIONS:
+                raise ConfigError(
+                    f"features.{name}.normalize: {self.normalize!r}; valid: {NORMALIZATIONS}"
+                )
+            if self.missing not in MISSING_POLICIES:
+                raise ConfigError(
+                    f"features.{name}.missing: {self.missing!r}; valid: {MISSING_POLICIES}"
+                )
+            self.moments = Moments()
+        self.longest = 0
+        self.texts: dict[str, None] = {"": None}
+
+    def update(self, table: Table, split: str = "train") -> None:
+        if self.kind == "text":
+            for v in _column(table, self.column, f"text feature {self.name!r}"):
+                self.texts.setdefault(_key(v) or "", None)
+            return
+        if split != "train":
+            return
+        if self.kind == "categorical":
+            self.counter.update(_column(table, self.column, f"feature {self.name!r}"))
+        elif self.kind == "multi_hot":
+            what = f"multi_hot feature {self.name!r}"
+            lists = _lists(_column(table, self.column, what), self.separator)
+            self.counter.update(np.array([e for lst in lists if lst for e in lst], object))
+            self.longest = max([self.longest, *(len(lst) for lst in lists if lst)])
+        else:
+            values = _numbers(table, self.column, f"dense feature {self.name!r}")
+            self.moments.update(_transform(values, self.normalize))
+
+    def _ids(self) -> Vocabulary | HashedIds:
+        if isinstance(self.counter, FingerprintCounter):
+            known = self.counter.unique[self.counter.counts >= self.min_count]
+            return HashedIds(int(self.buckets), known, self.name)
+        return Vocabulary.from_counts(self.counter, self.min_count)
+
+    def finish(self) -> Any:
+        if self.kind == "categorical":
+            return self._ids()
+        if self.kind == "multi_hot":
+            return BagEncoder(self._ids(), self.max_length or max(self.longest, 1), self.separator)
+        if self.kind == "text":
+            return TextColumn(tuple(self.texts))
+        return DenseStats.from_moments(self.moments, self.normalize, self.missing)
+
+
+def fit_encoders(features: Mapping[str, Any], tables: Sequence[Table]) -> dict[str, Any]:
+    """Every feature's encoder from whole tables (train, validation, test)."""
+    fitters = {name: FeatureFitter(name, dict(spec)) for name, spec in features.items()}
+    for split, table in zip(("train", "validation", "test"), tables, strict=False):
+        for fitter in fitters.values():
+            fitter.update(table, split)
+    return {name: fitter.finish() for name, fitter in fitters.items()}
 
 
 def _encode_feature(name: str, enc: Any, column: str, table: Table) -> dict[str, np.ndarray]:
@@ -519,14 +630,10 @@ def _encode_column(name: str, enc: Any, column: str, table: Table) -> np.ndarray
         return enc.encode(values)
     values = _column(table, column, f"feature {name!r}")
     if isinstance(enc, HashedIds):
-        missing = _missing_mask(values)
         rows = np.zeros(len(values), np.int32)
-        present = values[~missing]
+        present, ids = _hash_input(values)
         if present.size:
-            ids = _as_keys(present).astype(str) if present.dtype == object else present
-            if ids.dtype.kind == "f":
-                ids = ids.astype(np.int64)
-            rows[~missing] = enc.encode(ids)
+            rows[present] = enc.encode(ids)
         return rows
     return enc.encode(values)
 
@@ -716,7 +823,7 @@ def build_file_dataset(
                 + (" or classes (their names)" if kind == "multilabel" else "")
             )
     tables = load_tables(data, seed)
-    encoders = {name: _fit_feature(name, dict(spec), tables) for name, spec in features.items()}
+    encoders = fit_encoders(features, tables)
     columns = {name: dict(spec).get("column") or name for name, spec in features.items()}
     specs, tasks = [], []
     for name, enc in encoders.items():
