@@ -106,10 +106,7 @@ def reference_metrics(
     }
     trivial = {}
     for t in tasks:
-        train_mask = dataset.train.masks[t.name] > 0
-        preds = tasks_lib.trivial_predictions(
-            t, dataset.train.labels[t.name][train_mask], len(split)
-        )
+        preds = tasks_lib.trivial_predictions(t, dataset.train.prior(t), len(split))
         trivial[t.name] = score_task(t, split, preds)
     return oracle, trivial
 

@@ -143,7 +143,11 @@ def _train_seeds(
 
     def make_iterator(_step=None):
         return train_iterator(
-            dataset.train, batch_size=t.batch_size, num_steps=t.num_steps, seed=seeds
+            dataset.train,
+            batch_size=t.batch_size,
+            num_steps=t.num_steps,
+            seed=seeds,
+            window_blocks=config.data.get("window_blocks", 64),
         )
 
     abstract = jax.tree.map(

@@ -210,13 +210,39 @@ def evaluate(task: TaskSpec, labels: np.ndarray, predictions: np.ndarray) -> dic
     return {name: fn(labels, predictions) for name, (fn, _) in METRICS[task.kind].items()}
 
 
-def trivial_predictions(task: TaskSpec, train_labels: np.ndarray, n: int) -> np.ndarray:
-    """The best label-blind predictor fitted on train: global rate, mean, or class prior."""
-    if task.kind == "multilabel":
-        rate = train_labels.mean(axis=0) if len(train_labels) else np.zeros(task.num_classes)
-        return np.tile(rate, (n, 1))
-    if task.kind == "multiclass":
-        prior = np.bincount(train_labels.astype(np.int64), minlength=task.num_classes)
-        prior = prior / max(prior.sum(), 1)
-        return np.tile(prior, (n, 1))
-    return np.full(n, float(np.mean(train_labels)) if len(train_labels) else 0.0)
+class LabelPriorSums:
+    """Sums of a task's train labels (class counts for multiclass) over masked-in rows,
+    added chunk by chunk: ``prior()`` is the global rate, mean or class prior."""
+
+    def __init__(self, task: TaskSpec):
+        self.task = task
+        self.total = np.zeros(task.output_dim if task.kind != "regression" else 1)
+        self.count = 0
+
+    def add(self, labels: np.ndarray, masks: np.ndarray) -> None:
+        on = np.asarray(masks) > 0
+        labels = np.asarray(labels)[on]
+        if self.task.kind == "multiclass":
+            self.total += np.bincount(labels.astype(np.int64), minlength=self.task.num_classes)
+        else:
+            self.total += labels.reshape(len(labels), len(self.total)).astype(np.float64).sum(0)
+        self.count += int(on.sum())
+
+    def prior(self) -> np.ndarray:
+        """(classes,) for multiclass and multilabel, else ()."""
+        value = self.total / max(self.count, 1)
+        return value if self.task.kind in ("multiclass", "multilabel") else value[0]
+
+
+def label_prior(task: TaskSpec, train_labels: np.ndarray) -> np.ndarray:
+    """The train prior of a task from its labelled rows' labels."""
+    sums = LabelPriorSums(task)
+    sums.add(train_labels, np.ones(len(train_labels)))
+    return sums.prior()
+
+
+def trivial_predictions(task: TaskSpec, prior: np.ndarray, n: int) -> np.ndarray:
+    """The best label-blind predictor fitted on train: the global rate, mean or class prior
+    (``label_prior``) for each of ``n`` examples."""
+    prior = np.asarray(prior, np.float64)
+    return np.tile(prior, (n, 1)) if prior.ndim else np.full(n, float(prior))

@@ -69,13 +69,9 @@ def output_biases(
     ctr, ctcvr = esmm
     out = []
     for task in tasks:
-        mask = train.masks[task.name] > 0
-        labels = train.labels[task.name][mask]
-        prior = tasks_lib.trivial_predictions(task, labels, 1)[0]
+        prior = train.prior(task)
         if task.name == ctcvr and ctr:
-            ctr_task = next(t for t in tasks if t.name == ctr)
-            ctr_mask = train.masks[ctr] > 0
-            ctr_rate = tasks_lib.trivial_predictions(ctr_task, train.labels[ctr][ctr_mask], 1)[0]
+            ctr_rate = train.prior(next(t for t in tasks if t.name == ctr))
             prior = prior / max(float(ctr_rate), 1e-6)
         if task.kind == "binary":
             p = float(np.clip(prior, 1e-4, 1 - 1e-4))
@@ -391,6 +387,11 @@ class Trainer:
     def _zeroed_unseen_rows(self, embedding: dict) -> dict[str, Any]:
         """Id tables with the rows of ids that never occur in the train split set to zero."""
         out = {}
+        if not isinstance(self.dataset.train, Split):
+            raise configlib.ConfigError(
+                "model.zero_unseen_ids needs the train split in memory; it is streamed "
+                "(data.prepared)"
+            )
         for spec in self.dataset.features:
             if spec.name not in embedding or spec.is_dense:
                 continue
@@ -407,6 +408,7 @@ class Trainer:
             batch_size=t.batch_size,
             num_steps=num_steps or t.num_steps,
             seed=self.config.seed,
+            window_blocks=self.config.data.get("window_blocks", 64),
         )
 
     def predict(

@@ -93,6 +93,23 @@ def test_bench_embeddings_prints_dense_and_sparse_lines(tmp_path):
 
 
 @pytest.mark.slow
+def test_bench_input_generates_prepares_and_trains(tmp_path):
+    out = tmp_path / "i.jsonl"
+    lines = _bench(
+        "bench_input.py", "--rows=20000", "--batch_size=256", "--loader_batches=5",
+        "--train_steps=8", "--shards=2", f"--dir={tmp_path / 'd'}", f"--out={out}",
+    )  # fmt: skip
+    assert [line["stage"] for line in lines] == ["generate", "prepare", "train"]
+    splits = lines[1]["splits"]
+    assert splits["train"] + splits["validation"] == 20000 and splits["test"] == 100_000
+    assert lines[2]["train_rows"] == splits["train"]
+    for key in ("loader_examples_per_s", "step_examples_per_s", "peak_rss_mib"):
+        assert lines[2][key] > 0
+    assert 0 <= lines[2]["test_click_auc"] <= 1
+    assert [json.loads(x) for x in out.read_text().splitlines()] == lines
+
+
+@pytest.mark.slow
 def test_bench_text_runs(tmp_path, text_encoder):
     from mtl_jax.data import movielens
 

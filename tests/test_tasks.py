@@ -60,13 +60,34 @@ def test_task_spec_errors():
         tasks.TaskSpec("x", "multiclass")
 
 
+def _trivial(task, labels, n):
+    return tasks.trivial_predictions(task, tasks.label_prior(task, labels), n)
+
+
 def test_trivial_predictions():
     t = tasks.TaskSpec("c", "multiclass", num_classes=3)
-    np.testing.assert_allclose(
-        tasks.trivial_predictions(t, np.array([0, 0, 2, 2]), 2)[0], [0.5, 0, 0.5]
-    )
+    np.testing.assert_allclose(_trivial(t, np.array([0, 0, 2, 2]), 2)[0], [0.5, 0, 0.5])
     r = tasks.TaskSpec("r", "regression")
-    np.testing.assert_allclose(tasks.trivial_predictions(r, np.array([1.0, 3.0]), 3), [2.0] * 3)
+    np.testing.assert_allclose(_trivial(r, np.array([1.0, 3.0]), 3), [2.0] * 3)
+    b = tasks.TaskSpec("b", "binary")
+    np.testing.assert_allclose(_trivial(b, np.array([], np.float32), 2), [0.0] * 2)
+
+
+def test_label_priors_add_up_chunk_by_chunk():
+    """Priors summed over chunks with masks equal the prior of the masked-in labels."""
+    rng = np.random.default_rng(0)
+    cases = [
+        (tasks.TaskSpec("c", "multiclass", num_classes=4), rng.integers(0, 4, 100)),
+        (tasks.TaskSpec("m", "multilabel", num_classes=3), rng.integers(0, 2, (100, 3))),
+        (tasks.TaskSpec("r", "regression"), rng.normal(3.0, 1.0, 100)),
+    ]
+    for task, labels in cases:
+        masks = rng.random(100) < 0.7
+        sums = tasks.LabelPriorSums(task)
+        for part in np.array_split(np.arange(100), 7):
+            sums.add(labels[part], masks[part].astype(np.float32))
+        np.testing.assert_allclose(sums.prior(), tasks.label_prior(task, labels[masks]))
+        assert sums.count == masks.sum()
 
 
 def test_multilabel_loss_and_prior():
@@ -77,7 +98,7 @@ def test_multilabel_loss_and_prior():
     p = _np_sigmoid(logits[0])
     ref = -np.mean(labels[0] * np.log(p) + (1 - labels[0]) * np.log(1 - p))
     assert float(s) == pytest.approx(ref, rel=1e-5) and float(c) == 1.0
-    prior = tasks.trivial_predictions(task, np.array([[1, 0, 0], [1, 1, 0]], float), 2)
+    prior = _trivial(task, np.array([[1, 0, 0], [1, 1, 0]], float), 2)
     np.testing.assert_allclose(prior, [[1.0, 0.5, 0.0]] * 2)
 
 

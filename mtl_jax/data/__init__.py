@@ -12,6 +12,7 @@ from mtl_jax.data.movielens import build_dataset as movielens_dataset
 from mtl_jax.data.news import simulate_news
 from mtl_jax.data.schema import FeatureSpec, MultiTaskDataset, Split
 from mtl_jax.data.social import simulate_social
+from mtl_jax.data.streaming import load_prepared
 
 _BUILDERS = {
     "adult": build_adult,
@@ -37,6 +38,8 @@ def load_dataset(data_config: Any, seed: int, features: Any = None) -> MultiTask
         raise ValueError(f"unknown dataset {name!r}; valid: {DATASETS}")
     if name in FILE_DATASETS:
         kwargs["features"] = {k: dict(v) for k, v in dict(features or {}).items()}
+    if name == "files" and kwargs.get("prepared"):
+        return load_prepared(kwargs.pop("prepared"), seed, kwargs, kwargs.pop("features"))
     return _BUILDERS[name](seed=seed, **kwargs)
 
 

@@ -34,7 +34,7 @@ import glob
 import json
 import logging
 import pathlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -151,48 +151,86 @@ def _to_numpy(column: Any, missing: frozenset[str]) -> np.ndarray:
     return out
 
 
-def read_file(path: str, options: Mapping[str, Any]) -> Table:
-    """One CSV or Parquet file as a ``Table``."""
-    import pyarrow as pa
+def _csv_options(path: str, options: Mapping[str, Any], block_size: int | None = None) -> tuple:
+    """pyarrow's read, parse and convert options for a CSV file, and its first data line."""
+    import pyarrow.csv as pacsv
+
+    missing = frozenset(options.get("missing_values", DEFAULT_MISSING))
+    names = list(options.get("columns", ()))
+    header = options.get("header", True)
+    if not header and names:
+        with open(path, errors="replace") as f:
+            fields = len(f.readline().split(options.get("delimiter", ",")))
+        if fields == len(names) + 1:  # a copy with a leading row id (e.g. DeepCTR's)
+            names = ["row_id", *names]
+    read = pacsv.ReadOptions(
+        column_names=None if header else (names or None),
+        autogenerate_column_names=not header and not names,
+        **({"block_size": block_size} if block_size else {}),
+    )
+    parse = pacsv.ParseOptions(delimiter=options.get("delimiter", ","))
+    convert = pacsv.ConvertOptions(
+        null_values=sorted(missing), strings_can_be_null=True, quoted_strings_can_be_null=True
+    )
+    return read, parse, convert, 2 if header else 1
+
+
+def _record_batches(path: str, options: Mapping[str, Any], rows: int | None) -> tuple[Any, int]:
+    """``(batches, first line)``: the file's record batches (all at once when ``rows`` is
+    None, else about ``rows`` at a time) and the line its first row is on."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    fmt = _format_of(path, options.get("format", "auto"))
-    missing = frozenset(options.get("missing_values", DEFAULT_MISSING))
     if pathlib.Path(path).stat().st_size == 0:
         raise DataFormatError(f"{path}: the file is empty")
+    if _format_of(path, options.get("format", "auto")) == "parquet":
+        if rows is None:
+            return pq.read_table(path).to_batches(), 1
+        return pq.ParquetFile(path).iter_batches(batch_size=rows), 1
+    # A CSV row is rarely under 16 bytes: blocks of 16 x rows bytes hold about rows rows.
+    read, parse, convert, first = _csv_options(path, options, rows and max(rows * 16, 1 << 20))
+    if rows is None:
+        return pacsv.read_csv(path, read, parse, convert).to_batches(), first
+    return pacsv.open_csv(path, read, parse, convert), first
+
+
+def read_chunks(path: str, options: Mapping[str, Any], rows: int | None = None) -> Iterator[Table]:
+    """One CSV or Parquet file as ``Table``s of about ``rows`` rows (None: one table), each
+    row numbered by its line in the file for error messages."""
+    import pyarrow as pa
+
+    fmt = _format_of(path, options.get("format", "auto"))
+    missing = frozenset(options.get("missing_values", DEFAULT_MISSING))
+    done, names = 0, None
     try:
-        if fmt == "parquet":
-            table = pq.read_table(path)
-            first_line = 1
-        else:
-            names = list(options.get("columns", ()))
-            header = options.get("header", True)
-            if not header and names:
-                with open(path, errors="replace") as f:
-                    fields = len(f.readline().split(options.get("delimiter", ",")))
-                if fields == len(names) + 1:  # a copy with a leading row id (e.g. DeepCTR's)
-                    names = ["row_id", *names]
-            read = pacsv.ReadOptions(
-                column_names=None if header else (names or None),
-                autogenerate_column_names=not header and not names,
-            )
-            parse = pacsv.ParseOptions(delimiter=options.get("delimiter", ","))
-            convert = pacsv.ConvertOptions(
-                null_values=sorted(missing),
-                strings_can_be_null=True,
-                quoted_strings_can_be_null=True,
-            )
-            table = pacsv.read_csv(path, read, parse, convert)
-            first_line = 2 if header else 1
+        batches, first_line = _record_batches(path, options, rows)
+        for batch in batches:
+            names = batch.schema.names
+            if batch.num_rows == 0:
+                continue
+            columns = {n: _to_numpy(batch.column(i), missing) for i, n in enumerate(names)}
+            n = batch.num_rows
+            line = np.arange(done, done + n, dtype=np.int64) + first_line
+            done += n
+            yield Table(columns, [path], np.zeros(n, np.int32), line)
     except (pa.ArrowInvalid, OSError) as e:
         kind = "Parquet" if fmt == "parquet" else "CSV"
         raise DataFormatError(f"{path}: not readable as {kind}: {str(e).splitlines()[0]}") from e
-    if table.num_rows == 0:
+    if done == 0:
         raise DataFormatError(f"{path}: the file has a header but no rows")
-    columns = {name: _to_numpy(table.column(name), missing) for name in table.column_names}
-    n = table.num_rows
-    return Table(columns, [path], np.zeros(n, np.int32), np.arange(n, dtype=np.int64) + first_line)
+
+
+def read_file(path: str, options: Mapping[str, Any]) -> Table:
+    """One CSV or Parquet file as a ``Table``."""
+    chunks = list(read_chunks(path, options))
+    if len(chunks) == 1:
+        return chunks[0]
+    return Table(
+        {k: np.concatenate([c.columns[k] for c in chunks]) for k in chunks[0].columns},
+        [path],
+        np.zeros(sum(len(c) for c in chunks), np.int32),
+        np.concatenate([c.line for c in chunks]),
+    )
 
 
 def read_files(paths: Sequence[str], options: Mapping[str, Any]) -> Table:
@@ -466,7 +504,7 @@ class FileEncoding:
         (directory / "features.json").write_text(json.dumps(out, indent=1))
 
 
-def _column(table: Table, column: str, what: str) -> np.ndarray:
+def table_column(table: Table, column: str, what: str) -> np.ndarray:
     if column not in table.columns:
         raise DataFormatError(
             f"{table.files[0]}: no column {column!r} (for {what}); columns: {list(table.columns)}"
@@ -476,7 +514,7 @@ def _column(table: Table, column: str, what: str) -> np.ndarray:
 
 def _numbers(table: Table, column: str, what: str) -> np.ndarray:
     """A column as float64 (NaN where missing), or an error naming the first bad value."""
-    values = _column(table, column, what)
+    values = table_column(table, column, what)
     if values.dtype != object:
         return values.astype(np.float64)
     out = np.full(len(values), np.nan)
@@ -505,19 +543,36 @@ def _hash_input(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class FingerprintCounter:
-    """Counts of each id's fingerprint over chunks: what ``HashedIds`` is fitted from."""
+    """Counts of each id's fingerprint over chunks: what ``HashedIds`` is fitted from.
+    Chunks' counts wait until they outnumber the merged ones, so merging costs amortised
+    O(n log n) over a column of any length."""
 
     def __init__(self, name: str):
         self.name = name
-        self.unique = np.zeros(0, np.uint64)
-        self.counts = np.zeros(0, np.int64)
+        self._unique = np.zeros(0, np.uint64)
+        self._counts = np.zeros(0, np.int64)
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
 
     def update(self, values: np.ndarray) -> None:
         _, ids = _hash_input(values)
-        unique, counts = np.unique(fingerprints(ids, self.name), return_counts=True)
-        merged, inverse = np.unique(np.concatenate([self.unique, unique]), return_inverse=True)
-        weights = np.concatenate([self.counts, counts])
-        self.unique, self.counts = merged, np.bincount(inverse, weights, len(merged)).astype(int)
+        self._pending.append(np.unique(fingerprints(ids, self.name), return_counts=True))
+        if sum(len(u) for u, _ in self._pending) > max(len(self._unique), 1 << 16):
+            self._merge()
+
+    def _merge(self) -> None:
+        if not self._pending:
+            return
+        parts = [(self._unique, self._counts), *self._pending]
+        merged, inverse = np.unique(np.concatenate([u for u, _ in parts]), return_inverse=True)
+        weights = np.concatenate([c for _, c in parts])
+        self._unique = merged
+        self._counts = np.bincount(inverse, weights, len(merged)).astype(np.int64)
+        self._pending = []
+
+    def known(self, min_count: int) -> np.ndarray:
+        """Sorted fingerprints seen at least ``min_count`` times."""
+        self._merge()
+        return self._unique[self._counts >= min_count]
 
 
 class FeatureFitter:
@@ -563,16 +618,16 @@ class FeatureFitter:
 
     def update(self, table: Table, split: str = "train") -> None:
         if self.kind == "text":
-            for v in _column(table, self.column, f"text feature {self.name!r}"):
+            for v in table_column(table, self.column, f"text feature {self.name!r}"):
                 self.texts.setdefault(_key(v) or "", None)
             return
         if split != "train":
             return
         if self.kind == "categorical":
-            self.counter.update(_column(table, self.column, f"feature {self.name!r}"))
+            self.counter.update(table_column(table, self.column, f"feature {self.name!r}"))
         elif self.kind == "multi_hot":
             what = f"multi_hot feature {self.name!r}"
-            lists = _lists(_column(table, self.column, what), self.separator)
+            lists = _lists(table_column(table, self.column, what), self.separator)
             self.counter.update(np.array([e for lst in lists if lst for e in lst], object))
             self.longest = max([self.longest, *(len(lst) for lst in lists if lst)])
         else:
@@ -581,8 +636,7 @@ class FeatureFitter:
 
     def _ids(self) -> Vocabulary | HashedIds:
         if isinstance(self.counter, FingerprintCounter):
-            known = self.counter.unique[self.counter.counts >= self.min_count]
-            return HashedIds(int(self.buckets), known, self.name)
+            return HashedIds(int(self.buckets), self.counter.known(self.min_count), self.name)
         return Vocabulary.from_counts(self.counter, self.min_count)
 
     def finish(self) -> Any:
@@ -604,10 +658,10 @@ def fit_encoders(features: Mapping[str, Any], tables: Sequence[Table]) -> dict[s
     return {name: fitter.finish() for name, fitter in fitters.items()}
 
 
-def _encode_feature(name: str, enc: Any, column: str, table: Table) -> dict[str, np.ndarray]:
+def encode_feature(name: str, enc: Any, column: str, table: Table) -> dict[str, np.ndarray]:
     """The model's input columns for one feature: its own, and a bag's mask."""
     if isinstance(enc, BagEncoder):
-        ids, mask = enc.encode(_column(table, column, f"multi_hot feature {name!r}"))
+        ids, mask = enc.encode(table_column(table, column, f"multi_hot feature {name!r}"))
         return {name: ids, bag_mask_name(name): mask}
     return {name: _encode_column(name, enc, column, table)}
 
@@ -628,7 +682,7 @@ def _encode_column(name: str, enc: Any, column: str, table: Table) -> np.ndarray
                 " is 'error')"
             )
         return enc.encode(values)
-    values = _column(table, column, f"feature {name!r}")
+    values = table_column(table, column, f"feature {name!r}")
     if isinstance(enc, HashedIds):
         rows = np.zeros(len(values), np.int32)
         present, ids = _hash_input(values)
@@ -638,11 +692,11 @@ def _encode_column(name: str, enc: Any, column: str, table: Table) -> np.ndarray
     return enc.encode(values)
 
 
-def _label(task: str, spec: Mapping[str, Any], table: Table) -> tuple[np.ndarray, np.ndarray]:
+def label_column(task: str, spec: Mapping[str, Any], table: Table) -> tuple[np.ndarray, np.ndarray]:
     """``(labels, mask)`` of one task: mask 0 where the label's source is missing."""
     kind = spec.get("kind", "binary")
     column = spec.get("column") or task
-    values = _column(table, column, f"task {task!r}")
+    values = table_column(table, column, f"task {task!r}")
     if kind == "multilabel":
         return _multilabel(task, spec, column, values, table)
     missing = _missing_mask(values)
@@ -753,7 +807,7 @@ def _split_one_source(table: Table, data: Mapping[str, Any], seed: int) -> list[
             parts = tuple(np.sort(p) for p in parts)
         else:  # every row of a user in one split
             users = np.unique(
-                _as_keys(_column(table, column, "data.split_column")).astype(str),
+                _as_keys(table_column(table, column, "data.split_column")).astype(str),
                 return_inverse=True,
             )[1]
             u_train, u_val, u_test = random_split(
@@ -803,6 +857,43 @@ def load_tables(data: Mapping[str, Any], seed: int) -> list[Table]:
     return [train, validation, test]
 
 
+def task_specs(labels: Mapping[str, Any]) -> tuple[TaskSpec, ...]:
+    """The tasks ``data.labels`` defines, their kinds and class counts checked."""
+    if not labels:
+        raise ConfigError("data.labels must define at least one task (see configs/files.py)")
+    tasks = []
+    for task, spec in labels.items():
+        spec = dict(spec)
+        kind = spec.get("kind", "binary")
+        if kind not in LABEL_KINDS:
+            raise ConfigError(f"data.labels.{task}.kind: {kind!r}; valid: {LABEL_KINDS}")
+        if kind in ("multiclass", "multilabel") and num_classes(spec) < 2:
+            raise ConfigError(
+                f"data.labels.{task} ({kind}) needs at least 2 classes: set num_classes"
+                + (" or classes (their names)" if kind == "multilabel" else "")
+            )
+        tasks.append(TaskSpec(task, kind, num_classes(spec)))
+    return tuple(tasks)
+
+
+def feature_specs(encoders: Mapping[str, Any]) -> tuple[FeatureSpec, ...]:
+    """What the model is told of each encoded feature."""
+    specs = []
+    for name, enc in encoders.items():
+        if isinstance(enc, DenseStats):
+            specs.append(FeatureSpec(name, 0, dense_dim=1))
+        elif isinstance(enc, BagEncoder):
+            specs.append(FeatureSpec(name, enc.rows, bag_size=enc.max_length))
+        else:
+            specs.append(FeatureSpec(name, enc.rows))
+    return tuple(specs)
+
+
+def key_strings(values: np.ndarray) -> np.ndarray:
+    """Category values as a str array ("" where missing): for hashing whole columns."""
+    return np.array(["" if k is None else k for k in _as_keys(values)], dtype=str)
+
+
 def build_file_dataset(
     seed: int, features: Mapping[str, Any] | None = None, **data: Any
 ) -> MultiTaskDataset:
@@ -811,44 +902,23 @@ def build_file_dataset(
     if not features:
         raise ConfigError("a file dataset needs a features section (see configs/files.py)")
     labels = dict(data.pop("labels", {}) or {})
-    if not labels:
-        raise ConfigError("data.labels must define at least one task (see configs/files.py)")
-    for task, spec in labels.items():
-        kind = dict(spec).get("kind", "binary")
-        if kind not in LABEL_KINDS:
-            raise ConfigError(f"data.labels.{task}.kind: {kind!r}; valid: {LABEL_KINDS}")
-        if kind in ("multiclass", "multilabel") and num_classes(dict(spec)) < 2:
-            raise ConfigError(
-                f"data.labels.{task} ({kind}) needs at least 2 classes: set num_classes"
-                + (" or classes (their names)" if kind == "multilabel" else "")
-            )
+    tasks = task_specs(labels)
     tables = load_tables(data, seed)
     encoders = fit_encoders(features, tables)
     columns = {name: dict(spec).get("column") or name for name, spec in features.items()}
-    specs, tasks = [], []
     for name, enc in encoders.items():
-        if isinstance(enc, DenseStats):
-            specs.append(FeatureSpec(name, 0, dense_dim=1))
-        elif isinstance(enc, BagEncoder):
-            specs.append(FeatureSpec(name, enc.rows, bag_size=enc.max_length))
-        else:
-            specs.append(FeatureSpec(name, enc.rows))
-            if isinstance(enc, HashedIds) and enc.collisions():
-                log.info("feature %s: %d train ids share a hash bucket", name, enc.collisions())
-    for task, spec in labels.items():
-        spec = dict(spec)
-        kind = spec.get("kind", "binary")
-        tasks.append(TaskSpec(task, kind, num_classes(spec)))
+        if isinstance(enc, HashedIds) and enc.collisions():
+            log.info("feature %s: %d train ids share a hash bucket", name, enc.collisions())
     splits = []
     for split_name, table in zip(("train", "validation", "test"), tables, strict=True):
         if len(table) == 0:
             raise DataFormatError(f"the {split_name} split is empty (files {table.files})")
         feats = {}
         for n, e in encoders.items():
-            feats.update(_encode_feature(n, e, columns[n], table))
+            feats.update(encode_feature(n, e, columns[n], table))
         ys, masks = {}, {}
         for task, spec in labels.items():
-            ys[task], masks[task] = _label(task, dict(spec), table)
+            ys[task], masks[task] = label_column(task, dict(spec), table)
             if split_name == "train" and not masks[task].any():
                 raise DataFormatError(
                     f"task {task!r}: every train row's label (column "
@@ -857,8 +927,8 @@ def build_file_dataset(
         splits.append(Split(feats, ys, masks))
     return MultiTaskDataset(
         name=data.get("dataset_name", "files") or "files",
-        features=tuple(specs),
-        tasks=tuple(tasks),
+        features=feature_specs(encoders),
+        tasks=tasks,
         train=splits[0],
         validation=splits[1],
         test=splits[2],
@@ -892,6 +962,10 @@ def data_config(**overrides: Any) -> Any:
             columns=(),
             missing_values=DEFAULT_MISSING,
             labels=ml_collections.ConfigDict(),
+            # A directory `python -m mtl_jax.data.prepare` wrote from this config: train
+            # streams from its shards (mtl_jax/data/streaming.py); '' = read the files.
+            prepared="",
+            window_blocks=64,  # prepared data: blocks shuffled together per window
         )
     )
     labels = overrides.pop("labels", {})

@@ -12,13 +12,14 @@ Evaluation walks a split in order, padding the last batch and zeroing its label 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import grain
 import jax
 import numpy as np
 
 from mtl_jax.data.schema import Split
+from mtl_jax.data.streaming import StreamedSplit
 
 Batch = dict[str, dict[str, np.ndarray]]
 
@@ -78,7 +79,7 @@ class _EpochBatchGather:
 class _StackedGather:
     """Several seeds' batches of one step, stacked on a new leading (seed) axis."""
 
-    def __init__(self, gathers: Sequence[_EpochBatchGather]):
+    def __init__(self, gathers: Sequence[Callable[[int], Batch]]):
         self._gathers = gathers
 
     def __call__(self, step: int) -> Batch:
@@ -86,23 +87,28 @@ class _StackedGather:
 
 
 def train_iterator(
-    split: Split,
+    split: Split | StreamedSplit,
     *,
     batch_size: int,
     num_steps: int,
     seed: int | Sequence[int],
     num_threads: int = 2,
     prefetch: int = 8,
+    window_blocks: int = 64,
 ) -> grain.DatasetIterator:
     """A checkpointable iterator over ``num_steps`` local shards of shuffled global batches.
 
     ``seed`` a sequence of S seeds: each step yields S batches stacked on a leading axis,
-    the i-th exactly the batch that ``seed=seed[i]`` yields (training seeds in parallel)."""
-    columns, rows = split.columns(), process_slice(batch_size)
-    if isinstance(seed, Sequence):
-        gather = _StackedGather([_EpochBatchGather(columns, batch_size, s, rows) for s in seed])
-    else:
-        gather = _EpochBatchGather(columns, batch_size, seed, rows)
+    the i-th exactly the batch that ``seed=seed[i]`` yields (training seeds in parallel).
+    A ``StreamedSplit`` (prepared shards) is shuffled ``window_blocks`` blocks at a time
+    (mtl_jax/data/streaming.py)."""
+
+    def one(s: int) -> Callable[[int], Batch]:
+        if isinstance(split, StreamedSplit):
+            return split.step_gather(batch_size, s, window_blocks)
+        return _EpochBatchGather(split.columns(), batch_size, s, process_slice(batch_size))
+
+    gather = _StackedGather([one(s) for s in seed]) if isinstance(seed, Sequence) else one(seed)
     dataset = grain.MapDataset.range(num_steps).map(gather)
     options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
     return iter(dataset.to_iter_dataset(options))

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from mtl_jax.tasks import TaskSpec
+from mtl_jax.tasks import TaskSpec, label_prior
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +78,11 @@ class Split:
     def columns(self) -> dict[str, dict[str, np.ndarray]]:
         """The arrays a model batch is gathered from (no oracle: the model never sees it)."""
         return {"features": self.features, "labels": self.labels, "masks": self.masks}
+
+    def prior(self, task: TaskSpec) -> np.ndarray:
+        """The task's label prior over this split's labelled rows (``tasks.label_prior``)."""
+        mask = self.masks[task.name] > 0
+        return label_prior(task, self.labels[task.name][mask])
 
     def take(self, index: np.ndarray) -> Split:
         pick = lambda d: {k: v[index] for k, v in d.items()}
@@ -174,6 +179,8 @@ def cross_validation_fold(
     """Fold ``fold`` of a seeded ``folds``-way split of the train split: that fold becomes
     the validation split, the other folds the train split; the test split is untouched (and
     the original validation split unused), so model selection never sees test data."""
+    if not isinstance(dataset.train, Split):
+        raise ValueError("cross-validation folds need the train split in memory, not streamed")
     if folds < 2 or not 0 <= fold < folds:
         raise ValueError(f"need folds >= 2 and 0 <= fold < folds; got folds={folds}, fold={fold}")
     order = np.random.default_rng(seed).permutation(len(dataset.train))
