@@ -193,16 +193,28 @@ def test_one_file_splits_by_user_without_sharing_users(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_trains_from_prepared_shards(tmp_path):
+def test_a_run_from_prepared_shards_resumes_exactly(tmp_path):
+    """20 steps straight == 10 steps, stop, resume for 10 (an epoch is about 10 steps here,
+    so both runs cross epoch boundaries of the streamed split)."""
     from mtl_jax.train import train_and_evaluate
 
     config = _config()
     _prepare(config, tmp_path / "p", shards=2, block_rows=64)
     config.data.prepared = str(tmp_path / "p")
-    results = train_and_evaluate(config, str(tmp_path / "w"))
-    assert set(results["test"]) == {"click", "like", "rating", "actions"}
+    config.train.log_every = 1
+    straight = train_and_evaluate(config, str(tmp_path / "straight"))
+    assert set(straight["test"]) == {"click", "like", "rating", "actions"}
+    assert train_and_evaluate(config, str(tmp_path / "split"), max_steps_this_run=10) is None
+    resumed = train_and_evaluate(config, str(tmp_path / "split"))
+    assert resumed["test"] == straight["test"]
+
+    def train_losses(workdir):
+        lines = (workdir / "metrics.jsonl").read_text().splitlines()
+        return [(r["step"], r["loss"]) for r in map(json.loads, lines) if r["split"] == "train"]
+
+    assert train_losses(tmp_path / "split") == train_losses(tmp_path / "straight")
+    assert (tmp_path / "split" / "features" / "features.json").is_file()
     assert isinstance(load_dataset(config.data, config.seed, config.features).train, StreamedSplit)
-    assert (tmp_path / "w" / "features" / "features.json").is_file()
 
 
 def test_a_test_file_with_other_columns_is_named(tmp_path):
