@@ -73,12 +73,13 @@ class Table:
     files: list[str]
     file_index: np.ndarray  # (rows,) index into files
     line: np.ndarray  # (rows,) 1-based line in its file (Parquet: row number)
+    unit: str = "line"  # what ``line`` counts ("row" for a request's rows)
 
     def __len__(self) -> int:
         return len(self.file_index)
 
     def where(self, row: int) -> str:
-        return f"{self.files[self.file_index[row]]}, line {self.line[row]}"
+        return f"{self.files[self.file_index[row]]}, {self.unit} {self.line[row]}"
 
     def take(self, index: np.ndarray) -> Table:
         return Table(
@@ -86,6 +87,7 @@ class Table:
             self.files,
             self.file_index[index],
             self.line[index],
+            self.unit,
         )
 
 
@@ -304,6 +306,8 @@ def _lists(values: np.ndarray, separator: str) -> list[tuple[str, ...] | None]:
     for v in values:
         if isinstance(v, tuple) or v is None:
             out.append(v)
+        elif isinstance(v, list):  # a JSON list, as a request sends it
+            out.append(tuple(k for k in map(_key, v) if k is not None))
         elif isinstance(v, str):
             out.append(tuple(e.strip() for e in v.split(separator) if e.strip()))
         else:
@@ -530,15 +534,25 @@ def _numbers(table: Table, column: str, what: str) -> np.ndarray:
     return out
 
 
-def _hash_input(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _hash_input(values: np.ndarray, id_type: str = "") -> tuple[np.ndarray, np.ndarray]:
     """``(present rows, raw ids)`` as the hasher takes them: integers (a numeric column
-    with gaps is read as floats: back to integers) or strings."""
+    with gaps is read as floats: back to integers) or strings; with ``id_type`` ("int",
+    "str": how training read the column) read that way, a value that is no integer in an
+    integer column left out (it cannot be a training id)."""
     present = np.flatnonzero(~_missing_mask(values))
     ids = values[present]
     if ids.dtype == object:
-        ids = _as_keys(ids).astype(str)
+        keys = _as_keys(ids)
+        if id_type == "int":
+            numeric = np.array([k.lstrip("-").isdigit() for k in keys], bool)
+            present, keys = present[numeric], keys[numeric]
+            ids = keys.astype(np.int64)
+        else:
+            ids = keys.astype(str)
     elif ids.dtype.kind == "f":
         ids = ids.astype(np.int64)
+    if id_type == "str" and ids.dtype.kind in "iu":
+        ids = ids.astype(str)
     return present, ids
 
 
@@ -552,9 +566,13 @@ class FingerprintCounter:
         self._unique = np.zeros(0, np.uint64)
         self._counts = np.zeros(0, np.int64)
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self.id_type = ""  # "int" or "str" as the first chunk read them
 
     def update(self, values: np.ndarray) -> None:
-        _, ids = _hash_input(values)
+        _, ids = _hash_input(values, self.id_type if self.id_type != "mixed" else "")
+        if ids.size:
+            kind = "int" if ids.dtype.kind in "iu" else "str"
+            self.id_type = kind if self.id_type in ("", kind) else "mixed"
         self._pending.append(np.unique(fingerprints(ids, self.name), return_counts=True))
         if sum(len(u) for u, _ in self._pending) > max(len(self._unique), 1 << 16):
             self._merge()
@@ -636,7 +654,8 @@ class FeatureFitter:
 
     def _ids(self) -> Vocabulary | HashedIds:
         if isinstance(self.counter, FingerprintCounter):
-            return HashedIds(int(self.buckets), self.counter.known(self.min_count), self.name)
+            known = self.counter.known(self.min_count)
+            return HashedIds(int(self.buckets), known, self.name, self.counter.id_type)
         return Vocabulary.from_counts(self.counter, self.min_count)
 
     def finish(self) -> Any:
@@ -685,7 +704,7 @@ def _encode_column(name: str, enc: Any, column: str, table: Table) -> np.ndarray
     values = table_column(table, column, f"feature {name!r}")
     if isinstance(enc, HashedIds):
         rows = np.zeros(len(values), np.int32)
-        present, ids = _hash_input(values)
+        present, ids = _hash_input(values, enc.id_type)
         if present.size:
             rows[present] = enc.encode(ids)
         return rows

@@ -68,6 +68,9 @@ class HashedIds:
     buckets: int
     known: np.ndarray  # sorted fingerprints of the training ids that get a bucket
     name: str = "ids"
+    # How training read the ids: "int" or "str" (the same id read the other way hashes
+    # elsewhere, so later rows are read the same way); "" where not known.
+    id_type: str = ""
 
     @classmethod
     def fit(
@@ -104,9 +107,10 @@ class HashedIds:
         return int(len(buckets) - len(np.unique(buckets)))
 
     def save(self, path: str | pathlib.Path) -> None:
-        np.savez(path, buckets=self.buckets, known=self.known, name=self.name)
+        np.savez(path, buckets=self.buckets, known=self.known, name=self.name, id_type=self.id_type)
 
     @classmethod
     def load(cls, path: str | pathlib.Path) -> HashedIds:
         with np.load(path) as f:
-            return cls(int(f["buckets"]), f["known"], str(f["name"]))
+            id_type = str(f["id_type"]) if "id_type" in f else ""
+            return cls(int(f["buckets"]), f["known"], str(f["name"]), id_type)
