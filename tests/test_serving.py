@@ -129,7 +129,7 @@ def test_file_rows_with_bad_values_are_named(tmp_path):
     for change, match in cases:
         with pytest.raises(RequestError, match=match):
             scorer.score([{**good, **change}])
-    with pytest.raises(RequestError, match="no rows to score"):
+    with pytest.raises(RequestError, match="expected a non-empty list of rows"):
         scorer.score([])
 
 
@@ -188,3 +188,111 @@ def test_serve_py_exports_a_run_and_scores_a_file(tmp_path):
     assert done.returncode == 2 and "bad.jsonl:2: not a JSON object" in done.stderr
     done = run("export", f"--workdir={tmp_path}", f"--out={tmp_path / 'm3'}")
     assert done.returncode == 2 and "has no config.json" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """An untrained tiny e-commerce model's export (its catalogue: 80 items)."""
+    return _export(tiny_config(), tmp_path_factory.mktemp("ranked"))
+
+
+CONTEXT = {"user_id": 3, "age": 1, "gender": 0, "region": 2}
+
+
+def _catalogue_rows(dataset, items):
+    cat = dataset.catalogue
+    return [{**CONTEXT, **{k: int(v[i]) for k, v in cat.item_features.items()}} for i in items]
+
+
+@pytest.mark.parametrize(
+    "fusion, fuse",
+    [
+        (None, lambda p: p["click"]),
+        ({"weights": {"click": 1.0, "rating": 0.1}}, lambda p: p["click"] + 0.1 * p["rating"]),
+        ({"mode": "log_sum", "weights": {"click": 2, "purchase": 1}},
+         lambda p: 2 * np.log(p["click"]) + np.log(p["purchase"])),
+        ({"mode": "product", "weights": {"click": 1, "purchase": 1}},
+         lambda p: p["click"] * p["purchase"]),
+    ],
+)  # fmt: skip
+def test_rank_is_the_brute_force_top_k_of_the_fused_scores(exported, fusion, fuse):
+    _, _, dataset, scorer = exported
+    items = list(range(0, 80, 3))
+    ranked = scorer.rank(CONTEXT, items, k=7, fusion=fusion)
+    predictions = scorer.score(_catalogue_rows(dataset, items))
+    scores = fuse({k: v.astype(np.float64) for k, v in predictions.items()})
+    want = [items[i] for i in np.argsort(-scores, kind="stable")[:7]]
+    assert [r["item"] for r in ranked] == want
+    np.testing.assert_allclose([r["score"] for r in ranked], np.sort(scores)[::-1][:7], rtol=1e-6)
+    # Inline candidates (item features in the request) rank the same; items by position.
+    inline = [
+        {k: v for k, v in row.items() if k not in CONTEXT}
+        for row in _catalogue_rows(dataset, items)
+    ]
+    assert [items[r["item"]] for r in scorer.rank(CONTEXT, inline, k=7, fusion=fusion)] == want
+
+
+def test_rank_diversifies_by_mmr_and_multiplies_by_a_field(exported):
+    from mtl_jax import metrics
+
+    _, _, dataset, scorer = exported
+    items = list(range(80))
+    scores = scorer.score(_catalogue_rows(dataset, items))["click"].astype(np.float64)
+    relevance = (scores - scores.min()) / (scores.max() - scores.min())
+    similarity = metrics.jaccard_similarity(dataset.catalogue.item_attributes[items])
+    want = metrics.mmr_rerank(relevance[None], similarity, 10, 0.3)[0]
+    ranked = scorer.rank(CONTEXT, items, k=10, diversity={"lambda": 0.3})
+    assert [r["item"] for r in ranked] == [items[i] for i in want]
+    brands = dataset.catalogue.item_features["brand"][items]
+    by_brand = metrics.mmr_rerank(
+        relevance[None], metrics.jaccard_similarity(np.eye(10)[brands]), 10, 0.3
+    )[0]
+    ranked = scorer.rank(CONTEXT, items, k=10, diversity={"lambda": 0.3, "attribute": "brand"})
+    assert [r["item"] for r in ranked] == [items[i] for i in by_brand]
+    plain = [r["item"] for r in scorer.rank(CONTEXT, items, k=10)]
+    categories = dataset.catalogue.item_features["category"]
+    assert len({categories[i] for i in want}) > len({categories[i] for i in plain})
+    # times: pCTR x price (a field of each inline candidate).
+    rows = _catalogue_rows(dataset, items[:20])
+    inline = [
+        {**{k: v for k, v in r.items() if k not in CONTEXT}, "bid": 1.0 + i}
+        for i, r in enumerate(rows)
+    ]
+    ranked = scorer.rank(
+        CONTEXT, inline, k=3, fusion={"mode": "product", "weights": {"click": 1}, "times": "bid"}
+    )
+    product = scores[:20] * (1.0 + np.arange(20))
+    assert [r["item"] for r in ranked] == list(np.argsort(-product, kind="stable")[:3])
+
+
+BAD_RANKS = [  # (keyword arguments of rank, message)
+    (dict(fusion={"weights": {"clicks": 1}}), r"unknown task 'clicks'; tasks: \['click'"),
+    (dict(fusion={"weights": {"category": 1}}), r"'category' is a multiclass task"),
+    (dict(fusion={"mode": "max", "weights": {"click": 1}}), r"fusion.mode: 'max'; valid"),
+    (dict(fusion={"weights": {}}), r"fusion.weights: expected an object"),
+    (dict(fusion={"weights": {"click": "1"}}), r"fusion.weights.click: '1' is not a finite"),
+    (dict(fusion={"weights": {"click": 1}, "scale": 2}), r"fusion: unknown keys \['scale'\]"),
+    (dict(fusion={"weights": {"click": 1}, "times": "bid"}), r"needs candidates as objects"),
+    (dict(fusion=[1]), r"fusion: expected an object, got list"),
+    (dict(candidates=[]), r"candidates: 0 given; between 1 and 10000"),
+    (dict(candidates=list(range(80)) * 126), r"candidates: 10080 given"),
+    (dict(candidates=[1, {"item_id": 2}]), r"all item ids or all objects, not a mix"),
+    (dict(candidates=[1, 999]), r"candidate 1: 999 is not an item of the catalogue"),
+    (dict(candidates=[1, "2"]), r"candidate 1: '2' is not an item"),
+    (dict(candidates="1,2"), r"candidates: expected a list"),
+    (dict(k=0), r"k: 0 is not a positive integer"),
+    (dict(k=2.5), r"k: 2.5 is not a positive integer"),
+    (dict(diversity={"lambda": 1.5}), r"diversity.lambda: 1.5 is not a number in \[0, 1\]"),
+    (dict(diversity={"lambda": 0.5, "attribute": "colour"}), r"unknown feature 'colour'"),
+    (dict(diversity={"lamda": 0.5}), r"diversity: unknown keys \['lamda'\]"),
+    (dict(context={"user_id": 3}), r"row 0: missing features \['age', 'gender', 'region'\]"),
+    (dict(context=[3]), r"context: expected an object of features, got list"),
+]
+
+
+def test_bad_rank_requests_are_named(exported):
+    *_, scorer = exported
+    for change, match in BAD_RANKS:
+        kwargs = {"context": CONTEXT, "candidates": [1, 2, 3], "k": 2, **change}
+        with pytest.raises(RequestError, match=match):
+            scorer.rank(**kwargs)

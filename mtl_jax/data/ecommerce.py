@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from mtl_jax.data.schema import FeatureSpec, MultiTaskDataset, Split, random_split
+from mtl_jax.data.schema import Catalogue, FeatureSpec, MultiTaskDataset, Split, random_split
 from mtl_jax.data.simulation import calibrate_bias as _calibrate_bias
 from mtl_jax.data.simulation import sigmoid as _sigmoid
 from mtl_jax.data.simulation import standardize as _standardize
@@ -222,6 +222,19 @@ def simulate_ecommerce(
         TaskSpec("rating", "regression"),
         TaskSpec("category", "multiclass", num_classes=num_categories),
     )
+    users, items = np.arange(num_users, dtype=np.int32), np.arange(num_items, dtype=np.int32)
+    catalogue = Catalogue(  # every (user, item) pair scorable: serving ranks over it
+        user_features={
+            "user_id": users, "age": user_age.astype(np.int32),
+            "gender": user_gender.astype(np.int32), "region": user_region.astype(np.int32),
+        },
+        item_features={
+            "item_id": items, "brand": item_brand.astype(np.int32),
+            "price": item_price.astype(np.int32), "category": item_category.astype(np.int32),
+        },
+        items=items,
+        item_attributes=np.eye(num_categories, dtype=bool)[item_category],
+    )  # fmt: skip
     return MultiTaskDataset(
         name="ecommerce",
         features=feature_specs,
@@ -230,4 +243,5 @@ def simulate_ecommerce(
         validation=everything.take(val),
         test=everything.take(test),
         item_text=item_text,
+        catalogue=catalogue,
     )

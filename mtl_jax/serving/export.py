@@ -13,6 +13,8 @@ training data or the model code's config):
 - ``params.npz``: the best checkpoint's parameters, flattened by key path (bfloat16 leaves
   stored as their bits, their dtype in the manifest); text-feature tables among them;
 - ``features/``: how raw values become the model's inputs (mtl_jax/serving/rows.py);
+- ``catalogue.npz`` where the dataset has an item catalogue: each item-side input by item
+  id and the items' attributes, so a ranking request may name candidates by id;
 - ``manifest.json``: format version, inputs (name, dtype, per-row shape), tasks (kind,
   classes, output), the run's config, commit, versions, best step.
 
@@ -37,6 +39,7 @@ import numpy as np
 from mtl_jax import reporting
 from mtl_jax import tasks as tasks_lib
 from mtl_jax.errors import UserError
+from mtl_jax.serving.ranking import default_fusion
 from mtl_jax.serving.rows import builtin_features_json
 
 FORMAT_VERSION = 1
@@ -95,6 +98,23 @@ def scoring_function(trainer: Any):
     return score
 
 
+def _save_catalogue(trainer: Any, directory: pathlib.Path) -> dict[str, Any] | None:
+    """``catalogue.npz`` (each item-side input by item id, the item ids, their attributes)
+    for datasets that have an item catalogue; what ranking by candidate id reads."""
+    cat = trainer.dataset.catalogue
+    if cat is None:
+        return None
+    inputs = set(model_inputs(trainer))
+    item_inputs = [name for name in cat.item_features if name in inputs]
+    np.savez(
+        directory / "catalogue.npz",
+        items=np.asarray(cat.items),
+        attributes=np.asarray(cat.item_attributes, bool),
+        **{f"feature/{name}": np.asarray(cat.item_features[name]) for name in item_inputs},
+    )
+    return {"item_key": cat.item_key, "item_features": item_inputs}
+
+
 def export_trainer(
     trainer: Any,
     params: Any,
@@ -133,6 +153,8 @@ def export_trainer(
             entries = builtin_features_json(trainer.dataset.features)
             (features / "features.json").write_text(json.dumps(entries, indent=1))
         config = trainer.config
+        catalogue = _save_catalogue(trainer, staging)
+        ranking = config.get("ranking", {})
         manifest = {
             "format": FORMAT_VERSION,
             "inputs": {k: {"dtype": d, "shape": list(s)} for k, (d, s) in inputs.items()},
@@ -147,6 +169,10 @@ def export_trainer(
                 }
                 for t in trainer.tasks
             ],  # fmt: skip
+            "catalogue": catalogue,
+            "fusion": default_fusion(
+                dict(ranking.get("fusion", {})), {t.name: {"kind": t.kind} for t in trainer.tasks}
+            ).to_json(),
             "param_dtypes": dtypes,
             "platforms": list(exported.platforms),
             "dataset": trainer.dataset.name,

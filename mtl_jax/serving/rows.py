@@ -68,7 +68,7 @@ def builtin_features_json(features: Sequence[Any]) -> dict[str, dict[str, Any]]:
     }
 
 
-def _finite_number(value: Any) -> bool:
+def finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -83,21 +83,24 @@ class RowEncoder:
         """The raw columns a row must carry."""
         return sorted({e["column"] for e in self.encoders.values()})
 
-    def encode(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-        if not rows:
-            raise RequestError("no rows to score")
+    def encode(
+        self, rows: Sequence[Mapping[str, Any]], features: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """The input columns of ``features`` (default: all the model reads) for ``rows``."""
+        encoders = self.encoders if features is None else {f: self.encoders[f] for f in features}
+        needed = sorted({e["column"] for e in encoders.values()})
+        if not isinstance(rows, Sequence) or isinstance(rows, (str, bytes)) or not rows:
+            raise RequestError("expected a non-empty list of rows")
         for i, row in enumerate(rows):
             if not isinstance(row, Mapping):
                 raise RequestError(
                     f"row {i}: expected an object of features, got {type(row).__name__}"
                 )
-            missing = [c for c in self.columns if c not in row]
+            missing = [c for c in needed if c not in row]
             if missing:
-                raise RequestError(
-                    f"row {i}: missing features {missing}; a row needs {self.columns}"
-                )
+                raise RequestError(f"row {i}: missing features {missing}; a row needs {needed}")
         out: dict[str, np.ndarray] = {}
-        for name, spec in self.encoders.items():
+        for name, spec in encoders.items():
             column = spec["column"]
             values = [row[column] for row in rows]
             if spec["kind"] == "id":
@@ -118,7 +121,7 @@ class RowEncoder:
     @staticmethod
     def _vectors(name: str, values: list[Any], dim: int) -> np.ndarray:
         for i, v in enumerate(values):
-            if not (isinstance(v, list) and len(v) == dim and all(map(_finite_number, v))):
+            if not (isinstance(v, list) and len(v) == dim and all(map(finite_number, v))):
                 raise RequestError(f"row {i}, feature {name!r}: expected {dim} finite numbers")
         return np.asarray(values, np.float32)
 
@@ -126,7 +129,7 @@ class RowEncoder:
     def _file_feature(name: str, spec: dict[str, Any], values: list[Any]) -> dict[str, np.ndarray]:
         kind, column = spec["kind"], spec["column"]
         for i, v in enumerate(values):
-            ok = v is None or isinstance(v, str) or _finite_number(v)
+            ok = v is None or isinstance(v, str) or finite_number(v)
             ok = ok or (kind == "multi_hot" and isinstance(v, list))
             if isinstance(v, bool) or not ok:
                 raise RequestError(

@@ -18,8 +18,10 @@ from typing import Any
 import jax
 import numpy as np
 
+from mtl_jax.data.schema import bag_mask_name
 from mtl_jax.errors import UserError
 from mtl_jax.serving.export import FILES, FORMAT_VERSION, MANIFEST, unflatten_params
+from mtl_jax.serving.ranking import Fusion, attribute_sets, parse_diversity, top_k
 from mtl_jax.serving.rows import RequestError, RowEncoder, encoders_from_json
 
 
@@ -41,6 +43,19 @@ class Scorer:
             k: (np.dtype(v["dtype"]), tuple(v["shape"])) for k, v in manifest["inputs"].items()
         }
         self.rows = RowEncoder(encoders_from_json(directory / "features"), manifest["features"])
+        self.fusion = Fusion.parse(manifest["fusion"], self.tasks)
+        self.max_candidates = 10_000
+        self.catalogue = manifest.get("catalogue")
+        item_features = self.catalogue["item_features"] if self.catalogue else []
+        self.context_features = [f for f in manifest["features"] if f not in item_features]
+        if self.catalogue:
+            with np.load(directory / "catalogue.npz") as f:
+                self._items = {
+                    k.partition("/")[2]: f[k] for k in f.files if k.startswith("feature/")
+                }
+                self._attributes = f["attributes"]
+                self._known = np.zeros(len(self._attributes), bool)
+                self._known[f["items"]] = True
         self._params = jax.device_put(params)
         self._call = jax.jit(exported.call)
 
@@ -98,3 +113,80 @@ class Scorer:
     def score(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
         """Per-task predictions for raw rows (values as the training data has them)."""
         return self.score_inputs(self.rows.encode(rows))
+
+    def _catalogue_inputs(self, context: Mapping[str, Any], ids: list[Any]) -> tuple[dict, Any]:
+        if not self.catalogue:
+            raise RequestError(
+                "this model has no item catalogue: give each candidate's item features inline "
+                "(candidates as objects)"
+            )
+        for i, item in enumerate(ids):
+            ok = isinstance(item, int) and not isinstance(item, bool)
+            if not (ok and 0 <= item < len(self._known) and self._known[item]):
+                raise RequestError(f"candidate {i}: {item!r} is not an item of the catalogue")
+        index = np.asarray(ids, np.int64)
+        inputs = {
+            k: np.repeat(v, len(ids), 0)
+            for k, v in self.rows.encode([context], self.context_features).items()
+        }
+        inputs.update({name: column[index] for name, column in self._items.items()})
+        return inputs, self._attributes[index]
+
+    def rank(
+        self,
+        context: Mapping[str, Any],
+        candidates: Sequence[Any],
+        k: int = 10,
+        fusion: Mapping[str, Any] | None = None,
+        diversity: Mapping[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The ``k`` best candidates for ``context`` (the user's and context features) in one
+        batched call: candidates are item ids of the export's catalogue, or objects holding
+        the item-side features inline (and any field a fusion rule multiplies by). Scores
+        fuse the task predictions (``fusion``, default the export's; see
+        mtl_jax/serving/ranking.py); ``diversity`` ``{"lambda": 0.7, "attribute": feature}``
+        re-ranks by MMR on the catalogue's item attributes or a feature's ids."""
+        if not isinstance(context, Mapping):
+            raise RequestError(
+                f"context: expected an object of features, got {type(context).__name__}"
+            )
+        if not isinstance(candidates, Sequence) or isinstance(candidates, (str, bytes)):
+            raise RequestError("candidates: expected a list of item ids or objects")
+        if not candidates or len(candidates) > self.max_candidates:
+            raise RequestError(
+                f"candidates: {len(candidates)} given; between 1 and {self.max_candidates} allowed"
+            )
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise RequestError(f"k: {k!r} is not a positive integer")
+        rule = self.fusion if fusion is None else Fusion.parse(fusion, self.tasks)
+        inline = [isinstance(c, Mapping) for c in candidates]
+        times = None
+        if all(inline):
+            inputs = self.rows.encode([{**context, **c} for c in candidates])
+            attributes = None
+            if rule.times:
+                times = rule.times_of(candidates)
+        elif not any(inline):
+            if rule.times:
+                raise RequestError(
+                    f"fusion.times={rule.times!r} needs candidates as objects carrying it"
+                )
+            inputs, attributes = self._catalogue_inputs(context, list(candidates))
+        else:
+            raise RequestError("candidates: all item ids or all objects, not a mix")
+        lam, attribute = parse_diversity(diversity, list(self.rows.encoders))
+        if attribute:
+            attributes = attribute_sets(inputs[attribute], inputs.get(bag_mask_name(attribute)))
+        elif attributes is None and lam < 1.0:
+            raise RequestError("diversity: name an attribute feature (no catalogue attributes)")
+        predictions = self.score_inputs(inputs)
+        scores = rule(predictions, times)
+        order = top_k(scores, k, attributes, float(lam))
+        return [
+            {
+                "item": candidates[i] if not inline[i] else int(i),
+                "score": float(scores[i]),
+                "predictions": {t: predictions[t][i].tolist() for t in self.tasks},
+            }
+            for i in order
+        ]
