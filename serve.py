@@ -2,12 +2,17 @@
 
   python serve.py export --workdir=runs/ecommerce --out=models/ecommerce
   python serve.py score --model=models/ecommerce --input=rows.jsonl --output=scores.jsonl
+  python serve.py rank --model=models/ecommerce --input=requests.jsonl --output=ranked.jsonl
+  python serve.py http --model=models/ecommerce --port=8080
 
 ``export`` writes a self-contained directory (mtl_jax/serving/export.py) from a run's best
 checkpoint; ``score`` reads one JSON object per line (raw feature values, as in the
 training data) and writes one per line: ``{task: prediction}``, a probability, a value or a
-list of class/label probabilities. Bad input ends with one line naming the problem (the
-file and line for rows) and exit status 2.
+list of class/label probabilities; ``rank`` reads one request per line (``{"context": {...},
+"candidates": [...], "k": 10, "fusion": {...}, "diversity": {...}}``, as /rank takes) and
+writes the ranked items; ``http`` serves /health, /score and /rank
+(mtl_jax/serving/http.py; ``pip install -e '.[serve]'``). Bad input ends with one line
+naming the problem (the file and line for rows) and exit status 2.
 """
 
 from __future__ import annotations
@@ -30,8 +35,14 @@ _MODEL = flags.DEFINE_string("model", None, "score: an export directory.")
 _INPUT = flags.DEFINE_string("input", None, "score: JSON lines of raw rows.")
 _OUTPUT = flags.DEFINE_string("output", None, "score: JSON lines of predictions to write.")
 _BATCH = flags.DEFINE_integer("batch_size", 1024, "score: rows per call.")
+_HOST = flags.DEFINE_string("host", "127.0.0.1", "http: address to bind (loopback by default).")
+_PORT = flags.DEFINE_integer("port", 8080, "http: port.")
+_MAX_BATCH = flags.DEFINE_integer("max_batch", 1024, "http: rows per batched model call.")
+_MAX_WAIT = flags.DEFINE_float("max_wait_ms", 2.0, "http: how long a request waits to batch.")
+_MAX_ROWS = flags.DEFINE_integer("max_rows", 1024, "http: rows of one /score request.")
+_MAX_CANDIDATES = flags.DEFINE_integer("max_candidates", 10_000, "http: candidates per /rank.")
 
-COMMANDS = ("export", "score")
+COMMANDS = ("export", "score", "rank", "http")
 
 
 def _require(**values) -> None:
@@ -83,12 +94,55 @@ def score() -> None:
     print(f"scored {len(rows)} rows into {out}")
 
 
+def rank() -> None:
+    from mtl_jax.serving import RequestError, Scorer
+
+    _require(model=_MODEL.value, input=_INPUT.value, output=_OUTPUT.value)
+    scorer = Scorer.load(_MODEL.value)
+    requests = _read_rows(pathlib.Path(_INPUT.value))
+    out = pathlib.Path(_OUTPUT.value)
+    tmp = out.with_name(out.name + ".partial")
+    keys = ("context", "candidates", "k", "fusion", "diversity")
+    with tmp.open("w") as f:
+        for number, request in enumerate(requests, 1):
+            unknown = sorted(set(request) - set(keys)) if isinstance(request, dict) else None
+            if unknown is None or unknown:
+                raise UserError(f"{_INPUT.value}: request {number}: keys must be among {keys}")
+            try:
+                items = scorer.rank(**request)
+            except (RequestError, TypeError) as e:
+                raise UserError(f"{_INPUT.value}: request {number}: {e}") from None
+            f.write(json.dumps({"items": items}) + "\n")
+    tmp.replace(out)
+    print(f"ranked {len(requests)} requests into {out}")
+
+
+def http() -> None:
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+
+        from mtl_jax.serving.http import ServerConfig, serve
+    except ImportError as e:
+        raise UserError(
+            f"serving over HTTP needs the serve extra ({e}): pip install -e '.[serve]'"
+        ) from None
+    _require(model=_MODEL.value)
+    config = ServerConfig(
+        host=_HOST.value, port=_PORT.value, max_batch=_MAX_BATCH.value,
+        max_wait_ms=_MAX_WAIT.value, max_rows=_MAX_ROWS.value,
+        max_candidates=_MAX_CANDIDATES.value,
+    )  # fmt: skip
+    print(f"serving {_MODEL.value} on http://{config.host}:{config.port}", flush=True)
+    serve(_MODEL.value, config)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) != 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"usage: serve.py {{{'|'.join(COMMANDS)}}} --flags...")
     absl_logging.set_verbosity(absl_logging.WARNING)
     try:
-        {"export": export, "score": score}[argv[1]]()
+        {"export": export, "score": score, "rank": rank, "http": http}[argv[1]]()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -186,6 +186,15 @@ def test_serve_py_exports_a_run_and_scores_a_file(tmp_path):
     done = run("score", f"--model={tmp_path / 'm'}", f"--input={tmp_path / 'bad.jsonl'}",
                f"--output={tmp_path / 'x.jsonl'}")  # fmt: skip
     assert done.returncode == 2 and "bad.jsonl:2: not a JSON object" in done.stderr
+    context = {"user": rows[0]["user"], "age": rows[0]["age"]}
+    candidates = [{k: r[k] for k in ("item", "category", "price", "tags")} for r in rows[:20]]
+    request = {"context": context, "candidates": candidates, "k": 3}
+    (tmp_path / "requests.jsonl").write_text(json.dumps(request) + "\n")
+    done = run("rank", f"--model={tmp_path / 'm'}", f"--input={tmp_path / 'requests.jsonl'}",
+               f"--output={tmp_path / 'r.jsonl'}")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    (ranked,) = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert ranked["items"] == Scorer.load(tmp_path / "m").rank(**request)
     done = run("export", f"--workdir={tmp_path}", f"--out={tmp_path / 'm3'}")
     assert done.returncode == 2 and "has no config.json" in done.stderr
 
