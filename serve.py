@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 import pathlib
 import sys
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -74,47 +76,55 @@ def _read_rows(path: pathlib.Path) -> list[dict]:
     return rows
 
 
-def score() -> None:
-    from mtl_jax.serving import RequestError, Scorer
+def _file_job(lines: Callable[[Any, list[dict]], Iterator[str]], what: str) -> None:
+    """Loads --model, reads --input's JSON lines, writes ``lines(scorer, records)`` to
+    --output (under a temporary name until complete)."""
+    from mtl_jax.serving import Scorer
 
     _require(model=_MODEL.value, input=_INPUT.value, output=_OUTPUT.value)
     scorer = Scorer.load(_MODEL.value)
-    rows = _read_rows(pathlib.Path(_INPUT.value))
+    records = _read_rows(pathlib.Path(_INPUT.value))
     out = pathlib.Path(_OUTPUT.value)
     tmp = out.with_name(out.name + ".partial")
     with tmp.open("w") as f:
-        for start in range(0, len(rows), _BATCH.value):
-            try:
-                predictions = scorer.score(rows[start : start + _BATCH.value])
-            except RequestError as e:  # "row i" of the batch -> the line of the file
-                raise UserError(f"{_INPUT.value} (rows from line {start + 1}): {e}") from None
-            for i in range(len(next(iter(predictions.values())))):
-                f.write(json.dumps({k: v[i].tolist() for k, v in predictions.items()}) + "\n")
+        for line in lines(scorer, records):
+            f.write(line + "\n")
     tmp.replace(out)
-    print(f"scored {len(rows)} rows into {out}")
+    print(f"{what} {len(records)} lines of {_INPUT.value} into {out}")
+
+
+def _scores(scorer: Any, rows: list[dict]) -> Iterator[str]:
+    from mtl_jax.serving import RequestError
+
+    for start in range(0, len(rows), _BATCH.value):
+        try:
+            predictions = scorer.score(rows[start : start + _BATCH.value])
+        except RequestError as e:  # "row i" of the batch -> the line of the file
+            raise UserError(f"{_INPUT.value} (rows from line {start + 1}): {e}") from None
+        for i in range(len(next(iter(predictions.values())))):
+            yield json.dumps({k: v[i].tolist() for k, v in predictions.items()})
+
+
+def _rankings(scorer: Any, requests: list[dict]) -> Iterator[str]:
+    from mtl_jax.serving import RequestError
+
+    keys = ("context", "candidates", "k", "fusion", "diversity")
+    for number, request in enumerate(requests, 1):
+        unknown = sorted(set(request) - set(keys)) if isinstance(request, dict) else None
+        if unknown is None or unknown:
+            raise UserError(f"{_INPUT.value}: request {number}: keys must be among {keys}")
+        try:
+            yield json.dumps({"items": scorer.rank(**request)})
+        except (RequestError, TypeError) as e:
+            raise UserError(f"{_INPUT.value}: request {number}: {e}") from None
+
+
+def score() -> None:
+    _file_job(_scores, "scored")
 
 
 def rank() -> None:
-    from mtl_jax.serving import RequestError, Scorer
-
-    _require(model=_MODEL.value, input=_INPUT.value, output=_OUTPUT.value)
-    scorer = Scorer.load(_MODEL.value)
-    requests = _read_rows(pathlib.Path(_INPUT.value))
-    out = pathlib.Path(_OUTPUT.value)
-    tmp = out.with_name(out.name + ".partial")
-    keys = ("context", "candidates", "k", "fusion", "diversity")
-    with tmp.open("w") as f:
-        for number, request in enumerate(requests, 1):
-            unknown = sorted(set(request) - set(keys)) if isinstance(request, dict) else None
-            if unknown is None or unknown:
-                raise UserError(f"{_INPUT.value}: request {number}: keys must be among {keys}")
-            try:
-                items = scorer.rank(**request)
-            except (RequestError, TypeError) as e:
-                raise UserError(f"{_INPUT.value}: request {number}: {e}") from None
-            f.write(json.dumps({"items": items}) + "\n")
-    tmp.replace(out)
-    print(f"ranked {len(requests)} requests into {out}")
+    _file_job(_rankings, "ranked")
 
 
 def http() -> None:
