@@ -40,7 +40,9 @@ _BATCH = flags.DEFINE_integer("batch_size", 1024, "score: rows per call.")
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "http: address to bind (loopback by default).")
 _PORT = flags.DEFINE_integer("port", 8080, "http: port.")
 _MAX_BATCH = flags.DEFINE_integer("max_batch", 1024, "http: rows per batched model call.")
-_MAX_WAIT = flags.DEFINE_float("max_wait_ms", 2.0, "http: how long a request waits to batch.")
+_MAX_WAIT = flags.DEFINE_float(
+    "max_wait_ms", 0.0, "http: how long a model call waits for more requests (0: no wait)."
+)
 _MAX_ROWS = flags.DEFINE_integer("max_rows", 1024, "http: rows of one /score request.")
 _MAX_CANDIDATES = flags.DEFINE_integer("max_candidates", 10_000, "http: candidates per /rank.")
 

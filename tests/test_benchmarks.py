@@ -110,6 +110,31 @@ def test_bench_input_generates_prepares_and_trains(tmp_path):
 
 
 @pytest.mark.slow
+def test_bench_serving_measures_every_mode(tmp_path):
+    from mtl_jax import parallel
+    from mtl_jax.data import load_dataset
+    from mtl_jax.serving import export_trainer
+    from mtl_jax.train import Trainer
+    from tests.helpers import tiny_config
+
+    config = tiny_config()
+    trainer = Trainer(config, load_dataset(config.data, config.seed), mesh=parallel.make_mesh(1))
+    export_trainer(trainer, trainer.init_state().params, tmp_path / "m")
+    out = tmp_path / "s.jsonl"
+    lines = _bench(
+        "bench_serving.py", f"--model={tmp_path / 'm'}", "--batches=1,8", "--calls=5",
+        "--candidates=30", "--clients=1,3", "--requests=12", f"--out={out}",
+    )  # fmt: skip
+    got = [(line["mode"], line["batch"], line["clients"]) for line in lines]
+    assert got == [("inprocess", 1, 0), ("inprocess", 8, 0), ("rank", 30, 0), ("rank", 30, 0),
+                   ("http", 1, 1), ("http", 1, 3)]  # fmt: skip
+    for line in lines:
+        assert line["errors"] == 0 and 0 < line["p50_ms"] <= line["p99_ms"]
+    assert [line["requests"] for line in lines[-2:]] == [12, 12]
+    assert [json.loads(x) for x in out.read_text().splitlines()] == lines
+
+
+@pytest.mark.slow
 def test_bench_text_runs(tmp_path, text_encoder):
     from mtl_jax.data import movielens
 

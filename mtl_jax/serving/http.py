@@ -13,10 +13,10 @@ Every problem with a request is a 4xx whose JSON ``error`` names it (bad JSON, N
 infinity, a body over ``max_body_bytes``, unknown keys, a missing feature, a wrong type,
 too many rows or candidates, an unknown task in a fusion rule); ids training never saw take
 the out-of-vocabulary row. Concurrent /score requests are batched: each request's rows are
-validated and encoded as it arrives, then wait (up to ``max_wait_ms``) to share one model
-call with others (up to ``max_batch`` rows). Model calls run one at a time on a worker
-thread, so the event loop keeps accepting requests. uvicorn stops on SIGTERM/SIGINT after
-the requests in flight are answered.
+validated and encoded as it arrives, then queue for the model; every model call takes what
+has queued (up to ``max_batch`` rows), after waiting up to ``max_wait_ms`` for more. Model
+calls run one at a time on a worker thread, so the event loop keeps accepting requests.
+uvicorn stops on SIGTERM/SIGINT after the requests in flight are answered.
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ class ServerConfig:
     host: str = "127.0.0.1"  # loopback: exposing a model is a deliberate choice
     port: int = 8080
     max_batch: int = 1024  # rows per batched model call
-    max_wait_ms: float = 2.0  # how long a request waits for others to batch with
+    # How long a request waits for others to share its model call; 0: not at all, and the
+    # requests that arrive while the model is busy share the next call.
+    max_wait_ms: float = 0.0
     max_rows: int = 1024  # rows of one /score request
     max_candidates: int = 10_000  # candidates of one /rank request
     max_body_bytes: int = 4 << 20
@@ -99,13 +101,16 @@ class Batcher:
             waiting, rows = [first], len(next(iter(first[0].values())))
             deadline = loop.time() + self.config.max_wait_ms / 1e3
             while rows < self.config.max_batch:
-                timeout = deadline - loop.time()
-                if timeout <= 0:
-                    break
-                try:
-                    item = await asyncio.wait_for(self.queue.get(), timeout)
-                except asyncio.TimeoutError:
-                    break
+                if not self.queue.empty():  # arrived while the model was busy: take it
+                    item = self.queue.get_nowait()
+                else:
+                    timeout = deadline - loop.time()
+                    if timeout <= 0:
+                        break
+                    try:
+                        item = await asyncio.wait_for(self.queue.get(), timeout)
+                    except asyncio.TimeoutError:
+                        break
                 waiting.append(item)
                 rows += len(next(iter(item[0].values())))
             await self._score_together(waiting)
