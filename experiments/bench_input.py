@@ -10,7 +10,7 @@ Stages, each in a process of its own so that each peak RSS is its own:
    drawn from 2M users with a long tail, raw item ids up to 1e12 from 5M items (fewer for
    fewer rows), a category,
    a price with gaps, an age, click and conversion labels from a logistic model of them),
-   and a 100k-row test file.
+   and a test file of a tenth as many rows (at most 100k).
 2. ``prepare``: ``mtl_jax.data.prepare`` on it (users by vocabulary with min_count 2,
    items hashed into 2**20 buckets, validation 0.2% carved by the seed).
 3. ``train``: the files template's model (configs/files.py: MMoE, embeddings of 8) at
@@ -124,7 +124,7 @@ def stage_generate(directory: pathlib.Path) -> dict:
     directory.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     _write(directory / "train.parquet", _ROWS.value, 0)
-    _write(directory / "test.parquet", 100_000, 1)
+    _write(directory / "test.parquet", min(100_000, max(1000, _ROWS.value // 10)), 1)
     wall = time.perf_counter() - start
     return {"rows": _ROWS.value, "wall_s": wall, "rows_per_s": _ROWS.value / wall,
             "file_mib": (directory / "train.parquet").stat().st_size / 2**20}  # fmt: skip

@@ -7,6 +7,8 @@ mergeable (sum, count) pairs instead (see ``mtl_jax.tasks``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 _EPS = 1e-7
@@ -277,6 +279,20 @@ def jaccard_similarity(attributes: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1.0), 1.0)
 
 
+def jaccard_rows(attributes: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """``rows(ids)``: the rows ``jaccard_similarity(attributes)[ids]``, computed on demand
+    (MMR reads k rows of the I x I matrix)."""
+    a = np.asarray(attributes, bool).astype(np.float64)
+    sizes = a.sum(axis=1)
+
+    def rows(ids: np.ndarray) -> np.ndarray:
+        inter = a[ids] @ a.T
+        union = sizes[ids][..., None] + sizes[None, :] - inter
+        return np.where(union > 0, inter / np.maximum(union, 1.0), 1.0)
+
+    return rows
+
+
 def intra_list_diversity(ranked: np.ndarray, attributes: np.ndarray) -> float:
     """Mean over users of the mean pairwise Jaccard distance of their top-k items'
     attribute sets (e.g. genres): 0 when every list is one kind of item."""
@@ -309,7 +325,7 @@ def long_tail_share(ranked: np.ndarray, is_head: np.ndarray) -> float:
 
 def mmr_rerank(
     relevance: np.ndarray,
-    similarity: np.ndarray,
+    similarity: np.ndarray | Callable[[np.ndarray], np.ndarray],
     k: int,
     lam: float,
     exclude: np.ndarray | None = None,
@@ -318,13 +334,15 @@ def mmr_rerank(
     maximising ``lam * relevance - (1 - lam) * max similarity to the items already picked``.
 
     ``relevance`` (U, I) should share the scale of ``similarity`` (I, I), e.g. both in [0, 1];
+    ``similarity`` may also be a function of item ids giving their rows (``jaccard_rows``).
     ``lam=1`` is plain top-k. Returns (U, k) ids; ties go to the lower id.
     """
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"MMR lambda must lie in [0, 1], got {lam}")
     relevance = np.asarray(relevance, np.float64)
     users, items = relevance.shape
-    if similarity.shape != (items, items):
+    rows_of = similarity if callable(similarity) else similarity.__getitem__
+    if not callable(similarity) and similarity.shape != (items, items):
         raise ValueError(
             f"similarity must be ({items}, {items}) for {items} items, got {similarity.shape}"
         )
@@ -340,5 +358,5 @@ def mmr_rerank(
         choice = np.argmax(gain, axis=1)  # first maximum: the lower id
         picked[:, step] = choice
         available[rows, choice] = False
-        max_sim = np.maximum(max_sim, similarity[choice])
+        max_sim = np.maximum(max_sim, rows_of(choice))
     return picked

@@ -105,6 +105,9 @@ def test_mmr_matches_greedy_loop(lam):
         np.testing.assert_array_equal(ranked[user], picked)
     if lam == 1.0:
         np.testing.assert_array_equal(ranked, metrics.top_k(relevance, k, exclude))
+    # Similarity rows on demand (what serving uses) pick the same items.
+    lazy = metrics.mmr_rerank(relevance, metrics.jaccard_rows(genres), k, lam, exclude)
+    np.testing.assert_array_equal(lazy, ranked)
 
 
 def test_mmr_trades_relevance_for_diversity():

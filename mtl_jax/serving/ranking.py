@@ -10,7 +10,8 @@ send its own) is ``{"mode": ..., "weights": {task: w}, "times": field}``:
   score (added as a log under ``log_sum``): pCTR x pCVR x price.
 
 Diversity is maximal marginal relevance (``metrics.mmr_rerank``, the re-ranker the offline
-evaluation uses) over the Jaccard similarity of the candidates' attributes: the export's
+evaluation uses, reading only the similarity rows of the items it picks) over the Jaccard
+similarity of the candidates' attributes: the export's
 item attributes (e.g. genres) or an input feature's ids (a bag's set, or a category).
 """
 
@@ -147,5 +148,5 @@ def top_k(scores: np.ndarray, k: int, attributes: np.ndarray | None, lam: float)
         return order[:k]
     low, high = scores.min(), scores.max()
     relevance = (scores - low) / max(high - low, 1e-12)
-    similarity = metrics.jaccard_similarity(attributes)
-    return metrics.mmr_rerank(relevance[None, :], similarity, k, lam)[0]
+    rows = metrics.jaccard_rows(attributes)  # only the k rows MMR reads, not n x n
+    return metrics.mmr_rerank(relevance[None, :], rows, k, lam)[0]
