@@ -78,7 +78,12 @@ ADDED_KEYS = {
     "optim.step_factor": 0.1,
     "model.embedding_dtype": "float32",
     "optim.sparse_embedding_updates": False,
+    "data.prepared": "",
+    "data.window_blocks": 64,
+    "ranking.fusion_mode": "sum",
 }
+# Keys of file schemas (``features.<name>.<key>``, ``data.labels.<task>.<key>``) added since.
+ADDED_SCHEMA_KEYS = {"separator": "|", "max_length": 0, "classes": [], "no_labels": "none"}
 
 
 def _as_before(key: str, value: Any) -> bool:
@@ -86,6 +91,9 @@ def _as_before(key: str, value: Any) -> bool:
     added key at its backward-compatible value, or a method kwarg left to its default."""
     if key in ADDED_KEYS:
         return value == ADDED_KEYS[key]
+    leaf = key.rpartition(".")[2]
+    if key.startswith(("features.", "data.labels.")) and leaf in ADDED_SCHEMA_KEYS:
+        return value == ADDED_SCHEMA_KEYS[leaf]
     return key.startswith("balancing.") and value is None
 
 

@@ -37,6 +37,10 @@ def default_config(task_names: Sequence[str]) -> ml_collections.ConfigDict:
     # Ranking score: sum_t fusion[t] * prediction_t over binary (probability) and
     # regression (predicted value) tasks.
     c.fusion = ml_collections.ConfigDict({t: 0.0 for t in task_names})
+    # How an exported model's /rank fuses the weights above by default (a request may send
+    # its own rule): sum, log_sum (sum_t w_t log p_t) or product (prod_t p_t ** w_t); see
+    # mtl_jax/serving/ranking.py. The offline evaluation above always sums.
+    c.fusion_mode = "sum"
     c.mmr_lambdas = (1.0, 0.9, 0.7, 0.5)  # 1.0 = plain ranking
     c.head_fraction = 0.2  # the most-rated share of train items; the rest is the long tail
     c.users_per_chunk = 128

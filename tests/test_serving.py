@@ -305,3 +305,21 @@ def test_bad_rank_requests_are_named(exported):
         kwargs = {"context": CONTEXT, "candidates": [1, 2, 3], "k": 2, **change}
         with pytest.raises(RequestError, match=match):
             scorer.rank(**kwargs)
+
+
+def test_the_default_fusion_is_the_runs_ranking_rule(tmp_path):
+    config = tiny_config()
+    config.ranking.fusion.click = 1.0
+    config.ranking.fusion.purchase = 2.0
+    config.ranking.fusion_mode = "product"
+    _, _, dataset, scorer = _export(config, tmp_path)
+    assert scorer.manifest["fusion"] == {
+        "mode": "product",
+        "weights": {"click": 1.0, "purchase": 2.0},
+        "times": "",
+    }
+    items = list(range(30))
+    predictions = scorer.score(_catalogue_rows(dataset, items))
+    fused = predictions["click"].astype(float) * predictions["purchase"].astype(float) ** 2
+    ranked = scorer.rank(CONTEXT, items, k=5)
+    assert [r["item"] for r in ranked] == list(np.argsort(-fused, kind="stable")[:5])

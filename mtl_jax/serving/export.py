@@ -171,7 +171,7 @@ def export_trainer(
             ],  # fmt: skip
             "catalogue": catalogue,
             "fusion": default_fusion(
-                dict(ranking.get("fusion", {})), {t.name: {"kind": t.kind} for t in trainer.tasks}
+                dict(ranking), {t.name: {"kind": t.kind} for t in trainer.tasks}
             ).to_json(),
             "param_dtypes": dtypes,
             "platforms": list(exported.platforms),

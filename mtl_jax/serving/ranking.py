@@ -117,13 +117,16 @@ def parse_diversity(spec: Any, features: Sequence[str]) -> tuple[float, str]:
     return float(lam), attribute
 
 
-def default_fusion(ranking_fusion: Mapping[str, float], tasks: Mapping[str, Mapping]) -> Fusion:
-    """The run's ``ranking.fusion`` weights (a weighted sum), or the first binary task."""
-    weights = {t: float(w) for t, w in ranking_fusion.items() if float(w) != 0.0 and t in tasks}
+def default_fusion(ranking: Mapping[str, Any], tasks: Mapping[str, Mapping]) -> Fusion:
+    """The run's ``ranking.fusion`` weights combined by ``ranking.fusion_mode``; without
+    weights, the first binary or regression task alone."""
+    fusion = dict(ranking.get("fusion", {}))
+    weights = {t: float(w) for t, w in fusion.items() if float(w) != 0.0 and t in tasks}
     if not weights:
         first = next((n for n, t in tasks.items() if t["kind"] in RANKABLE_KINDS), None)
         weights = {first: 1.0} if first else {}
-    return Fusion("sum", weights)
+    mode = ranking.get("fusion_mode", "sum")
+    return Fusion.parse({"mode": mode, "weights": weights}, tasks)
 
 
 def attribute_sets(column: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
