@@ -1,0 +1,264 @@
+"""Decoder language models of the Llama and Qwen2 families in Flax, read from a Hugging
+Face directory (``config.json``, ``model.safetensors`` or sharded safetensors with their
+index).
+
+The architecture both families share: token embeddings; per layer, RMSNorm -> grouped-query
+self-attention with rotary position embeddings (RoPE) -> residual, RMSNorm -> SwiGLU MLP ->
+residual; a final RMSNorm. Qwen2 adds biases to the q/k/v projections (Llama may, with
+``attention_bias``). Attention is causal and ignores padded keys (right padding).
+``decoder_hidden_states`` is the public parity check against the original implementation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtl_jax.errors import UserError
+
+MODEL_TYPES = ("llama", "qwen2")
+
+
+class DecoderFilesError(UserError, FileNotFoundError):
+    """A decoder directory that is missing a file or holds an unsupported model."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    max_position_embeddings: int
+    attention_bias: bool
+    mlp_bias: bool = False
+    tie_word_embeddings: bool = False
+
+    @classmethod
+    def from_json(cls, path: str | pathlib.Path) -> DecoderConfig:
+        path = pathlib.Path(path)
+        if not path.is_file():
+            raise DecoderFilesError(
+                f"{path.parent}: no config.json (a Hugging Face model directory)"
+            )
+        c = json.loads(path.read_text())
+        kind = c.get("model_type")
+        if kind not in MODEL_TYPES:
+            raise DecoderFilesError(
+                f"{path}: model_type {kind!r} is not supported; supported: {list(MODEL_TYPES)}"
+            )
+        rope = c.get("rope_parameters") or {}
+        theta = c.get("rope_theta", rope.get("rope_theta", 10000.0))  # both layouts occur
+        if rope.get("rope_type", "default") != "default":
+            raise DecoderFilesError(
+                f"{path}: rope_type {rope['rope_type']!r} is not supported (only 'default')"
+            )
+        heads = c["num_attention_heads"]
+        return cls(
+            model_type=kind,
+            vocab_size=c["vocab_size"],
+            hidden_size=c["hidden_size"],
+            intermediate_size=c["intermediate_size"],
+            num_hidden_layers=c["num_hidden_layers"],
+            num_attention_heads=heads,
+            num_key_value_heads=c.get("num_key_value_heads") or heads,
+            head_dim=c.get("head_dim") or c["hidden_size"] // heads,
+            rms_norm_eps=float(c.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(theta),
+            max_position_embeddings=c.get("max_position_embeddings", 2048),
+            attention_bias=kind == "qwen2" or bool(c.get("attention_bias", False)),
+            mlp_bias=bool(c.get("mlp_bias", False)),
+            tie_word_embeddings=bool(c.get("tie_word_embeddings", False)),
+        )
+
+
+class RMSNorm(nn.Module):
+    eps: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        weight = self.param("weight", nn.initializers.ones, (x.shape[-1],))
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), -1, keepdims=True) + self.eps)
+        return (weight * normed).astype(x.dtype)
+
+
+def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """cos and sin, (B, L, head_dim), in the half-split layout Hugging Face uses."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq
+    angles = jnp.concatenate([angles, angles], -1)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x (B, L, H, D) rotated by position: x * cos + rotate_half(x) * sin."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], -1)
+    return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+
+
+class Attention(nn.Module):
+    config: DecoderConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
+        c = self.config
+        b, length, _ = x.shape
+        dense = lambda n, name, bias: nn.Dense(n, use_bias=bias, name=name)
+        q = dense(c.num_attention_heads * c.head_dim, "q_proj", c.attention_bias)(x)
+        k = dense(c.num_key_value_heads * c.head_dim, "k_proj", c.attention_bias)(x)
+        v = dense(c.num_key_value_heads * c.head_dim, "v_proj", c.attention_bias)(x)
+        q = apply_rope(q.reshape(b, length, c.num_attention_heads, c.head_dim), cos, sin)
+        k = apply_rope(k.reshape(b, length, c.num_key_value_heads, c.head_dim), cos, sin)
+        v = v.reshape(b, length, c.num_key_value_heads, c.head_dim)
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask)  # K/V heads shared by groups
+        return dense(c.hidden_size, "o_proj", False)(out.reshape(b, length, -1))
+
+
+class MLP(nn.Module):
+    config: DecoderConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = self.config
+        gate = nn.Dense(c.intermediate_size, use_bias=c.mlp_bias, name="gate_proj")(x)
+        up = nn.Dense(c.intermediate_size, use_bias=c.mlp_bias, name="up_proj")(x)
+        return nn.Dense(c.hidden_size, use_bias=c.mlp_bias, name="down_proj")(nn.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    config: DecoderConfig
+
+    @nn.compact
+    def __call__(self, x, cos, sin, mask):
+        c = self.config
+        x = x + Attention(c, name="self_attn")(
+            RMSNorm(c.rms_norm_eps, name="input_layernorm")(x), cos, sin, mask
+        )
+        return x + MLP(c, name="mlp")(RMSNorm(c.rms_norm_eps, name="post_attention_layernorm")(x))
+
+
+class DecoderLM(nn.Module):
+    """Hidden states after the final norm, (B, L, hidden); ``logits`` adds the LM head."""
+
+    config: DecoderConfig
+
+    @nn.compact
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array, logits: bool = False):
+        c = self.config
+        embed = nn.Embed(c.vocab_size, c.hidden_size, name="embed_tokens")
+        x = embed(input_ids)
+        length = input_ids.shape[1]
+        positions = jnp.broadcast_to(jnp.arange(length), input_ids.shape)
+        cos, sin = rope_tables(positions, c.head_dim, c.rope_theta)
+        causal = jnp.tril(jnp.ones((length, length), bool))
+        mask = causal[None, None] & (attention_mask[:, None, None, :] > 0)
+        for i in range(c.num_hidden_layers):
+            x = DecoderLayer(c, name=f"layers_{i}")(x, cos, sin, mask)
+        hidden = RMSNorm(c.rms_norm_eps, name="norm")(x)
+        if not logits:
+            return hidden
+        if c.tie_word_embeddings:
+            return hidden, embed.attend(hidden)
+        return hidden, nn.Dense(c.vocab_size, use_bias=False, name="lm_head")(hidden)
+
+
+def _safetensors_files(directory: pathlib.Path) -> list[pathlib.Path]:
+    single = directory / "model.safetensors"
+    if single.is_file():
+        return [single]
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        missing = [s for s in shards if not (directory / s).is_file()]
+        if missing:
+            raise DecoderFilesError(
+                f"{directory}: shards {missing} named by {index.name} are missing"
+            )
+        return [directory / s for s in shards]
+    raise DecoderFilesError(f"{directory}: no model.safetensors or model.safetensors.index.json")
+
+
+def load_params(
+    directory: str | pathlib.Path, config: DecoderConfig, dtype: Any = np.float32
+) -> dict:
+    """Flax parameters of ``DecoderLM`` from the Hugging Face weights (Linear weights
+    transposed into Dense kernels)."""
+    from safetensors.numpy import load_file
+
+    directory = pathlib.Path(directory)
+    weights: dict[str, np.ndarray] = {}
+    for path in _safetensors_files(directory):
+        weights.update(load_file(str(path)))
+
+    def take(name: str) -> np.ndarray:
+        if name not in weights:
+            raise DecoderFilesError(f"{directory}: the weights lack {name!r}")
+        return weights.pop(name).astype(dtype)
+
+    def linear(prefix: str, bias: bool) -> dict:
+        out = {"kernel": take(f"{prefix}.weight").T}
+        if bias:
+            out["bias"] = take(f"{prefix}.bias")
+        return out
+
+    c = config
+    embedding = take("model.embed_tokens.weight")
+    if embedding.shape != (c.vocab_size, c.hidden_size):
+        raise DecoderFilesError(
+            f"{directory}: embed_tokens is {embedding.shape}, config.json says "
+            f"({c.vocab_size}, {c.hidden_size})"
+        )
+    params: dict[str, Any] = {"embed_tokens": {"embedding": embedding}}
+    for i in range(c.num_hidden_layers):
+        p = f"model.layers.{i}"
+        params[f"layers_{i}"] = {
+            "input_layernorm": {"weight": take(f"{p}.input_layernorm.weight")},
+            "post_attention_layernorm": {"weight": take(f"{p}.post_attention_layernorm.weight")},
+            "self_attn": {
+                name: linear(f"{p}.self_attn.{name}", c.attention_bias and name != "o_proj")
+                for name in ("q_proj", "k_proj", "v_proj", "o_proj")
+            },
+            "mlp": {
+                name: linear(f"{p}.mlp.{name}", c.mlp_bias)
+                for name in ("gate_proj", "up_proj", "down_proj")
+            },
+        }
+    params["norm"] = {"weight": take("model.norm.weight")}
+    if not c.tie_word_embeddings:
+        params["lm_head"] = {"kernel": take("lm_head.weight").T}
+    return params
+
+
+def decoder_hidden_states(
+    model_dir: str | pathlib.Path, input_ids: np.ndarray, attention_mask: np.ndarray
+) -> np.ndarray:
+    """(B, L, D) float32 hidden states after the final norm of the decoder in
+    ``model_dir`` for right-padded ``input_ids`` (B, L)."""
+    directory = pathlib.Path(model_dir)
+    config = DecoderConfig.from_json(directory / "config.json")
+    params = load_params(directory, config)
+    ids = np.asarray(input_ids)
+    if ids.max(initial=0) >= config.vocab_size or ids.min(initial=0) < 0:
+        raise ValueError(f"input_ids must lie in [0, {config.vocab_size}) for this model")
+    if ids.shape[1] > config.max_position_embeddings:
+        raise ValueError(
+            f"{ids.shape[1]} tokens exceed the model's {config.max_position_embeddings} positions"
+        )
+    model = DecoderLM(config)
+    out = jax.jit(model.apply)({"params": params}, jnp.asarray(ids), jnp.asarray(attention_mask))
+    return np.asarray(out, np.float32)

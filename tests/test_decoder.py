@@ -1,0 +1,95 @@
+"""Llama and Qwen2 decoders in Flax (mtl_jax/text/decoder.py) against the outputs of the
+original Hugging Face implementation: small randomly initialised models saved by
+transformers with their hidden states and logits in ``../shared/reference/decoders/``."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+
+from mtl_jax.text import DecoderConfig, DecoderLM, decoder_hidden_states
+from mtl_jax.text.decoder import DecoderFilesError, load_params
+
+DECODERS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference" / "decoders"
+
+
+def _reference(kind: str) -> tuple[pathlib.Path, dict]:
+    directory = DECODERS / kind
+    if not (directory / "reference.npz").is_file():
+        pytest.skip(f"shared reference {directory} absent (only in the development checkout)")
+    return directory, dict(np.load(directory / "reference.npz"))
+
+
+def _assert_parity(got: np.ndarray, want: np.ndarray, mask: np.ndarray) -> None:
+    a, b = got[mask > 0], want[mask > 0]
+    cosine = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+    assert cosine.min() >= 0.9999 and np.abs(a - b).max() <= 1e-4, (
+        cosine.min(),
+        np.abs(a - b).max(),
+    )
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_hidden_states_and_logits_match_the_original(kind):
+    directory, ref = _reference(kind)
+    hidden = decoder_hidden_states(directory, ref["input_ids"], ref["attention_mask"])
+    assert hidden.shape == ref["last_hidden_state"].shape and hidden.dtype == np.float32
+    _assert_parity(hidden, ref["last_hidden_state"], ref["attention_mask"])
+    config = DecoderConfig.from_json(directory / "config.json")
+    assert config.attention_bias == (kind == "qwen2")
+    _, logits = DecoderLM(config).apply(
+        {"params": load_params(directory, config)}, ref["input_ids"], ref["attention_mask"], True
+    )
+    mask = ref["attention_mask"] > 0
+    np.testing.assert_allclose(np.asarray(logits)[mask], ref["logits"][mask], atol=1e-4)
+
+
+def test_sharded_weights_and_the_top_level_rope_theta_read_the_same(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    directory, ref = _reference("qwen2")
+    weights = load_file(str(directory / "model.safetensors"))
+    names = sorted(weights)
+    shards = {
+        "model-00001-of-00002.safetensors": names[::2],
+        "model-00002-of-00002.safetensors": names[1::2],
+    }
+    for shard, keys in shards.items():
+        save_file({k: weights[k] for k in keys}, str(tmp_path / shard))
+    index = {"weight_map": {k: s for s, keys in shards.items() for k in keys}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    config = json.loads((directory / "config.json").read_text())
+    theta = config.pop("rope_parameters")["rope_theta"]
+    (tmp_path / "config.json").write_text(json.dumps({**config, "rope_theta": theta}))
+    hidden = decoder_hidden_states(tmp_path, ref["input_ids"], ref["attention_mask"])
+    _assert_parity(hidden, ref["last_hidden_state"], ref["attention_mask"])
+
+
+def test_bad_model_directories_are_named(tmp_path):
+    directory, ref = _reference("llama")
+    ids, mask = ref["input_ids"][:1], ref["attention_mask"][:1]
+    with pytest.raises(DecoderFilesError, match="no config.json"):
+        decoder_hidden_states(tmp_path, ids, mask)
+    config = json.loads((directory / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
+    with pytest.raises(DecoderFilesError, match=r"model_type 'gpt2' is not supported; supported"):
+        decoder_hidden_states(tmp_path, ids, mask)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(DecoderFilesError, match="no model.safetensors or model.safetensors.index"):
+        decoder_hidden_states(tmp_path, ids, mask)
+    shutil.copy(directory / "model.safetensors", tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "vocab_size": 500}))
+    with pytest.raises(
+        DecoderFilesError, match=r"embed_tokens is \(384, 64\), config.json says \(500, 64\)"
+    ):
+        decoder_hidden_states(tmp_path, ids, mask)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"input_ids must lie in \[0, 384\)"):
+        decoder_hidden_states(tmp_path, ids + 400, mask)
+    long = np.zeros((1, 300), np.int32)
+    with pytest.raises(ValueError, match="300 tokens exceed the model's 256 positions"):
+        decoder_hidden_states(tmp_path, long, np.ones_like(long))
