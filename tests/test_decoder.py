@@ -8,6 +8,7 @@ import json
 import pathlib
 import shutil
 
+import jax
 import numpy as np
 import pytest
 
@@ -93,3 +94,74 @@ def test_bad_model_directories_are_named(tmp_path):
     long = np.zeros((1, 300), np.int32)
     with pytest.raises(ValueError, match="300 tokens exceed the model's 256 positions"):
         decoder_hidden_states(tmp_path, long, np.ones_like(long))
+
+
+def _lora_model(kind, lora):
+    from mtl_jax.text.decoder import LoRAConfig
+
+    directory, ref = _reference(kind)
+    config = DecoderConfig.from_json(directory / "config.json")
+    model = DecoderLM(config, LoRAConfig(**lora))
+    ids, mask = ref["input_ids"], ref["attention_mask"]
+    init = model.init(jax.random.PRNGKey(0), ids, mask, task=0)["params"]
+    base = load_params(directory, config)
+    # The base weights where the checkpoint has them; the adapters as initialised.
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, x: _at(base, path) if _has(base, path) else x, init
+    )
+    return model, params, ids, mask, ref
+
+
+def _keys(path):
+    return [getattr(k, "key", k) for k in path]
+
+
+def _has(tree, path):
+    for k in _keys(path):
+        if not isinstance(tree, dict) or k not in tree:
+            return False
+        tree = tree[k]
+    return True
+
+
+def _at(tree, path):
+    for k in _keys(path):
+        tree = tree[k]
+    return tree
+
+
+def test_lora_starts_as_the_base_model_and_trains_only_its_adapters():
+    model, params, ids, mask, ref = _lora_model(
+        "qwen2", dict(rank=4, alpha=8.0, targets=("q_proj", "v_proj", "down_proj"))
+    )
+    hidden = model.apply({"params": params}, ids, mask)  # B = 0: the base model's output
+    _assert_parity(np.asarray(hidden), ref["last_hidden_state"], ref["attention_mask"])
+    # Move the adapters off zero so every adapter weight takes a gradient.
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, x: x + 0.05 if _keys(path)[-1] == "lora_b" else x, params
+    )
+    grads = jax.jit(jax.grad(lambda p: (model.apply({"params": p}, ids, mask) ** 2).mean()))(params)
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        name = "/".join(map(str, _keys(path)))
+        if "lora" in name:
+            assert np.abs(np.asarray(g)).max() > 0, name
+        else:
+            assert not np.asarray(g).any(), name  # the base model is frozen
+
+
+def test_a_tasks_adapters_take_no_gradient_from_another_tasks_loss():
+    model, params, ids, mask, _ = _lora_model(
+        "llama", dict(rank=2, alpha=4.0, targets=("q_proj", "up_proj"), task_sets=3)
+    )
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, x: x + 0.05 if _keys(path)[-1] in ("lora_b", "lora_task_b") else x, params
+    )
+    loss = lambda p: (model.apply({"params": p}, ids, mask, task=1) ** 2).mean()
+    grads = jax.jit(jax.grad(loss))(params)
+    checked = 0
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        if _keys(path)[-1] in ("lora_task_a", "lora_task_b"):
+            g = np.asarray(g)
+            assert np.abs(g[1]).max() > 0 and not g[0].any() and not g[2].any()
+            checked += 1
+    assert checked == 2 * 2 * 3  # 2 targets x (a, b) x 3 layers

@@ -85,12 +85,75 @@ class DecoderConfig:
         )
 
 
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRAConfig:
+    """Low-rank adapters (Hu et al. 2021) on the ``targets`` projections: ``W x + (alpha /
+    rank) B A x`` with A drawn small and B zero, so an adapted model starts as the base one.
+    ``task_sets`` > 0 adds that many more adapter sets (one per task): the forward pass of
+    task t adds its own set to the shared one. The base weights never receive gradients."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    targets: tuple[str, ...] = ("q_proj", "v_proj")
+    task_sets: int = 0
+
+    def __post_init__(self):
+        unknown = sorted(set(self.targets) - set(LORA_TARGETS))
+        if unknown or self.rank < 1:
+            raise ValueError(
+                f"LoRA: rank must be >= 1 (got {self.rank}) and targets among {LORA_TARGETS} "
+                f"(unknown: {unknown})"
+            )
+
+
+class Linear(nn.Module):
+    """A Dense layer (a Hugging Face Linear) with optional LoRA adapters; with adapters, its
+    own kernel and bias are frozen (gradients stopped)."""
+
+    features: int
+    use_bias: bool
+    lora: LoRAConfig | None = None
+    frozen: bool = False  # the base weights take no gradient (any layer of a LoRA model)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, task: jax.Array | None = None) -> jax.Array:
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
+        bias = (
+            self.param("bias", nn.initializers.zeros, (self.features,)) if self.use_bias else None
+        )
+        if self.frozen or self.lora is not None:
+            kernel = jax.lax.stop_gradient(kernel)
+            bias = None if bias is None else jax.lax.stop_gradient(bias)
+        y = x @ kernel.astype(x.dtype)
+        if bias is not None:
+            y = y + bias.astype(x.dtype)
+        if self.lora is None:
+            return y
+        r, scale = self.lora.rank, self.lora.alpha / self.lora.rank
+        a_init = nn.initializers.normal(stddev=1.0 / r)
+        a = self.param("lora_a", a_init, (x.shape[-1], r))
+        b = self.param("lora_b", nn.initializers.zeros, (r, self.features))
+        y = y + scale * (x.astype(jnp.float32) @ a @ b).astype(y.dtype)
+        if self.lora.task_sets and task is not None:
+            sets = self.lora.task_sets
+            ta = self.param("lora_task_a", a_init, (sets, x.shape[-1], r))
+            tb = self.param("lora_task_b", nn.initializers.zeros, (sets, r, self.features))
+            y = y + scale * (x.astype(jnp.float32) @ ta[task] @ tb[task]).astype(y.dtype)
+        return y
+
+
 class RMSNorm(nn.Module):
     eps: float
+    frozen: bool = False  # under LoRA: the base model's weights take no gradient
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         weight = self.param("weight", nn.initializers.ones, (x.shape[-1],))
+        if self.frozen:
+            weight = jax.lax.stop_gradient(weight)
         x32 = x.astype(jnp.float32)
         normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), -1, keepdims=True) + self.eps)
         return (weight * normed).astype(x.dtype)
@@ -111,14 +174,20 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
 
 
+def _linear(features: int, name: str, bias: bool, lora: LoRAConfig | None) -> Linear:
+    adapted = lora is not None and name in lora.targets
+    return Linear(features, bias, lora if adapted else None, lora is not None, name=name)
+
+
 class Attention(nn.Module):
     config: DecoderConfig
+    lora: LoRAConfig | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
+    def __call__(self, x, cos, sin, mask, task=None) -> jax.Array:
         c = self.config
         b, length, _ = x.shape
-        dense = lambda n, name, bias: nn.Dense(n, use_bias=bias, name=name)
+        dense = lambda n, name, bias: lambda h: _linear(n, name, bias, self.lora)(h, task)
         q = dense(c.num_attention_heads * c.head_dim, "q_proj", c.attention_bias)(x)
         k = dense(c.num_key_value_heads * c.head_dim, "k_proj", c.attention_bias)(x)
         v = dense(c.num_key_value_heads * c.head_dim, "v_proj", c.attention_bias)(x)
@@ -131,45 +200,56 @@ class Attention(nn.Module):
 
 class MLP(nn.Module):
     config: DecoderConfig
+    lora: LoRAConfig | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, task: jax.Array | None = None) -> jax.Array:
         c = self.config
-        gate = nn.Dense(c.intermediate_size, use_bias=c.mlp_bias, name="gate_proj")(x)
-        up = nn.Dense(c.intermediate_size, use_bias=c.mlp_bias, name="up_proj")(x)
-        return nn.Dense(c.hidden_size, use_bias=c.mlp_bias, name="down_proj")(nn.silu(gate) * up)
+        dense = lambda n, name: lambda h: _linear(n, name, c.mlp_bias, self.lora)(h, task)
+        gate = dense(c.intermediate_size, "gate_proj")(x)
+        up = dense(c.intermediate_size, "up_proj")(x)
+        return dense(c.hidden_size, "down_proj")(nn.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
     config: DecoderConfig
+    lora: LoRAConfig | None = None
 
     @nn.compact
-    def __call__(self, x, cos, sin, mask):
-        c = self.config
-        x = x + Attention(c, name="self_attn")(
-            RMSNorm(c.rms_norm_eps, name="input_layernorm")(x), cos, sin, mask
+    def __call__(self, x, cos, sin, mask, task=None):
+        c, frozen = self.config, self.lora is not None
+        x = x + Attention(c, self.lora, name="self_attn")(
+            RMSNorm(c.rms_norm_eps, frozen, name="input_layernorm")(x), cos, sin, mask, task
         )
-        return x + MLP(c, name="mlp")(RMSNorm(c.rms_norm_eps, name="post_attention_layernorm")(x))
+        normed = RMSNorm(c.rms_norm_eps, frozen, name="post_attention_layernorm")(x)
+        return x + MLP(c, self.lora, name="mlp")(normed, task)
 
 
 class DecoderLM(nn.Module):
-    """Hidden states after the final norm, (B, L, hidden); ``logits`` adds the LM head."""
+    """Hidden states after the final norm, (B, L, hidden); ``logits`` adds the LM head.
+    With ``lora``, only the adapters take gradients; ``task`` (an int) picks the task's
+    own adapter set, added to the shared one."""
 
     config: DecoderConfig
+    lora: LoRAConfig | None = None
 
     @nn.compact
-    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array, logits: bool = False):
+    def __call__(
+        self, input_ids: jax.Array, attention_mask: jax.Array, logits: bool = False, task=None
+    ):
         c = self.config
         embed = nn.Embed(c.vocab_size, c.hidden_size, name="embed_tokens")
         x = embed(input_ids)
+        if self.lora is not None:
+            x = jax.lax.stop_gradient(x)
         length = input_ids.shape[1]
         positions = jnp.broadcast_to(jnp.arange(length), input_ids.shape)
         cos, sin = rope_tables(positions, c.head_dim, c.rope_theta)
         causal = jnp.tril(jnp.ones((length, length), bool))
         mask = causal[None, None] & (attention_mask[:, None, None, :] > 0)
         for i in range(c.num_hidden_layers):
-            x = DecoderLayer(c, name=f"layers_{i}")(x, cos, sin, mask)
-        hidden = RMSNorm(c.rms_norm_eps, name="norm")(x)
+            x = DecoderLayer(c, self.lora, name=f"layers_{i}")(x, cos, sin, mask, task)
+        hidden = RMSNorm(c.rms_norm_eps, self.lora is not None, name="norm")(x)
         if not logits:
             return hidden
         if c.tie_word_embeddings:
