@@ -461,3 +461,23 @@ def test_census_income_without_its_files_names_them(tmp_path):
     config.data.data_dir = str(tmp_path)
     with pytest.raises(files.DataFormatError, match=r"census-income.data'; census-income: set"):
         _dataset(config)
+
+
+def test_a_number_column_with_decimals_only_late_in_a_big_csv_reads(tmp_path):
+    """pyarrow types a CSV column from its first block: a price column that is whole
+    numbers for the first megabytes and then "2.5" must still read (it is a dense
+    feature, so it is read as floats from the start)."""
+    rows = [HEADER] + [
+        f"u{i % 50},{i % 97},c{i % 5},{i % 9},30,{i},{i % 2},{1 + i % 5}" for i in range(60000)
+    ]
+    rows.append("u1,5,a,2.5,30,1,1,4")
+    path = _write(tmp_path, "big.csv", rows)
+    config = _config()
+    config.data.update(train=path, validation=path, test=_write(tmp_path, "t.csv", GOOD))
+    ds = _dataset(config)
+    assert len(ds.train) == 60001
+    np.testing.assert_allclose(
+        ds.encoding.features["price"].mean,
+        np.mean(np.log1p([i % 9 for i in range(60000)] + [2.5])),
+        rtol=1e-9,
+    )

@@ -225,3 +225,26 @@ def test_a_test_file_with_other_columns_is_named(tmp_path):
     with pytest.raises(DataFormatError, match=r"t.csv: columns .*'years'.* differ from the train"):
         _prepare(config, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_columns_whose_type_changes_late_in_a_big_csv_stream(tmp_path):
+    """A CSV read in chunks whose price turns fractional and category turns from numbers
+    into words after the first megabyte: chunks already read stay, the rest reads as text,
+    and the prepared data equals the in-memory dataset."""
+    header = "user,item,category,price,age,ts,tags,title,click,rating,actions"
+    rows = [header] + [
+        f"u{i % 50},{i % 97},{i % 7},{i % 9},30,{i},gift,t{i % 11},{i % 2},{1 + i % 5},"
+        + ("cart" if i % 2 else "")
+        for i in range(50000)
+    ]
+    rows += ["u1,5,kitchen,2.5,30,1,sale,t3,1,4,share"] * 3
+    (tmp_path / "big.csv").write_text("\n".join(rows) + "\n")
+    config = _config(train=str(tmp_path / "big.csv"), validation=str(SAMPLE / "test.csv"))
+    _prepare(config, tmp_path / "p", shards=1, block_rows=4096, chunk_rows=5000)
+    memory = load_dataset(config.data, config.seed, config.features)
+    streamed = load_prepared(str(tmp_path / "p"), config.seed)
+    blocks = streamed.train.blocks
+    for name in ("price", "category", "item"):
+        got = np.concatenate([blocks.read(i)[f"features/{name}"] for i in range(len(blocks))])
+        np.testing.assert_allclose(got, memory.train.features[name], rtol=1e-6, err_msg=name)
+    assert memory.encoding.features["category"].values[-1] == "kitchen"

@@ -153,8 +153,11 @@ def _to_numpy(column: Any, missing: frozenset[str]) -> np.ndarray:
     return out
 
 
-def _csv_options(path: str, options: Mapping[str, Any], block_size: int | None = None) -> tuple:
-    """pyarrow's read, parse and convert options for a CSV file, and its first data line."""
+def _csv_options(
+    path: str, options: Mapping[str, Any], block_size: int | None = None, types: Any = None
+) -> tuple:
+    """pyarrow's read, parse and convert options for a CSV file (``types``: columns whose
+    type is set, not inferred), and its first data line."""
     import pyarrow.csv as pacsv
 
     missing = frozenset(options.get("missing_values", DEFAULT_MISSING))
@@ -172,12 +175,15 @@ def _csv_options(path: str, options: Mapping[str, Any], block_size: int | None =
     )
     parse = pacsv.ParseOptions(delimiter=options.get("delimiter", ","))
     convert = pacsv.ConvertOptions(
-        null_values=sorted(missing), strings_can_be_null=True, quoted_strings_can_be_null=True
-    )
+        null_values=sorted(missing), strings_can_be_null=True, quoted_strings_can_be_null=True,
+        column_types=types or {},
+    )  # fmt: skip
     return read, parse, convert, 2 if header else 1
 
 
-def _record_batches(path: str, options: Mapping[str, Any], rows: int | None) -> tuple[Any, int]:
+def _record_batches(
+    path: str, options: Mapping[str, Any], rows: int | None, types: Any = None
+) -> tuple[Any, int]:
     """``(batches, first line)``: the file's record batches (all at once when ``rows`` is
     None, else about ``rows`` at a time) and the line its first row is on."""
     import pyarrow.csv as pacsv
@@ -190,10 +196,31 @@ def _record_batches(path: str, options: Mapping[str, Any], rows: int | None) -> 
             return pq.read_table(path).to_batches(), 1
         return pq.ParquetFile(path).iter_batches(batch_size=rows), 1
     # A CSV row is rarely under 16 bytes: blocks of 16 x rows bytes hold about rows rows.
-    read, parse, convert, first = _csv_options(path, options, rows and max(rows * 16, 1 << 20))
+    block = rows and max(rows * 16, 1 << 20)
+    read, parse, convert, first = _csv_options(path, options, block, types)
     if rows is None:
         return pacsv.read_csv(path, read, parse, convert).to_batches(), first
     return pacsv.open_csv(path, read, parse, convert), first
+
+
+def _read_as_text(error: Exception, path: str, options: Mapping[str, Any], types: dict) -> bool:
+    """After pyarrow failed to convert a CSV column (it types a column from its first block:
+    integers up front, "2.5" or "abc" later), mark that column to be read as text and say
+    whether to read again; the encoders then parse its values and name a bad one's line."""
+    import re
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    found = re.search(r"In CSV column #(\d+): CSV conversion error", str(error))
+    if not found:
+        return False
+    read, parse, convert, _ = _csv_options(path, options, None, types)
+    name = pacsv.open_csv(path, read, parse, convert).schema.names[int(found.group(1))]
+    if name in types:
+        return False
+    types[name] = pa.string()
+    return True
 
 
 def read_chunks(path: str, options: Mapping[str, Any], rows: int | None = None) -> Iterator[Table]:
@@ -203,21 +230,34 @@ def read_chunks(path: str, options: Mapping[str, Any], rows: int | None = None) 
 
     fmt = _format_of(path, options.get("format", "auto"))
     missing = frozenset(options.get("missing_values", DEFAULT_MISSING))
-    done, names = 0, None
-    try:
-        batches, first_line = _record_batches(path, options, rows)
-        for batch in batches:
-            names = batch.schema.names
-            if batch.num_rows == 0:
+    done, types = 0, {}
+    while True:
+        try:
+            batches, first_line = _record_batches(path, options, rows, types)
+            passed = 0  # rows of this reading; the first ``done`` were yielded before a retry
+            for batch in batches:
+                if passed + batch.num_rows <= done:
+                    passed += batch.num_rows
+                    continue
+                batch = batch.slice(done - passed) if passed < done else batch
+                passed = done + batch.num_rows
+                if batch.num_rows == 0:
+                    continue
+                names = batch.schema.names
+                columns = {n: _to_numpy(batch.column(i), missing) for i, n in enumerate(names)}
+                n = batch.num_rows
+                line = np.arange(done, done + n, dtype=np.int64) + first_line
+                done += n
+                yield Table(columns, [path], np.zeros(n, np.int32), line)
+            break
+        except (pa.ArrowInvalid, OSError) as e:
+            csv_type = fmt != "parquet" and isinstance(e, pa.ArrowInvalid)
+            if csv_type and _read_as_text(e, path, options, types):
                 continue
-            columns = {n: _to_numpy(batch.column(i), missing) for i, n in enumerate(names)}
-            n = batch.num_rows
-            line = np.arange(done, done + n, dtype=np.int64) + first_line
-            done += n
-            yield Table(columns, [path], np.zeros(n, np.int32), line)
-    except (pa.ArrowInvalid, OSError) as e:
-        kind = "Parquet" if fmt == "parquet" else "CSV"
-        raise DataFormatError(f"{path}: not readable as {kind}: {str(e).splitlines()[0]}") from e
+            kind = "Parquet" if fmt == "parquet" else "CSV"
+            raise DataFormatError(
+                f"{path}: not readable as {kind}: {str(e).splitlines()[0]}"
+            ) from e
     if done == 0:
         raise DataFormatError(f"{path}: the file has a header but no rows")
 
