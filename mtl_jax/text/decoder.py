@@ -117,13 +117,19 @@ class Linear(nn.Module):
     use_bias: bool
     lora: LoRAConfig | None = None
     frozen: bool = False  # the base weights take no gradient (any layer of a LoRA model)
+    # Logical names of the kernel's (input, output) axes, mapped to mesh axes by
+    # ``mesh.axis_rules`` (mtl_jax/parallel.py): ("embed", "mlp_out") for the projections
+    # out of the residual stream, ("mlp_out", "embed") for those back into it, so that
+    # ``mlp_out -> model`` splits each layer Megatron-style.
+    axes: tuple[str, str] = ("embed", "mlp_out")
 
     @nn.compact
     def __call__(self, x: jax.Array, task: jax.Array | None = None) -> jax.Array:
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
-        bias = (
-            self.param("bias", nn.initializers.zeros, (self.features,)) if self.use_bias else None
-        )
+        part = nn.with_logical_partitioning
+        shape = (x.shape[-1], self.features)
+        kernel = self.param("kernel", part(nn.initializers.lecun_normal(), self.axes), shape)
+        bias_init = part(nn.initializers.zeros, self.axes[1:])
+        bias = self.param("bias", bias_init, (self.features,)) if self.use_bias else None
         if self.frozen or self.lora is not None:
             kernel = jax.lax.stop_gradient(kernel)
             bias = None if bias is None else jax.lax.stop_gradient(bias)
@@ -134,13 +140,17 @@ class Linear(nn.Module):
             return y
         r, scale = self.lora.rank, self.lora.alpha / self.lora.rank
         a_init = nn.initializers.normal(stddev=1.0 / r)
-        a = self.param("lora_a", a_init, (x.shape[-1], r))
-        b = self.param("lora_b", nn.initializers.zeros, (r, self.features))
+        a = self.param("lora_a", part(a_init, (self.axes[0], None)), (x.shape[-1], r))
+        b = self.param(
+            "lora_b", part(nn.initializers.zeros, (None, self.axes[1])), (r, self.features)
+        )
         y = y + scale * (x.astype(jnp.float32) @ a @ b).astype(y.dtype)
         if self.lora.task_sets and task is not None:
             sets = self.lora.task_sets
-            ta = self.param("lora_task_a", a_init, (sets, x.shape[-1], r))
-            tb = self.param("lora_task_b", nn.initializers.zeros, (sets, r, self.features))
+            ta_init = part(a_init, (None, self.axes[0], None))
+            tb_init = part(nn.initializers.zeros, (None, None, self.axes[1]))
+            ta = self.param("lora_task_a", ta_init, (sets, x.shape[-1], r))
+            tb = self.param("lora_task_b", tb_init, (sets, r, self.features))
             y = y + scale * (x.astype(jnp.float32) @ ta[task] @ tb[task]).astype(y.dtype)
         return y
 
@@ -176,7 +186,8 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 def _linear(features: int, name: str, bias: bool, lora: LoRAConfig | None) -> Linear:
     adapted = lora is not None and name in lora.targets
-    return Linear(features, bias, lora if adapted else None, lora is not None, name=name)
+    axes = ("mlp_out", "embed") if name in ("o_proj", "down_proj") else ("embed", "mlp_out")
+    return Linear(features, bias, lora if adapted else None, lora is not None, axes, name=name)
 
 
 class Attention(nn.Module):
@@ -238,7 +249,8 @@ class DecoderLM(nn.Module):
         self, input_ids: jax.Array, attention_mask: jax.Array, logits: bool = False, task=None
     ):
         c = self.config
-        embed = nn.Embed(c.vocab_size, c.hidden_size, name="embed_tokens")
+        init = nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed"))
+        embed = nn.Embed(c.vocab_size, c.hidden_size, embedding_init=init, name="embed_tokens")
         x = embed(input_ids)
         if self.lora is not None:
             x = jax.lax.stop_gradient(x)
@@ -254,7 +266,9 @@ class DecoderLM(nn.Module):
             return hidden
         if c.tie_word_embeddings:
             return hidden, embed.attend(hidden)
-        return hidden, nn.Dense(c.vocab_size, use_bias=False, name="lm_head")(hidden)
+        head_init = nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed", "vocab"))
+        lm_head = nn.Dense(c.vocab_size, use_bias=False, kernel_init=head_init, name="lm_head")
+        return hidden, lm_head(hidden)
 
 
 def _safetensors_files(directory: pathlib.Path) -> list[pathlib.Path]:
