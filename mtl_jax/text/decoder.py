@@ -181,6 +181,7 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     """x (B, L, H, D) rotated by position: x * cos + rotate_half(x) * sin."""
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], -1)
+    cos, sin = cos.astype(x.dtype), sin.astype(x.dtype)  # as the original: in x's precision
     return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
 
 
