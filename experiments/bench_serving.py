@@ -183,7 +183,7 @@ def main(argv):
             emit({"mode": "inprocess", "batch": batch, "clients": 0, "requests": len(ms),
                   "errors": 0, **_percentiles(ms)})  # fmt: skip
         if scorer.catalogue:
-            items = np.flatnonzero(scorer._known)
+            items = scorer.catalogue_items
             n = min(_CANDIDATES.value, len(items))
             candidates = rng.choice(items, n, replace=False).tolist()
             context = {k: rows[0][k] for k in scorer.context_features}

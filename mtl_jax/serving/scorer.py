@@ -92,6 +92,11 @@ class Scorer:
     def task_names(self) -> list[str]:
         return list(self.tasks)
 
+    @property
+    def catalogue_items(self) -> np.ndarray:
+        """The item ids a ranking request may name (empty without a catalogue)."""
+        return np.flatnonzero(self._known) if self.catalogue else np.zeros(0, np.int64)
+
     def score_inputs(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Predictions for encoded input columns (what the training split holds)."""
         missing = sorted(set(self.inputs) - set(inputs))
