@@ -262,9 +262,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
             "text.features",
             f"no text for {name!r}; valid: {TEXT_FEATURES + text_columns}",
         )
-    fusion_modes = ("sum", "log_sum", "product")  # mtl_jax/serving/ranking.py
     mode = config.ranking.get("fusion_mode", "sum")
-    _require(mode in fusion_modes, "ranking.fusion_mode", f"{mode!r}; valid: {fusion_modes}")
+    valid = ranking.FUSION_MODES
+    _require(mode in valid, "ranking.fusion_mode", f"{mode!r}; valid: {valid}")
     _require(config.text.encode_batch_size >= 1, "text.encode_batch_size", "must be >= 1")
     _require(config.text.finetune_layers >= 0, "text.finetune_layers", "must be >= 0")
     _require(config.text.finetune_learning_rate > 0, "text.finetune_learning_rate", "must be > 0")

@@ -26,6 +26,7 @@ log = logging.getLogger("mtl_jax")
 PredictFn = Callable[[Split], dict[str, np.ndarray]]
 
 RANKABLE_KINDS = ("binary", "regression")
+FUSION_MODES = ("sum", "log_sum", "product")  # ranking.fusion_mode; mtl_jax/serving/ranking.py
 
 
 def default_config(task_names: Sequence[str]) -> ml_collections.ConfigDict:

@@ -174,6 +174,7 @@ class Trainer:
         sample = {k: jnp.asarray(v) for f in features for k, v in f.placeholder().items()}
         for name in config.text.features:  # a text column need not be an id input too
             sample.setdefault(name, jnp.zeros((1,), jnp.int32))
+        self.input_sample = sample  # one example of every column the model reads
         key = jax.random.PRNGKey(config.seed)
         self._init_fn = lambda k: self._init_state(k, sample)
         abstract = jax.eval_shape(self._init_fn, key)

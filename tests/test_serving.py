@@ -22,6 +22,7 @@ from mtl_jax.serving import export as export_lib
 from mtl_jax.text import features as text_features
 from mtl_jax.train import Trainer
 from tests.helpers import tiny_config
+from tests.test_text_features import _fake_table
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "tests" / "data" / "files_sample"
@@ -60,11 +61,6 @@ def test_the_export_predicts_what_the_trainer_predicts(tmp_path, trunk):
 def _csv_rows(path):
     with path.open() as f:
         return [{k: (None if v == "" else v) for k, v in r.items()} for r in csv.DictReader(f)]
-
-
-def _fake_table(texts, model_dir="", batch_size=64):
-    rng = np.random.default_rng(len(texts))
-    return rng.normal(size=(len(texts), 384)).astype(np.float32)
 
 
 def test_a_file_run_with_text_scores_raw_rows_as_trained(tmp_path, monkeypatch):

@@ -609,10 +609,9 @@ class FingerprintCounter:
         self.id_type = ""  # "int" or "str" as the first chunk read them
 
     def update(self, values: np.ndarray) -> None:
-        _, ids = _hash_input(values, self.id_type if self.id_type != "mixed" else "")
-        if ids.size:
-            kind = "int" if ids.dtype.kind in "iu" else "str"
-            self.id_type = kind if self.id_type in ("", kind) else "mixed"
+        _, ids = _hash_input(values, self.id_type)
+        if ids.size and not self.id_type:  # later chunks are read the way the first was
+            self.id_type = "int" if ids.dtype.kind in "iu" else "str"
         self._pending.append(np.unique(fingerprints(ids, self.name), return_counts=True))
         if sum(len(u) for u, _ in self._pending) > max(len(self._unique), 1 << 16):
             self._merge()

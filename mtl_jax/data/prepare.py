@@ -30,16 +30,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import pathlib
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from mtl_jax import paths
 from mtl_jax.data import files
 from mtl_jax.data.hashing import fingerprints
 from mtl_jax.errors import ConfigError, DataFormatError
@@ -253,12 +251,7 @@ def prepare(
     encoders = {name: f.finish() for name, f in fitters.items()}
     columns = {name: f.column for name, f in fitters.items()}
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename
-    try:
+    with paths.staged_directory(out) as staging:
         writers = {
             s: BlockWriter(staging, s, shards if s == "train" else 1, block_rows) for s in SPLITS
         }
@@ -296,10 +289,6 @@ def prepare(
             "source": {**source_config({**data, "labels": labels}, features), "seed": seed},
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     log.info(
         "prepare: %s in %.1fs: %s", out, time.perf_counter() - start,
         ", ".join(f"{s} {i['rows']} rows" for s, i in splits.items()),

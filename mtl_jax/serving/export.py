@@ -24,10 +24,7 @@ The directory appears complete or not at all (written under a temporary name, re
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import shutil
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,7 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mtl_jax import reporting
+from mtl_jax import configlib, paths, reporting
 from mtl_jax import tasks as tasks_lib
 from mtl_jax.errors import UserError
 from mtl_jax.serving.ranking import default_fusion
@@ -78,14 +75,7 @@ def unflatten_params(flat: dict[str, np.ndarray]) -> dict[str, Any]:
 
 def model_inputs(trainer: Any) -> dict[str, tuple[str, tuple[int, ...]]]:
     """``{column: (dtype, per-row shape)}`` of every input the model reads."""
-    by_name = {f.name: f for f in trainer.dataset.features}
-    out = {}
-    for name in trainer.config.input_features:
-        for key, value in by_name[name].placeholder().items():
-            out[key] = (value.dtype.str, value.shape[1:])
-    for name in trainer.config.text.features:
-        out.setdefault(name, (np.dtype(np.int32).str, ()))
-    return out
+    return {k: (v.dtype.str, v.shape[1:]) for k, v in trainer.input_sample.items()}
 
 
 def scoring_function(trainer: Any):
@@ -140,9 +130,7 @@ def export_trainer(
     flat = flatten_params(params)
     dtypes = {k: str(v.dtype) for k, v in flat.items()}
     stored = {k: (v.view(np.uint16) if v.dtype == jnp.bfloat16 else v) for k, v in flat.items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with paths.staged_directory(out) as staging:
         (staging / "scorer.jaxexport").write_bytes(exported.serialize())
         np.savez(staging / "params.npz", **stored)
         features = staging / "features"
@@ -177,18 +165,11 @@ def export_trainer(
             "platforms": list(exported.platforms),
             "dataset": trainer.dataset.name,
             "best_step": best_step,
-            "config": config.to_dict() if isinstance(config, ml_collections.ConfigDict) else {},
+            "config": configlib.to_dict(config),
             "commit": reporting.git_commit(),
             "versions": {"jax": jax.__version__, "numpy": np.__version__},
         }
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
-        umask = os.umask(0)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return out
 
 

@@ -24,10 +24,8 @@ from typing import Any
 import numpy as np
 
 from mtl_jax import metrics
+from mtl_jax.ranking import FUSION_MODES, RANKABLE_KINDS
 from mtl_jax.serving.rows import RequestError, finite_number
-
-FUSION_MODES = ("sum", "log_sum", "product")
-RANKABLE_KINDS = ("binary", "regression")
 
 
 @dataclasses.dataclass(frozen=True)

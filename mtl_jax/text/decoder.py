@@ -130,7 +130,7 @@ class Linear(nn.Module):
         kernel = self.param("kernel", part(nn.initializers.lecun_normal(), self.axes), shape)
         bias_init = part(nn.initializers.zeros, self.axes[1:])
         bias = self.param("bias", bias_init, (self.features,)) if self.use_bias else None
-        if self.frozen or self.lora is not None:
+        if self.frozen:
             kernel = jax.lax.stop_gradient(kernel)
             bias = None if bias is None else jax.lax.stop_gradient(bias)
         y = x @ kernel.astype(x.dtype)
