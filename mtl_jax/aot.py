@@ -11,7 +11,7 @@ import ml_collections
 
 from mtl_jax import benchmark, configlib, parallel
 from mtl_jax.data import load_dataset
-from mtl_jax.trainer import Trainer
+from mtl_jax.trainer import Trainer, with_lm_prompts
 
 
 def compile_train_step(
@@ -27,6 +27,7 @@ def compile_train_step(
     """
     configlib.validate(config)
     dataset = load_dataset(config.data, config.seed, config.get("features"))
+    dataset = with_lm_prompts(config, dataset)
     mesh = parallel.make_mesh(num_devices, model=config.mesh.model if model is None else model)
     trainer = Trainer(config, dataset, mesh=mesh)
     batch = next(trainer.train_iterator(num_steps=1))

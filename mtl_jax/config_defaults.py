@@ -161,6 +161,26 @@ def base_config(
             finetune_learning_rate=1e-4,
         )
     )
+    # model.trunk="llm": a language model reads each example as a prompt (the user's profile,
+    # their last ``history`` train interactions in time order, the candidate item; see
+    # mtl_jax/text/prompts.py) and its pooled hidden state ("last" token or "mean") feeds the
+    # towers, through an MLP of model.trunk_hidden with the id embeddings of
+    # input_features. The LM is text.model_dir ('' = all-MiniLM-L6-v2; a Llama / Qwen2
+    # directory works the same) or ``preset``, a named shape with random weights and byte
+    # tokens (mtl_jax/text/lm.py PRESETS). Base weights are frozen, stored in ``dtype``
+    # (decoders: float32 or bfloat16); LoRA adapters train: rank, alpha, targets (decoder
+    # projection names; BERT maps them), layers (the top this many; 0 = all) and
+    # per_task (each task adds an adapter set of its own to the shared one).
+    c.llm = ml_collections.ConfigDict(
+        dict(
+            preset="",
+            history=5,
+            max_tokens=128,
+            pooling="last",
+            dtype="float32",
+            lora=dict(rank=8, alpha=16.0, targets=("q_proj", "v_proj"), layers=0, per_task=False),
+        )
+    )
     c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=2, async_save=True))
     # What stops a run that goes bad (see mtl_jax/guards.py).
     c.guards = guards.default_config()

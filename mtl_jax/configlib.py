@@ -24,9 +24,12 @@ from mtl_jax.data.schema import TEXT_FEATURES
 from mtl_jax.errors import ConfigError
 from mtl_jax.models import TRUNKS
 from mtl_jax.models.embedding import EMBEDDING_DTYPES
+from mtl_jax.models.lm_trunk import POOLINGS
 from mtl_jax.optim import EMBEDDING_OPTIMIZERS, SCHEDULES
 from mtl_jax.step import TASK_GRADIENT_MODES, gramian_option_problem
 from mtl_jax.tasks import METRICS, with_loss_options
+from mtl_jax.text.decoder import LORA_TARGETS
+from mtl_jax.text.lm import PRESETS
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -166,7 +169,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _validate_optim(config)
     _validate_weights(config)
     _require(config.data.name in DATASETS, "data.name", f"{config.data.name!r}; valid: {DATASETS}")
-    _require(m.trunk in TRUNKS, "model.trunk", f"unknown trunk {m.trunk!r}; valid: {TRUNKS}")
+    trunks = (*TRUNKS, LM_TRUNK)
+    _require(m.trunk in trunks, "model.trunk", f"unknown trunk {m.trunk!r}; valid: {trunks}")
+    if m.trunk == LM_TRUNK:
+        _validate_llm(config)
     for key in ("num_experts", "num_task_experts", "num_levels"):
         _require(m[key] >= 1, f"model.{key}", f"must be >= 1, got {m[key]}")
     _require(
@@ -323,6 +329,42 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 TEXT_MODES = ("frozen", "finetune")
+LM_TRUNK = "llm"
+
+
+def _validate_llm(config: ml_collections.ConfigDict) -> None:
+    """The ``llm`` section, and what an LM trunk cannot be combined with."""
+    c = config.llm
+    valid = sorted(PRESETS)
+    _require(not c.preset or c.preset in PRESETS, "llm.preset", f"{c.preset!r}; valid: {valid}")
+    _require(c.history >= 0, "llm.history", f"must be >= 0, got {c.history}")
+    _require(c.max_tokens >= 8, "llm.max_tokens", f"must be >= 8, got {c.max_tokens}")
+    _require(c.pooling in POOLINGS, "llm.pooling", f"{c.pooling!r}; valid: {POOLINGS}")
+    _require(c.dtype in EMBEDDING_DTYPES, "llm.dtype", f"{c.dtype!r}; valid: {EMBEDDING_DTYPES}")
+    _require(c.lora.rank >= 1, "llm.lora.rank", f"must be >= 1, got {c.lora.rank}")
+    _require(c.lora.layers >= 0, "llm.lora.layers", f"must be >= 0, got {c.lora.layers}")
+    unknown = sorted(set(c.lora.targets) - set(LORA_TARGETS))
+    _require(
+        bool(c.lora.targets) and not unknown,
+        "llm.lora.targets",
+        f"{tuple(c.lora.targets)} (unknown: {unknown}); valid: {LORA_TARGETS}",
+    )
+    _require(
+        not config.optim.sparse_embedding_updates,
+        "optim.sparse_embedding_updates",
+        "is for id tables; an LM trunk's step runs on the whole model (set it False)",
+    )
+    _require(
+        not config.text.features,
+        "text.features",
+        "text features feed id trunks; model.trunk='llm' reads the text itself (set it ())",
+    )
+    _require(
+        not config.ranking.enabled,
+        "ranking.enabled",
+        "top-k over the catalogue needs prompts of unobserved pairs, which model.trunk='llm' "
+        "does not build yet (set it False)",
+    )
 
 
 def validate_against_dataset(config: ml_collections.ConfigDict, dataset: MultiTaskDataset) -> None:

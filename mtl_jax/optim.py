@@ -40,7 +40,7 @@ def group_of(path: tuple[Any, ...], trainable_text_layers: frozenset[str] = froz
         if sub.startswith("text_proj_"):
             return "text"
         return "embeddings"
-    if top == "trunk":
+    if top in ("trunk", "trunk_task"):  # trunk_task: an LM trunk's per-task adapters
         return "trunk"
     if top.startswith("towers_"):
         return "heads"

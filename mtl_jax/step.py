@@ -60,6 +60,61 @@ def task_loss_sums(
     return jnp.stack([s for s, _ in pairs]), jnp.stack([c for _, c in pairs])
 
 
+TASK_ADAPTERS = "trunk_task"  # the trunk's per-task parameters, trained like towers
+
+
+def _is_frozen(path: str) -> bool:
+    """An LM trunk's base weight: under ``lm/`` and not a LoRA adapter."""
+    return path.startswith("lm/") and not path.rsplit("/", 1)[-1].startswith("lora_")
+
+
+def split_frozen(params: dict) -> tuple[dict, dict[str, Any]]:
+    """``(trainable, frozen)``: an LM trunk's base weights come out as ``frozen`` ('/'-joined
+    trunk paths), never differentiated nor given optimizer state; its per-task adapters
+    (``lora_task_*``) move to ``trunk_task``, outside the trunk that gradient methods
+    combine task gradients over. Other models' parameters are returned as they are."""
+    trunk = params.get("trunk")
+    if not isinstance(trunk, dict) or "lm" not in trunk:
+        return params, {}
+    flat = traverse_util.flatten_dict(trunk, sep="/")
+    frozen = {p: v for p, v in flat.items() if _is_frozen(p)}
+    per_task = {p: v for p, v in flat.items() if p.rsplit("/", 1)[-1].startswith("lora_task_")}
+    shared = {p: v for p, v in flat.items() if p not in frozen and p not in per_task}
+    out = {**params, "trunk": traverse_util.unflatten_dict(shared, sep="/")}
+    if per_task:
+        out[TASK_ADAPTERS] = traverse_util.unflatten_dict(per_task, sep="/")
+    return out, frozen
+
+
+def join_frozen(trainable: dict, frozen: dict[str, Any]) -> dict:
+    """The inverse of ``split_frozen`` (also for a part of the trainable tree)."""
+    if not frozen and TASK_ADAPTERS not in trainable:
+        return trainable
+    out = {k: v for k, v in trainable.items() if k != TASK_ADAPTERS}
+    flat = {
+        **traverse_util.flatten_dict(trainable.get("trunk", {}), sep="/"),
+        **traverse_util.flatten_dict(trainable.get(TASK_ADAPTERS, {}), sep="/"),
+        **frozen,
+    }
+    out["trunk"] = traverse_util.unflatten_dict(flat, sep="/")
+    return out
+
+
+class _WithFrozen:
+    """A model whose ``apply`` takes trainable parameters (``split_frozen``) and adds the
+    frozen ones back; everything else is the model's."""
+
+    def __init__(self, model: MultiTaskModel, frozen: dict[str, Any]):
+        self._model, self._frozen = model, frozen
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def apply(self, variables: dict, *args, **kwargs):
+        params = join_frozen(variables["params"], self._frozen)
+        return self._model.apply({**variables, "params": params}, *args, **kwargs)
+
+
 def _split_params(params: dict) -> tuple[Any, Any, dict]:
     """(embedding, trunk, the rest): the three ways a gradient method treats parameters."""
     rest = {k: v for k, v in params.items() if k not in ("embedding", "trunk")}
@@ -231,7 +286,9 @@ def _representation_gradient_step(model, tasks, rule, balancer_state, batch, par
     for rules that weight the whole model). Cost: one forward and one backward, EW's (with
     ESMM, T more backward passes through the towers only).
     """
-    below = {k: params[k] for k in ("embedding", "trunk") if k in params}
+    # Below the representation: the embeddings and the trunk, an LM trunk's per-task
+    # adapters included (each still reached by its own task's loss only).
+    below = {k: params[k] for k in ("embedding", "trunk", TASK_ADAPTERS) if k in params}
     rest = {k: v for k, v in params.items() if k not in below}
 
     def represent(below):
@@ -357,6 +414,9 @@ def make_train_step(
         """The step of ``model`` (the full one, or the row view's) on a batch that carries
         the teacher's logits already."""
         rngs = {"dropout": jax.random.fold_in(state.rng, state.step)}
+        params, frozen = split_frozen(state.params)
+        if params is not state.params:  # an LM trunk: its base weights stay out of it all
+            model = _WithFrozen(model, frozen)
 
         def losses_of_params(params):
             logits = model.apply({"params": params}, batch["features"], train=True, rngs=rngs)
@@ -364,15 +424,15 @@ def make_train_step(
 
         metrics = {}
         if not rule.needs_gramian:
-            task_losses, vjp_fn = jax.vjp(losses_of_params, state.params)
+            task_losses, vjp_fn = jax.vjp(losses_of_params, params)
             weights, balancer = balancing.compute_weights(rule, state.balancer, task_losses, None)
             (grads,) = vjp_fn(weights)
         elif gramian_at == "representation":
             task_losses, grads, weights, balancer, metrics["gram"] = _representation_gradient_step(
-                model, tasks, rule, state.balancer, batch, state.params, rngs
+                model, tasks, rule, state.balancer, batch, params, rngs
             )
         else:
-            embedding, trunk, rest = _split_params(state.params)
+            embedding, trunk, rest = _split_params(params)
             x, embed_vjp = jax.vjp(
                 lambda e: _embed(model, e, batch["features"], train=True, rngs=rngs), embedding
             )
@@ -407,17 +467,17 @@ def make_train_step(
                 gram = balancing.gramian(trunk_task_grads)  # XLA shares it with the rule
             (embedding_grads,) = embed_vjp(x_grad)
             grads = {"trunk": trunk_update, **rest_grads}
-            if "embedding" in state.params:  # absent when every input feature is dense
+            if "embedding" in params:  # absent when every input feature is dense
                 grads["embedding"] = embedding_grads
             metrics["gram"] = gram
-        if embedding_norm > 0 and "embedding" in state.params:
+        if embedding_norm > 0 and "embedding" in params:
             penalty, penalty_grads = jax.value_and_grad(
                 lambda e: embedding_norm_penalty(model, e, batch["features"], embedding_norm)
-            )(state.params["embedding"])
+            )(params["embedding"])
             grads = {**grads, "embedding": jax.tree.map(jnp.add, grads["embedding"], penalty_grads)}
             metrics["embedding_norm_penalty"] = penalty
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        updates, opt_state = tx.update(grads, state.opt_state, params)
+        new_params = optax.apply_updates(params, updates)
         loss = jnp.sum(weights * task_losses)
         grad_norm = optax.tree.norm(grads)
         # A step whose loss, gradients or update are not finite is not applied: parameters,
@@ -437,11 +497,14 @@ def make_train_step(
         )
         kept = select_tree(
             applied,
-            (params, opt_state, balancer),
-            (state.params, state.opt_state, state.balancer),
+            (new_params, opt_state, balancer),
+            (params, state.opt_state, state.balancer),
         )
         new_state = state.replace(
-            step=state.step + 1, params=kept[0], opt_state=kept[1], balancer=kept[2]
+            step=state.step + 1,
+            params=join_frozen(kept[0], frozen),
+            opt_state=kept[1],
+            balancer=kept[2],
         )
         return new_state, metrics
 
@@ -512,10 +575,12 @@ def make_trunk_gramian(
     loss-weighting runs (gradient methods get it from their train step for free)."""
 
     def fn(params, batch):
-        embedding, trunk, rest = _split_params(params)
-        x = _embed(model, embedding, batch["features"])
+        trainable, frozen = split_frozen(params)
+        bound = model if trainable is params else _WithFrozen(model, frozen)
+        embedding, trunk, rest = _split_params(trainable)
+        x = _embed(bound, embedding, batch["features"])
         _, vjp_fn = jax.vjp(
-            lambda tr: _losses_from_embedded(model, tasks, batch, tr, rest, x, train=False), trunk
+            lambda tr: _losses_from_embedded(bound, tasks, batch, tr, rest, x, train=False), trunk
         )
         return balancing.gramian(_per_task_trunk_grads(vjp_fn, len(tasks), task_gradients))
 

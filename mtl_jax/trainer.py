@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import traverse_util
 
 from mtl_jax import balancing, benchmark, configlib, guards, parallel
 from mtl_jax import stages as stages_lib
@@ -33,6 +34,7 @@ from mtl_jax.errors import UserError
 from mtl_jax.evaluation import task_metrics
 from mtl_jax.models import MultiTaskModel
 from mtl_jax.models.gate_stats import make_gate_stats
+from mtl_jax.models.lm_trunk import LMTrunkSpec
 from mtl_jax.models.model import esmm_tasks
 from mtl_jax.optim import group_peaks, learning_rates, make_optimizer, settle_lazy_l2
 from mtl_jax.step import (
@@ -42,9 +44,13 @@ from mtl_jax.step import (
     make_trunk_gramian,
     scope_mask,
     settling,
+    split_frozen,
 )
 from mtl_jax.tasks import TaskSpec
 from mtl_jax.text import features as text_features
+from mtl_jax.text import lm as lm_lib
+from mtl_jax.text import prompts
+from mtl_jax.text.decoder import LoRAConfig
 
 log = logging.getLogger("mtl_jax")
 
@@ -139,6 +145,7 @@ class Trainer:
         vocab = {f.name: f.vocab_size for f in dataset.features}
         text = text_features.TextSetup.from_config(config.text, dataset)
         self.text = text
+        self.language_model = language_model(config)
         self.model = MultiTaskModel(
             features,
             self.tasks,
@@ -149,6 +156,7 @@ class Trainer:
             text_encoder=text.bert_config,
             text_token_length=text.token_length,
             text_trainable_layers=config.text.finetune_layers,
+            language_model=lm_trunk_spec(config, self.language_model),
         )
         self.teacher = self._load_teacher(self.mesh)
         peaks = group_peaks(
@@ -174,6 +182,15 @@ class Trainer:
         sample = {k: jnp.asarray(v) for f in features for k, v in f.placeholder().items()}
         for name in config.text.features:  # a text column need not be an id input too
             sample.setdefault(name, jnp.zeros((1,), jnp.int32))
+        if self.language_model is not None:
+            if prompts.PROMPT not in dataset.train.features:
+                raise configlib.ConfigError(
+                    "model.trunk='llm' reads prompts the dataset lacks: load it with "
+                    "trainer.load_run_dataset(config), which builds them"
+                )
+            width = dataset.train.features[prompts.PROMPT].shape[1]
+            sample[prompts.PROMPT] = jnp.zeros((1, width), jnp.int32)
+            sample[prompts.PROMPT_LENGTH] = jnp.ones((1,), jnp.int32)
         self.input_sample = sample  # one example of every column the model reads
         key = jax.random.PRNGKey(config.seed)
         self._init_fn = lambda k: self._init_state(k, sample)
@@ -187,7 +204,7 @@ class Trainer:
         )
         self._key = key
         if config.balancing.gramian_params:  # a pattern that matches nothing fails here
-            scope_mask(abstract.params["trunk"], config.balancing.gramian_params)
+            scope_mask(split_frozen(abstract.params)[0]["trunk"], config.balancing.gramian_params)
         batch_sharding = parallel.batch_sharding(self.mesh)
         # Sparse updates with a lazy L2 penalty on the tables (optim.settle_lazy_l2): the
         # step settles the rows it reads, and evaluation and checkpoints settle every row.
@@ -286,12 +303,13 @@ class Trainer:
     def _init_state(self, key: jax.Array, sample: dict) -> TrainState:
         # Unboxed: the logical axis names only serve ``_state_shardings``.
         params = nn.meta.unbox(self.model.init({"params": key}, sample, train=False)["params"])
+        trainable = split_frozen(params)[0]  # an LM trunk's base weights take no state
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
-            opt_state=self.tx.init(params),
+            opt_state=self.tx.init(trainable),
             balancer=balancing.init_state(
-                self.rule, len(self.train_tasks), self.config.seed, params["trunk"]
+                self.rule, len(self.train_tasks), self.config.seed, trainable["trunk"]
             ),
             rng=jax.random.fold_in(key, 1),
             teacher=None
@@ -318,10 +336,11 @@ class Trainer:
         fresh optimizer state (for this stage's groups) and balancing state (its tasks)."""
 
         def fresh(params):
+            trainable = split_frozen(params)[0]
             balancer = balancing.init_state(
-                self.rule, len(self.train_tasks), self.config.seed, params["trunk"]
+                self.rule, len(self.train_tasks), self.config.seed, trainable["trunk"]
             )
-            return self.tx.init(params), balancer
+            return self.tx.init(trainable), balancer
 
         opt_state, balancer = jax.jit(
             fresh, out_shardings=(self.state_sharding.opt_state, self.state_sharding.balancer)
@@ -368,6 +387,7 @@ class Trainer:
             finally:
                 ckpt.close()
             state = state.replace(teacher=teacher)
+        state = self._with_pretrained_lm(state)
         replace = {}
         if self.config.model.zero_unseen_ids:
             replace.update(self._zeroed_unseen_rows(state.params.get("embedding", {})))
@@ -384,6 +404,36 @@ class Trainer:
                 raise ValueError(f"pretrained {key}: shapes {got}, the model expects {want}")
             embedding[key] = jax.device_put(value, shardings[key])
         return state.replace(params={**state.params, "embedding": embedding})
+
+    def _with_pretrained_lm(self, state: TrainState) -> TrainState:
+        """An LM trunk's base weights from its model directory, in place of the random
+        ones (adapters and neck keep their initialisation); a preset keeps them all."""
+        lm = self.language_model
+        if lm is None:
+            return state
+        dtype = jnp.dtype(self.config.llm.dtype) if not lm.is_encoder else np.float32
+        loaded = lm.pretrained_params(dtype)
+        if loaded is None:
+            return state
+        flat = traverse_util.flatten_dict(state.params["trunk"]["lm"], sep="/")
+        base = traverse_util.flatten_dict(loaded, sep="/")
+        shardings = traverse_util.flatten_dict(self.state_sharding.params["trunk"]["lm"], sep="/")
+        missing = sorted(p for p in flat if p not in base and "/lora_" not in f"/{p}")
+        extra = sorted(set(base) - set(flat))
+        if missing or extra:
+            raise ValueError(
+                f"the LM weights in {lm.model_dir} do not fit the trunk: missing {missing[:5]}, "
+                f"unexpected {extra[:5]}"
+            )
+        for path, value in base.items():
+            if tuple(value.shape) != tuple(flat[path].shape):
+                raise ValueError(
+                    f"LM weight {path}: shape {tuple(value.shape)} in {lm.model_dir}, the "
+                    f"trunk expects {tuple(flat[path].shape)}"
+                )
+            flat[path] = jax.device_put(np.asarray(value, flat[path].dtype), shardings[path])
+        trunk = {**state.params["trunk"], "lm": traverse_util.unflatten_dict(flat, sep="/")}
+        return state.replace(params={**state.params, "trunk": trunk})
 
     def _zeroed_unseen_rows(self, embedding: dict) -> dict[str, Any]:
         """Id tables with the rows of ids that never occur in the train split set to zero."""
@@ -452,4 +502,39 @@ def load_run_dataset(config: ml_collections.ConfigDict) -> MultiTaskDataset:
     if config.cv.folds:
         dataset = cross_validation_fold(dataset, config.cv.folds, config.cv.fold, seed)
         log.info("cross-validation: fold %d of %d validates", config.cv.fold, config.cv.folds)
-    return dataset
+    return with_lm_prompts(config, dataset)
+
+
+def language_model(config: ml_collections.ConfigDict) -> lm_lib.LanguageModel | None:
+    """The LM of an LM trunk (``model.trunk="llm"``), else None."""
+    if config.model.trunk != configlib.LM_TRUNK:
+        return None
+    return lm_lib.language_model(config.text.model_dir, config.llm.preset)
+
+
+def lm_trunk_spec(
+    config: ml_collections.ConfigDict, lm: lm_lib.LanguageModel | None
+) -> LMTrunkSpec | None:
+    if lm is None:
+        return None
+    c = config.llm
+    lora = LoRAConfig(
+        rank=c.lora.rank,
+        alpha=c.lora.alpha,
+        targets=tuple(c.lora.targets),
+        task_sets=len(config.tasks) if c.lora.per_task else 0,
+        layers=c.lora.layers,
+    )
+    return LMTrunkSpec(lm.config, lora, c.pooling, c.dtype)
+
+
+def with_lm_prompts(
+    config: ml_collections.ConfigDict, dataset: MultiTaskDataset
+) -> MultiTaskDataset:
+    """With an LM trunk, the dataset with every split's prompts (mtl_jax/text/prompts.py),
+    at most ``llm.max_tokens`` and the model's positions long; otherwise the dataset."""
+    lm = language_model(config)
+    if lm is None:
+        return dataset
+    max_tokens = min(config.llm.max_tokens, lm.max_positions)
+    return prompts.with_prompts(dataset, lm.tokenizer, config.llm.history, max_tokens)

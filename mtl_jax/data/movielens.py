@@ -522,4 +522,6 @@ def build_dataset(
         validation=everything.take(val), test=everything.take(test), item_text=tuple(titles),
         catalogue=catalogue, user_text=tuple(descriptions), test_subsets=subsets,
         validation_subsets=val_subsets,
+        times={"train": data.timestamp[train], "validation": data.timestamp[val],
+               "test": data.timestamp[test]},
     )  # fmt: skip

@@ -139,6 +139,9 @@ class MultiTaskDataset:
     encoding: Any = None
     # Text of other id features (file datasets' ``text`` columns): feature -> one text per id.
     texts: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    # Per split name, each row's event time (where the data has one): the order of a user's
+    # history in an LM trunk's prompts (mtl_jax/text/prompts.py).
+    times: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def text_for(self, feature: str) -> tuple[str, ...]:
         """One text per id of ``feature`` (``item_id``, ``user_id`` or a ``texts`` entry),
@@ -187,9 +190,14 @@ def cross_validation_fold(
     parts = np.array_split(order, folds)
     held = np.sort(parts[fold])
     kept = np.sort(np.concatenate([p for i, p in enumerate(parts) if i != fold]))
+    times = dataset.times
+    if "train" in times:
+        times = {"train": times["train"][kept], "validation": times["train"][held]}
+        times.update({"test": dataset.times["test"]} if "test" in dataset.times else {})
     return dataclasses.replace(
         dataset,
         train=dataset.train.take(kept),
         validation=dataset.train.take(held),
         validation_subsets={},
+        times=times,
     )

@@ -12,8 +12,10 @@ import jax.numpy as jnp
 from mtl_jax.data.schema import FeatureSpec
 from mtl_jax.models.embedding import FeatureEmbedding
 from mtl_jax.models.layers import MLP
+from mtl_jax.models.lm_trunk import LanguageModelTrunk
 from mtl_jax.models.trunks import make_trunk
 from mtl_jax.tasks import TaskSpec
+from mtl_jax.text.prompts import PROMPT, PROMPT_LENGTH
 
 
 def esmm_tasks(model_config: Any) -> tuple[str, str]:
@@ -67,6 +69,9 @@ class MultiTaskModel(nn.Module):
     text_token_length: int = 0
     text_trainable_layers: int = 0
     lookup_rows: Sequence[tuple[str, int]] = ()  # see FeatureEmbedding
+    # model.trunk="llm": the LM trunk's spec (models/lm_trunk.py); the embedded input is
+    # then a dict of the prompt's tokens and lengths, and the id embeddings, if any.
+    language_model: Any = None
 
     def setup(self):
         c = self.config
@@ -84,7 +89,14 @@ class MultiTaskModel(nn.Module):
             lookup_rows=tuple(self.lookup_rows),
             table_dtype=jnp.dtype(c.get("embedding_dtype", "float32")),
         )
-        self.trunk = make_trunk(c.trunk, len(self.tasks), c)
+        if c.trunk == "llm":
+            if self.language_model is None:
+                raise ValueError("model.trunk='llm' needs the model's language_model spec")
+            self.trunk = LanguageModelTrunk(
+                len(self.tasks), self.language_model, tuple(c.trunk_hidden), c.dropout
+            )
+        else:
+            self.trunk = make_trunk(c.trunk, len(self.tasks), c)
         self.towers = {
             task.name: Tower(
                 task.output_dim,
@@ -95,8 +107,19 @@ class MultiTaskModel(nn.Module):
             for i, task in enumerate(self.tasks)
         }
 
-    def embed(self, features: dict[str, jax.Array], *, train: bool = False) -> jax.Array:
-        return self.embedding(features, train=train)
+    def embed(self, features: dict[str, jax.Array], *, train: bool = False) -> Any:
+        if self.language_model is None:
+            return self.embedding(features, train=train)
+        for column in (PROMPT, PROMPT_LENGTH):
+            if column not in features:
+                raise KeyError(
+                    f"batch lacks {column!r}, which model.trunk='llm' reads; build the "
+                    "dataset with trainer.load_run_dataset (it adds the prompts)"
+                )
+        x = {"tokens": features[PROMPT], "lengths": features[PROMPT_LENGTH]}
+        if self.features or self.text_features:
+            x["ids"] = self.embedding(features, train=train)
+        return x
 
     def represent(self, x: jax.Array, *, train: bool = False) -> list[jax.Array]:
         """The trunk's output: the representation each task's tower reads, T arrays (B, H)."""

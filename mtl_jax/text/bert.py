@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtl_jax.text.decoder import Linear
+
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -46,17 +48,37 @@ class BertConfig:
         return cls(**{k: v for k, v in raw.items() if k in fields})
 
 
-def _dense(features: int, name: str) -> nn.Dense:
-    return nn.Dense(features, precision=_HIGHEST, name=name)
+# LoRA targets are named as in the decoders (mtl_jax/text/decoder.py): their BERT layers.
+LORA_NAMES = {
+    "q_proj": "query",
+    "k_proj": "key",
+    "v_proj": "value",
+    "o_proj": "attention_output",
+    "up_proj": "intermediate",
+    "down_proj": "output",
+}
 
 
 class BertLayer(nn.Module):
+    """One transformer layer; with ``lora`` (a ``decoder.LoRAConfig``) its dense layers are
+    frozen and those the config targets (``LORA_NAMES``) carry adapters."""
+
     config: BertConfig
+    lora: Any = None
+    adapted: bool = True  # this layer carries adapters (LoRAConfig.layers)
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask_bias: jax.Array) -> jax.Array:
-        c = self.config
+    def __call__(self, x: jax.Array, mask_bias: jax.Array, task: int | None = None) -> jax.Array:
+        c, lora = self.config, self.lora
         heads, width = c.num_attention_heads, c.hidden_size // c.num_attention_heads
+        targets = {LORA_NAMES[t] for t in lora.targets if t in LORA_NAMES} if lora else set()
+
+        def _dense(features: int, name: str):
+            if lora is None:
+                return nn.Dense(features, precision=_HIGHEST, name=name)
+            adapter = lora if self.adapted and name in targets else None
+            layer = Linear(features, True, adapter, frozen=True, precision=_HIGHEST, name=name)
+            return lambda h: layer(h, task)
 
         def split(t):  # (B, L, H) -> (B, heads, L, width)
             return t.reshape(*t.shape[:2], heads, width).transpose(0, 2, 1, 3)
@@ -91,6 +113,7 @@ class BertEncoder(nn.Module):
 
     config: BertConfig
     trainable_layers: int | None = None
+    lora: Any = None  # a decoder.LoRAConfig: frozen weights, adapters (see BertLayer)
 
     @nn.compact
     def __call__(
@@ -99,6 +122,7 @@ class BertEncoder(nn.Module):
         attention_mask: jax.Array,
         segment_ids: jax.Array | None = None,
         position_ids: jax.Array | None = None,
+        task: int | None = None,
     ) -> jax.Array:
         c = self.config
         length = input_ids.shape[1]
@@ -133,7 +157,8 @@ class BertEncoder(nn.Module):
         for i in range(c.num_hidden_layers):
             if i == first_trainable:
                 x = jax.lax.stop_gradient(x) if i > 0 else x
-            x = BertLayer(c, name=f"layer_{i}")(x, mask_bias)
+            adapted = self.lora is None or self.lora.adapts_layer(i, c.num_hidden_layers)
+            x = BertLayer(c, self.lora, adapted, name=f"layer_{i}")(x, mask_bias, task)
         if first_trainable >= c.num_hidden_layers:
             x = jax.lax.stop_gradient(x)
         return x

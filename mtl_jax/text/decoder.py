@@ -99,14 +99,19 @@ class LoRAConfig:
     alpha: float = 16.0
     targets: tuple[str, ...] = ("q_proj", "v_proj")
     task_sets: int = 0
+    layers: int = 0  # adapt only the top this many layers (0: all); below them, no backward
 
     def __post_init__(self):
         unknown = sorted(set(self.targets) - set(LORA_TARGETS))
-        if unknown or self.rank < 1:
+        if unknown or self.rank < 1 or self.layers < 0:
             raise ValueError(
-                f"LoRA: rank must be >= 1 (got {self.rank}) and targets among {LORA_TARGETS} "
-                f"(unknown: {unknown})"
+                f"LoRA: rank must be >= 1 (got {self.rank}), layers >= 0 (got {self.layers}) "
+                f"and targets among {LORA_TARGETS} (unknown: {unknown})"
             )
+
+    def adapts_layer(self, index: int, num_layers: int) -> bool:
+        """Whether layer ``index`` (0 = the bottom) of ``num_layers`` carries adapters."""
+        return self.layers == 0 or index >= num_layers - self.layers
 
 
 class Linear(nn.Module):
@@ -122,18 +127,25 @@ class Linear(nn.Module):
     # out of the residual stream, ("mlp_out", "embed") for those back into it, so that
     # ``mlp_out -> model`` splits each layer Megatron-style.
     axes: tuple[str, str] = ("embed", "mlp_out")
+    param_dtype: Any = jnp.float32  # the base weights' storage (adapters stay float32)
+    precision: Any = None  # of the base matmul (BERT's parity needs HIGHEST)
 
     @nn.compact
-    def __call__(self, x: jax.Array, task: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, task: int | None = None) -> jax.Array:
         part = nn.with_logical_partitioning
         shape = (x.shape[-1], self.features)
-        kernel = self.param("kernel", part(nn.initializers.lecun_normal(), self.axes), shape)
+        kernel_init = part(nn.initializers.lecun_normal(), self.axes)
+        kernel = self.param("kernel", kernel_init, shape, self.param_dtype)
         bias_init = part(nn.initializers.zeros, self.axes[1:])
-        bias = self.param("bias", bias_init, (self.features,)) if self.use_bias else None
+        bias = (
+            self.param("bias", bias_init, (self.features,), self.param_dtype)
+            if self.use_bias
+            else None
+        )
         if self.frozen:
             kernel = jax.lax.stop_gradient(kernel)
             bias = None if bias is None else jax.lax.stop_gradient(bias)
-        y = x @ kernel.astype(x.dtype)
+        y = jnp.matmul(x, kernel.astype(x.dtype), precision=self.precision)
         if bias is not None:
             y = y + bias.astype(x.dtype)
         if self.lora is None:
@@ -158,10 +170,11 @@ class Linear(nn.Module):
 class RMSNorm(nn.Module):
     eps: float
     frozen: bool = False  # under LoRA: the base model's weights take no gradient
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        weight = self.param("weight", nn.initializers.ones, (x.shape[-1],))
+        weight = self.param("weight", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
         if self.frozen:
             weight = jax.lax.stop_gradient(weight)
         x32 = x.astype(jnp.float32)
@@ -185,21 +198,44 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
 
 
-def _linear(features: int, name: str, bias: bool, lora: LoRAConfig | None) -> Linear:
-    adapted = lora is not None and name in lora.targets
+def _linear(
+    features: int,
+    name: str,
+    bias: bool,
+    lora: LoRAConfig | None,
+    adapted: bool = True,
+    param_dtype: Any = jnp.float32,
+) -> Linear:
+    """A projection of a LoRA model (frozen, adapted where ``lora`` targets it and the
+    layer is ``adapted``) or of a plain one."""
+    with_adapter = lora is not None and adapted and name in lora.targets
     axes = ("mlp_out", "embed") if name in ("o_proj", "down_proj") else ("embed", "mlp_out")
-    return Linear(features, bias, lora if adapted else None, lora is not None, axes, name=name)
+    return Linear(
+        features,
+        bias,
+        lora if with_adapter else None,
+        lora is not None,
+        axes,
+        param_dtype,
+        name=name,
+    )
 
 
 class Attention(nn.Module):
     config: DecoderConfig
     lora: LoRAConfig | None = None
+    adapted: bool = True  # this layer carries adapters (LoRAConfig.layers)
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, cos, sin, mask, task=None) -> jax.Array:
         c = self.config
         b, length, _ = x.shape
-        dense = lambda n, name, bias: lambda h: _linear(n, name, bias, self.lora)(h, task)
+
+        def dense(n, name, bias):
+            layer = _linear(n, name, bias, self.lora, self.adapted, self.param_dtype)
+            return lambda h: layer(h, task)
+
         q = dense(c.num_attention_heads * c.head_dim, "q_proj", c.attention_bias)(x)
         k = dense(c.num_key_value_heads * c.head_dim, "k_proj", c.attention_bias)(x)
         v = dense(c.num_key_value_heads * c.head_dim, "v_proj", c.attention_bias)(x)
@@ -213,11 +249,17 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     config: DecoderConfig
     lora: LoRAConfig | None = None
+    adapted: bool = True
+    param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, task: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, task: int | None = None) -> jax.Array:
         c = self.config
-        dense = lambda n, name: lambda h: _linear(n, name, c.mlp_bias, self.lora)(h, task)
+
+        def dense(n, name):
+            layer = _linear(n, name, c.mlp_bias, self.lora, self.adapted, self.param_dtype)
+            return lambda h: layer(h, task)
+
         gate = dense(c.intermediate_size, "gate_proj")(x)
         up = dense(c.intermediate_size, "up_proj")(x)
         return dense(c.hidden_size, "down_proj")(nn.silu(gate) * up)
@@ -226,24 +268,30 @@ class MLP(nn.Module):
 class DecoderLayer(nn.Module):
     config: DecoderConfig
     lora: LoRAConfig | None = None
+    adapted: bool = True
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, cos, sin, mask, task=None):
-        c, frozen = self.config, self.lora is not None
-        x = x + Attention(c, self.lora, name="self_attn")(
-            RMSNorm(c.rms_norm_eps, frozen, name="input_layernorm")(x), cos, sin, mask, task
+        c, frozen, dtype = self.config, self.lora is not None, self.param_dtype
+        attention = Attention(c, self.lora, self.adapted, dtype, name="self_attn")
+        x = x + attention(
+            RMSNorm(c.rms_norm_eps, frozen, dtype, name="input_layernorm")(x), cos, sin, mask, task
         )
-        normed = RMSNorm(c.rms_norm_eps, frozen, name="post_attention_layernorm")(x)
-        return x + MLP(c, self.lora, name="mlp")(normed, task)
+        normed = RMSNorm(c.rms_norm_eps, frozen, dtype, name="post_attention_layernorm")(x)
+        return x + MLP(c, self.lora, self.adapted, dtype, name="mlp")(normed, task)
 
 
 class DecoderLM(nn.Module):
     """Hidden states after the final norm, (B, L, hidden); ``logits`` adds the LM head.
     With ``lora``, only the adapters take gradients; ``task`` (an int) picks the task's
-    own adapter set, added to the shared one."""
+    own adapter set, added to the shared one. ``dtype`` (e.g. bfloat16) is the base
+    weights' storage and the activations' type; adapters and norms' statistics stay float32.
+    """
 
     config: DecoderConfig
     lora: LoRAConfig | None = None
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(
@@ -251,7 +299,14 @@ class DecoderLM(nn.Module):
     ):
         c = self.config
         init = nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed"))
-        embed = nn.Embed(c.vocab_size, c.hidden_size, embedding_init=init, name="embed_tokens")
+        embed = nn.Embed(
+            c.vocab_size,
+            c.hidden_size,
+            embedding_init=init,
+            dtype=self.dtype,
+            param_dtype=self.dtype,
+            name="embed_tokens",
+        )
         x = embed(input_ids)
         if self.lora is not None:
             x = jax.lax.stop_gradient(x)
@@ -260,9 +315,12 @@ class DecoderLM(nn.Module):
         cos, sin = rope_tables(positions, c.head_dim, c.rope_theta)
         causal = jnp.tril(jnp.ones((length, length), bool))
         mask = causal[None, None] & (attention_mask[:, None, None, :] > 0)
-        for i in range(c.num_hidden_layers):
-            x = DecoderLayer(c, self.lora, name=f"layers_{i}")(x, cos, sin, mask, task)
-        hidden = RMSNorm(c.rms_norm_eps, self.lora is not None, name="norm")(x)
+        layers = c.num_hidden_layers
+        for i in range(layers):
+            adapted = self.lora is None or self.lora.adapts_layer(i, layers)
+            layer = DecoderLayer(c, self.lora, adapted, self.dtype, name=f"layers_{i}")
+            x = layer(x, cos, sin, mask, task)
+        hidden = RMSNorm(c.rms_norm_eps, self.lora is not None, self.dtype, name="norm")(x)
         if not logits:
             return hidden
         if c.tie_word_embeddings:
