@@ -80,6 +80,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg in ("cold_lm", "llm_smoke"):
         c.model.trunk = "llm"
         c.ranking.enabled = False
+        # On a mesh with a model axis, each LM layer splits Megatron-style over it.
+        c.mesh.axis_rules.mlp_out = "model"
     if arg == "cold_lm":
         # The ids stay inputs, as in "cold" (unknown movies: zero rows, DropoutNet); the LM
         # reads the profile, the last 2 train movies and the candidate (39 tokens on
@@ -89,7 +91,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.llm.update(history=2, max_tokens=48, pooling="mean")
         c.llm.lora.update(rank=8, layers=1)
         c.train.update(batch_size=64, eval_batch_size=512, num_steps=300, eval_every=300)
-        c.train.update(checkpoint_every=100, log_every=50)
+        c.train.update(checkpoint_every=300, log_every=50)
     if arg == "staged":
         c.stages.s1_pretrain = dict(steps=2000, tasks=(), frozen=(), shared_lr_scale=1.0)
         c.stages.s2_finetune = dict(

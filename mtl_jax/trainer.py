@@ -146,6 +146,12 @@ class Trainer:
         text = text_features.TextSetup.from_config(config.text, dataset)
         self.text = text
         self.language_model = language_model(config)
+        if self.language_model is not None and self.language_model.is_encoder:
+            if config.llm.dtype != "float32":
+                raise configlib.ConfigError(
+                    f"config.llm.dtype: {config.llm.dtype!r} is for decoders; the BERT "
+                    "encoder of an LM trunk keeps float32 weights"
+                )
         self.model = MultiTaskModel(
             features,
             self.tasks,

@@ -189,6 +189,12 @@ def export_workdir(
     if not path.is_file():
         raise ExportError(f"{workdir} has no config.json: not a run's workdir (train there first)")
     config = ml_collections.ConfigDict(_tuples(json.loads(path.read_text())))
+    if config.model.trunk == "llm":
+        raise ExportError(
+            f"{workdir} trained an LM trunk (model.trunk='llm'), whose inputs are prompts "
+            "built from the training history; serving does not build them yet, so it cannot "
+            "be exported"
+        )
     ckpt = Checkpointer(workdir)
     try:
         if not ckpt.best_steps():
