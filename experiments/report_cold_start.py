@@ -8,6 +8,9 @@
   done
   python experiments/report_cold_start.py --runs=runs/cold --out=experiments/results/cold_start.md
 
+With ``configs/movielens.py:cold_lm`` runs (a language model as the trunk) in the same
+directory, they form a third variant.
+
 Each seed draws a different 10% of the movies as cold (their ratings appear only in test).
 Every number is a test metric of the checkpoint chosen on validation rating RMSE (validation
 holds no cold movies, as a deployed model would not have seen them either).
@@ -26,7 +29,15 @@ _SUBSETS = ("cold_items", "warm_items")
 
 
 def _variant(results: dict) -> str:
-    features = results["config"]["text"]["features"]
+    config = results["config"]
+    if config["model"]["trunk"] == "llm":
+        lm = config["llm"].get("preset") or config["text"]["model_dir"] or "all-MiniLM-L6-v2"
+        lora = config["llm"]["lora"]
+        return (
+            f"LM trunk ({pathlib.Path(lm).name} + LoRA r{lora['rank']}, history "
+            f"{config['llm']['history']}) + IDs + side"
+        )
+    features = config["text"]["features"]
     if not features:
         return "IDs + side features"
     l2 = results["config"].get("regularization", {}).get("l2", {}).get("text", 0.0)

@@ -170,7 +170,8 @@ def base_config(
     # tokens (mtl_jax/text/lm.py PRESETS). Base weights are frozen, stored in ``dtype``
     # (decoders: float32 or bfloat16); LoRA adapters train: rank, alpha, targets (decoder
     # projection names; BERT maps them), layers (the top this many; 0 = all) and
-    # per_task (each task adds an adapter set of its own to the shared one).
+    # per_task (each task adds an adapter set of its own to the shared one). remat: a
+    # decoder recomputes each layer's activations in the backward pass (less memory).
     c.llm = ml_collections.ConfigDict(
         dict(
             preset="",
@@ -178,6 +179,7 @@ def base_config(
             max_tokens=128,
             pooling="last",
             dtype="float32",
+            remat=False,
             lora=dict(rank=8, alpha=16.0, targets=("q_proj", "v_proj"), layers=0, per_task=False),
         )
     )

@@ -58,6 +58,30 @@ def auc(labels: np.ndarray, predictions: np.ndarray) -> float:
     return float(u / (n_pos * n_neg))
 
 
+def expected_auc(probabilities: np.ndarray, predictions: np.ndarray) -> float:
+    """The AUC of ``predictions`` against labels drawn as Bernoulli(``probabilities``), in
+    expectation over the draws (the ratio of the expected correctly ordered positive-negative
+    pairs to the expected pairs; ties count one half): how well a model ranks what it
+    cannot observe, e.g. the conversion probability of impressions nobody clicked, given a
+    simulator's true probabilities."""
+    p = _as_1d("probabilities", probabilities).astype(np.float64)
+    s = _as_1d("predictions", predictions).astype(np.float64)
+    _check_same_length(p, s)
+    if np.any((p < 0) | (p > 1)):
+        raise ValueError("probabilities must lie in [0, 1]")
+    q = 1.0 - p
+    order = np.argsort(s, kind="stable")
+    s_sorted, q_sorted = s[order], q[order]
+    starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
+    group_q = np.add.reduceat(q_sorted, starts) if len(s) else np.zeros(0)
+    below = np.r_[0.0, np.cumsum(group_q)[:-1]]  # the negatives' weight under each group
+    group_of = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(s)]))
+    ordered = below[group_of] + 0.5 * (group_q[group_of] - q_sorted)
+    numerator = float(np.sum(p[order] * ordered))
+    denominator = float(np.sum(p * (q.sum() - q)))
+    return numerator / denominator if denominator > 0 else float("nan")
+
+
 def gauc(labels: np.ndarray, predictions: np.ndarray, groups: np.ndarray) -> float:
     """Group AUC, as CTR papers report it: each group's (user's) AUC weighted by its
     number of impressions; groups with one class only (AUC undefined) are skipped. NaN if

@@ -146,12 +146,12 @@ class Trainer:
         text = text_features.TextSetup.from_config(config.text, dataset)
         self.text = text
         self.language_model = language_model(config)
-        if self.language_model is not None and self.language_model.is_encoder:
-            if config.llm.dtype != "float32":
-                raise configlib.ConfigError(
-                    f"config.llm.dtype: {config.llm.dtype!r} is for decoders; the BERT "
-                    "encoder of an LM trunk keeps float32 weights"
-                )
+        lm = self.language_model
+        if lm is not None and lm.is_encoder and config.llm.dtype != "float32":
+            raise configlib.ConfigError(
+                f"config.llm.dtype: {config.llm.dtype!r} is for decoders; the BERT "
+                "encoder of an LM trunk keeps float32 weights"
+            )
         self.model = MultiTaskModel(
             features,
             self.tasks,
@@ -531,7 +531,7 @@ def lm_trunk_spec(
         task_sets=len(config.tasks) if c.lora.per_task else 0,
         layers=c.lora.layers,
     )
-    return LMTrunkSpec(lm.config, lora, c.pooling, c.dtype)
+    return LMTrunkSpec(lm.config, lora, c.pooling, c.dtype, c.remat)
 
 
 def with_lm_prompts(

@@ -37,6 +37,18 @@ def test_funnel(dataset):
     np.testing.assert_array_equal(s.labels["category"], s.features["category"])
 
 
+def test_cvr_task_is_purchase_given_click_with_an_entire_space_oracle(dataset):
+    s = dataset.train
+    click = s.labels["click"]
+    np.testing.assert_array_equal(s.masks["cvr"], click)  # labelled where clicked only
+    np.testing.assert_array_equal(s.labels["cvr"][click > 0], s.labels["purchase"][click > 0])
+    # P(purchase) = P(click) P(purchase | click), on every impression.
+    np.testing.assert_allclose(s.oracle["purchase"], s.oracle["click"] * s.oracle["cvr"], 1e-6)
+    # Calibrated over clicks: the clicked impressions' purchase rate matches their oracle.
+    clicked = click > 0
+    assert abs(s.labels["cvr"][clicked].mean() - s.oracle["cvr"][clicked].mean()) < 0.015
+
+
 def test_long_tail(dataset):
     counts = np.bincount(dataset.train.features["item_id"], minlength=500)
     top = np.sort(counts)[::-1]

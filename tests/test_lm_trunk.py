@@ -144,7 +144,7 @@ def test_training_changes_only_adapters_neck_embeddings_and_towers(lm_trainer):
     trainer = lm_trainer
     state = trainer.init_state()
     before = _flat(state.params)
-    it = trainer.train_iterator(num_steps=3)
+    it = trainer.train_iterator(num_steps=2)
     for batch in it:
         state, metrics = trainer.train_step(state, parallel.to_global_batch(batch, trainer.mesh))
         assert bool(metrics["applied"])
@@ -229,6 +229,32 @@ def test_adapters_start_as_the_base_model():
         adapted.apply({"params": params}, ids, mask, task=1),
         BertEncoder(config).apply({"params": base}, ids, mask),
         atol=1e-6,
+    )
+
+
+def test_rematerialised_decoder_has_the_same_parameters_and_gradients():
+    from mtl_jax.text.decoder import DecoderConfig, DecoderLM
+
+    config = DecoderConfig(**lm_lib.PRESETS["tiny-qwen2"])
+    lora = LoRAConfig(task_sets=2, targets=("q_proj", "down_proj"))
+    ids = jnp.asarray(np.random.default_rng(0).integers(3, 250, (2, 16)), jnp.int32)
+    mask = jnp.ones_like(ids).at[1, 9:].set(0)
+    plain, remat = DecoderLM(config, lora), DecoderLM(config, lora, remat=True)
+    params = plain.init(jax.random.PRNGKey(0), ids, mask, task=1)["params"]
+    flat = _flat(params)
+    for p in flat:  # B != 0, so every adapter has a gradient
+        if "lora_" in p and p.endswith("_b"):
+            flat[p] = np.full(flat[p].shape, 0.01, np.float32)
+    params = traverse_util.unflatten_dict(flat, sep="/")
+    assert jax.tree.structure(
+        remat.init(jax.random.PRNGKey(0), ids, mask, task=1)["params"]
+    ) == jax.tree.structure(params)
+
+    def loss(module):
+        return lambda p: module.apply({"params": p}, ids, mask, task=1)[:, 5].sum()
+
+    chex.assert_trees_all_close(
+        jax.grad(loss(remat))(params), jax.grad(loss(plain))(params), atol=1e-6
     )
 
 

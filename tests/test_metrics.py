@@ -26,6 +26,24 @@ def test_auc_matches_brute_force(seed, num_distinct):
     assert metrics.auc(labels, scores) == pytest.approx(brute_force_auc(labels, scores), abs=1e-12)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_expected_auc_matches_brute_force_over_pairs(seed):
+    rng = np.random.default_rng(seed)
+    p = rng.random(30)
+    s = np.round(rng.random(30), 1)  # ties
+    num = den = 0.0
+    for i, j in itertools.permutations(range(30), 2):
+        w = p[i] * (1 - p[j])
+        den += w
+        num += w * (1.0 if s[i] > s[j] else 0.5 if s[i] == s[j] else 0.0)
+    assert metrics.expected_auc(p, s) == pytest.approx(num / den, abs=1e-12)
+    # With 0/1 probabilities it is the ordinary AUC.
+    y = rng.random(30) < 0.4
+    assert metrics.expected_auc(y.astype(float), s) == pytest.approx(metrics.auc(y, s))
+    with pytest.raises(ValueError, match="probabilities"):
+        metrics.expected_auc(p + 1.0, s)
+
+
 def test_auc_edge_cases():
     assert metrics.auc(np.array([0, 1]), np.array([0.1, 0.9])) == 1.0
     assert metrics.auc(np.array([1, 0]), np.array([0.1, 0.9])) == 0.0

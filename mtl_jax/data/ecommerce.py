@@ -90,7 +90,10 @@ def simulate_ecommerce(
     """Simulates impressions with click, purchase, rating and category labels.
 
     Returns a ``MultiTaskDataset`` whose splits carry ``oracle`` columns: the true click and
-    purchase probabilities and the expected rating of every impression.
+    purchase probabilities and the expected rating of every impression. Task ``cvr`` is
+    purchase given click, labelled on clicked impressions only (a conventional CVR model's
+    training data); its oracle is P(purchase | click) on every impression, so a CVR model
+    can be judged on the entire space, as ESMM (Ma et al. 2018) argues it must be.
     """
     if not -1.0 <= task_correlation <= 1.0:
         raise ValueError(f"task_correlation must lie in [-1, 1], got {task_correlation}")
@@ -189,18 +192,23 @@ def simulate_ecommerce(
     labels = {
         "click": click.astype(np.float32),
         "purchase": purchase.astype(np.float32),
+        "cvr": purchase.astype(np.float32),
         "rating": np.where(purchase, rating, 0.0).astype(np.float32),
         "category": item_category[item].astype(np.int32),
     }
     masks = {
         "click": ones,
         "purchase": ones,  # a non-click is a non-purchase: labelled on every impression
+        # Purchase given click, the naive CVR task: labelled on clicked impressions only.
+        "cvr": click.astype(np.float32),
         "rating": purchase.astype(np.float32),
         "category": ones,
     }
     oracle = {
         "click": p_click.astype(np.float32),
         "purchase": (p_click * p_cvr).astype(np.float32),
+        # P(purchase | click) of every impression, clicked or not: the entire-space CVR.
+        "cvr": p_cvr.astype(np.float32),
         "rating": expected_rounded_rating(rating_mean, rating_noise).astype(np.float32),
     }
     everything = Split(features, labels, masks, oracle)
@@ -219,6 +227,7 @@ def simulate_ecommerce(
     tasks = (
         TaskSpec("click", "binary"),
         TaskSpec("purchase", "binary"),
+        TaskSpec("cvr", "binary"),
         TaskSpec("rating", "regression"),
         TaskSpec("category", "multiclass", num_classes=num_categories),
     )

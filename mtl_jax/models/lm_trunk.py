@@ -35,6 +35,7 @@ class LMTrunkSpec:
     lora: LoRAConfig
     pooling: str = "last"
     dtype: str = "float32"
+    remat: bool = False  # decoders: recompute each layer's activations in the backward
 
 
 def pool(hidden: jax.Array, lengths: jax.Array, how: str) -> jax.Array:
@@ -66,7 +67,7 @@ class LanguageModelTrunk(nn.Module):
             lm = BertEncoder(s.backbone, lora=s.lora, name="lm")
             run = lambda task: lm(tokens, mask, task=task)
         else:
-            lm = DecoderLM(s.backbone, s.lora, dtype, name="lm")
+            lm = DecoderLM(s.backbone, s.lora, dtype, s.remat, name="lm")
             run = lambda task: lm(tokens, mask, task=task)
         neck = MLP(self.hidden, self.dropout, name="neck")
         passes = range(self.num_tasks) if s.lora.task_sets else (None,)

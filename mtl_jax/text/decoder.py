@@ -292,6 +292,9 @@ class DecoderLM(nn.Module):
     config: DecoderConfig
     lora: LoRAConfig | None = None
     dtype: Any = jnp.float32
+    # Rematerialise each layer in the backward pass (jax.checkpoint): its activations are
+    # recomputed instead of kept, trading about a third more compute for memory.
+    remat: bool = False
 
     @nn.compact
     def __call__(
@@ -316,9 +319,11 @@ class DecoderLM(nn.Module):
         causal = jnp.tril(jnp.ones((length, length), bool))
         mask = causal[None, None] & (attention_mask[:, None, None, :] > 0)
         layers = c.num_hidden_layers
+        # (self, x, cos, sin, mask, task): the task index picks adapters, so it is static.
+        layer_type = nn.remat(DecoderLayer, static_argnums=(5,)) if self.remat else DecoderLayer
         for i in range(layers):
             adapted = self.lora is None or self.lora.adapts_layer(i, layers)
-            layer = DecoderLayer(c, self.lora, adapted, self.dtype, name=f"layers_{i}")
+            layer = layer_type(c, self.lora, adapted, self.dtype, name=f"layers_{i}")
             x = layer(x, cos, sin, mask, task)
         hidden = RMSNorm(c.rms_norm_eps, self.lora is not None, self.dtype, name="norm")(x)
         if not logits:
