@@ -131,7 +131,9 @@ def final_results(
     time and the train step's memory estimate."""
     config, t = trainer.config, trainer.config.train
     validation = trainer.evaluate(best_params, dataset.validation)
-    test = trainer.evaluate(best_params, dataset.test)
+    # Test predictions once, for the metrics, the calibration and the binary-task metrics.
+    test_predictions, test_losses = trainer.predict(best_params, dataset.test)
+    test = task_metrics(trainer.tasks, dataset.test, test_predictions, test_losses)
     oracle, trivial = reference_metrics(trainer.tasks, dataset, dataset.test)
     results = {
         "config": configlib.to_dict(config),
@@ -154,7 +156,6 @@ def final_results(
         name = task.name
         ref = f"  oracle {_fmt(oracle[name])}" if name in oracle else ""
         log.info("  %-9s %s  | trivial %s%s", name, _fmt(test[name]), _fmt(trivial[name]), ref)
-    test_predictions = trainer.predict(best_params, dataset.test)[0]
     results["calibration"] = calibration(trainer.tasks, dataset.test, test_predictions)
     for name, c in results["calibration"].items():
         log.info(
