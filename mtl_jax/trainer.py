@@ -378,8 +378,9 @@ class Trainer:
         # The student's config with the teacher's architecture: what decides its forward pass.
         teacher_config = self.config.copy_and_resolve_references()
         with teacher_config.unlocked():
-            for section in ("model", "text", "task_loss"):
-                teacher_config[section].update(_tuples(saved[section]))
+            for section in ("model", "text", "task_loss", "llm"):
+                if section in saved:  # runs from before the LM trunk saved no "llm"
+                    teacher_config[section].update(_tuples(saved[section]))
             teacher_config.input_features = tuple(saved["input_features"])
             teacher_config.distill.teacher_workdir = ""
         return Trainer(teacher_config, self.dataset, mesh=mesh)
@@ -521,6 +522,7 @@ def language_model(config: ml_collections.ConfigDict) -> lm_lib.LanguageModel | 
 def lm_trunk_spec(
     config: ml_collections.ConfigDict, lm: lm_lib.LanguageModel | None
 ) -> LMTrunkSpec | None:
+    """What the model needs of the ``llm`` section: the backbone, adapters, pooling."""
     if lm is None:
         return None
     c = config.llm
