@@ -115,6 +115,14 @@ class _WithFrozen:
         return self._model.apply({**variables, "params": params}, *args, **kwargs)
 
 
+def task_gradient_mode(model: MultiTaskModel, requested: str) -> str:
+    """The per-task gradient mode a model can take: an LM trunk always takes T sequential
+    backward passes. Batched (a vmap over the T cotangents of one vjp) gives wrong LoRA
+    ``lora_b`` gradients for every task but the first on it (measured against per-task
+    ``jax.grad``; tests/test_lm_trunk.py), and T passes also hold less memory at LM size."""
+    return "sequential" if getattr(model, "language_model", None) is not None else requested
+
+
 def _split_params(params: dict) -> tuple[Any, Any, dict]:
     """(embedding, trunk, the rest): the three ways a gradient method treats parameters."""
     rest = {k: v for k, v in params.items() if k not in ("embedding", "trunk")}
@@ -387,6 +395,7 @@ def make_train_step(
     steps they missed, so that the forward pass sees what the dense path would.
     """
     num_tasks = len(tasks)
+    task_gradients = task_gradient_mode(model, task_gradients)
     problem = gramian_option_problem(rule, gramian_params, gramian_at)
     if problem:
         raise ValueError(f"balancing.{problem[0]}: {problem[1]}")
@@ -573,6 +582,7 @@ def make_trunk_gramian(
 ) -> Callable:
     """``(params, batch) -> (T, T)`` Gramian of per-task trunk gradients, for diagnostics of
     loss-weighting runs (gradient methods get it from their train step for free)."""
+    task_gradients = task_gradient_mode(model, task_gradients)
 
     def fn(params, batch):
         trainable, frozen = split_frozen(params)

@@ -8,6 +8,7 @@ import pathlib
 import shutil
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -181,12 +182,13 @@ def test_per_task_adapters_take_no_gradient_from_other_tasks(lm_trainer):
     batch = next(trainer.train_iterator(num_steps=1))
     tasks = trainer.tasks
 
-    def task_loss(params, t):
+    def task_losses(params):
         logits = trainer.model.apply({"params": params}, batch["features"], train=False)
-        return _mean_task_losses(tasks, logits, batch)[t]
+        return _mean_task_losses(tasks, logits, batch)
 
+    one_loss = jax.jit(jax.grad(lambda p, s: task_losses(p)[s]), static_argnums=1)
     for s in range(len(tasks)):
-        grads = _flat(jax.grad(task_loss)(params, s))
+        grads = _flat(one_loss(params, s))
         task_a = {p: g for p, g in grads.items() if p.endswith("lora_task_a")}
         assert task_a
         for p, g in task_a.items():
@@ -203,6 +205,43 @@ def test_per_task_adapters_take_no_gradient_from_other_tasks(lm_trainer):
                    for p in trunk_paths)  # fmt: skip
     assert all("lora_task" in p for p in _flat(trainable[TASK_ADAPTERS]))
     assert frozen and not any("lora" in p for p in frozen)
+
+
+def test_the_steps_per_task_trunk_gradients_equal_each_losss_own(lm_trainer):
+    """The per-task trunk gradients gradient methods combine (step._per_task_trunk_grads in
+    the mode an LM trunk takes) equal each task loss's own jax.grad, adapters included."""
+    from mtl_jax.step import (
+        _losses_from_embedded,
+        _per_task_trunk_grads,
+        _split_params,
+        _WithFrozen,
+        task_gradient_mode,
+    )
+
+    trainer = lm_trainer
+    assert task_gradient_mode(trainer.model, "batched") == "sequential"
+    params = _flat(jax.device_get(trainer.init_state().params))
+    rng = np.random.default_rng(1)
+    for p in params:
+        if "lora_" in p and p.endswith("_b"):
+            params[p] = rng.normal(size=params[p].shape).astype(np.float32) * 0.1
+    params = traverse_util.unflatten_dict(params, sep="/")
+    batch = next(trainer.train_iterator(num_steps=1))
+    trainable, frozen = split_frozen(params)
+    model = _WithFrozen(trainer.model, frozen)
+    embedding, trunk, rest = _split_params(trainable)
+    x = model.apply({"params": {"embedding": embedding}}, batch["features"], method="embed")
+
+    def losses(tr):
+        return _losses_from_embedded(model, trainer.tasks, batch, tr, rest, x, train=False)
+
+    _, vjp_fn = jax.vjp(losses, trunk)
+    per_task = jax.jit(lambda: _per_task_trunk_grads(vjp_fn, len(trainer.tasks), "sequential"))()
+    for s in range(len(trainer.tasks)):
+        own = jax.jit(jax.grad(lambda tr, s=s: losses(tr)[s]))(trunk)
+        chex.assert_trees_all_close(
+            jax.tree.map(lambda g, s=s: g[s], per_task), own, atol=1e-6, rtol=1e-5
+        )
 
 
 def test_adapters_start_as_the_base_model():
@@ -240,21 +279,23 @@ def test_rematerialised_decoder_has_the_same_parameters_and_gradients():
     ids = jnp.asarray(np.random.default_rng(0).integers(3, 250, (2, 16)), jnp.int32)
     mask = jnp.ones_like(ids).at[1, 9:].set(0)
     plain, remat = DecoderLM(config, lora), DecoderLM(config, lora, remat=True)
-    params = plain.init(jax.random.PRNGKey(0), ids, mask, task=1)["params"]
+    params = nn.meta.unbox(plain.init(jax.random.PRNGKey(0), ids, mask, task=1)["params"])
     flat = _flat(params)
     for p in flat:  # B != 0, so every adapter has a gradient
         if "lora_" in p and p.endswith("_b"):
             flat[p] = np.full(flat[p].shape, 0.01, np.float32)
     params = traverse_util.unflatten_dict(flat, sep="/")
-    assert jax.tree.structure(
-        remat.init(jax.random.PRNGKey(0), ids, mask, task=1)["params"]
-    ) == jax.tree.structure(params)
+    remat_params = nn.meta.unbox(remat.init(jax.random.PRNGKey(0), ids, mask, task=1)["params"])
+    assert jax.tree.structure(remat_params) == jax.tree.structure(params)
 
     def loss(module):
         return lambda p: module.apply({"params": p}, ids, mask, task=1)[:, 5].sum()
 
     chex.assert_trees_all_close(
-        jax.grad(loss(remat))(params), jax.grad(loss(plain))(params), atol=1e-6
+        jax.jit(jax.grad(loss(remat)))(params),
+        jax.jit(jax.grad(loss(plain)))(params),
+        atol=1e-5,
+        rtol=1e-5,
     )
 
 
