@@ -69,7 +69,11 @@ class HFTokenizer:
     special tokens, and the model's own (BERT's [CLS] ... [SEP], Llama's begin token) are
     put around the whole prompt."""
 
-    def __init__(self, path: pathlib.Path, prefix: Sequence[int], suffix: Sequence[int]):
+    def __init__(
+        self, path: pathlib.Path, prefix: Sequence[int | str], suffix: Sequence[int | str]
+    ):
+        """``prefix`` / ``suffix``: special tokens around each prompt, as ids or as tokens
+        (looked up; one the vocabulary lacks is left out)."""
         import tokenizers
 
         try:
@@ -79,10 +83,11 @@ class HFTokenizer:
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()
         self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
-        self.prefix, self.suffix = tuple(prefix), tuple(suffix)
+        self.prefix, self.suffix = self._ids(prefix), self._ids(suffix)
 
-    def token_id(self, token: str) -> int | None:
-        return self._tokenizer.token_to_id(token)
+    def _ids(self, tokens: Sequence[int | str]) -> tuple[int, ...]:
+        ids = [t if isinstance(t, int) else self._tokenizer.token_to_id(t) for t in tokens]
+        return tuple(i for i in ids if i is not None)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         encoded = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
@@ -118,12 +123,9 @@ class LanguageModel:
             path = self.model_dir / "tokenizer.json"
             if not path.is_file():
                 raise DecoderFilesError(f"{self.model_dir}: no tokenizer.json (the LM trunk's)")
-            if self.is_encoder:
-                tokenizer = HFTokenizer(path, (), ())
-                cls, sep = tokenizer.token_id("[CLS]"), tokenizer.token_id("[SEP]")
-                tokenizer.prefix = () if cls is None else (cls,)
-                tokenizer.suffix = () if sep is None else (sep,)
-            else:
+            if self.is_encoder:  # [CLS] prompt [SEP]
+                tokenizer = HFTokenizer(path, ("[CLS]",), ("[SEP]",))
+            else:  # Llama's begin token; Qwen2 has none
                 raw = json.loads((self.model_dir / "config.json").read_text())
                 bos = raw.get("bos_token_id") if self.config.model_type == "llama" else None
                 tokenizer = HFTokenizer(path, () if bos is None else (bos,), ())
