@@ -27,7 +27,8 @@ import ml_collections
 
 from mtl_jax import config_defaults as base
 
-TASKS = ("rating", "like", "genre")
+TASKS = ("rating", "like", "genre", "rated")
+EXPLICIT_TASKS = TASKS[:3]  # the variants without the implicit "rated" task
 INPUT_FEATURES = ("user_id", "item_id", "age", "gender", "occupation", "zip_prefix", "decade")
 
 
@@ -65,6 +66,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # user's test movies rated >= 4. MMR re-ranks by genre for each lambda (1.0 = none).
     c.ranking.update(enabled=True, relevance_task="like")
     c.ranking.fusion.like = 1.0
+    c.negatives.task = "rated"
+    if arg in ("cold", "cold_text", "cold_lm", "staged", "ablation", "llm_smoke"):
+        # Their questions (cold start, staging, the ablation grid, the LM trunk) are about
+        # the explicit tasks; they leave out the implicit task and its sampled negatives.
+        c.tasks = EXPLICIT_TASKS
+        c.negatives.task = ""
+        c.ranking.fusion.rated = 0.0
+        c.ranking.fusion_mode = "sum"
     if arg in ("cold", "cold_text", "cold_lm"):
         c.data.cold_item_fraction = 0.1
         c.ranking.enabled = False  # top-k over the catalogue is not the question here

@@ -47,6 +47,7 @@ def _ranking_baselines(data_dir: str) -> dict:
     dataset = load_dataset(config.data, config.seed)
     c = config.ranking
     c.mmr_lambdas = (1.0,)
+    c.fusion, c.fusion_mode = {"like": 1.0}, "sum"  # each scorer fills "like" with its score
     counts = np.bincount(
         dataset.train.features["item_id"], minlength=dataset.features[1].vocab_size
     )

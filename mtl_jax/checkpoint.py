@@ -81,6 +81,11 @@ ADDED_KEYS = {
     "data.prepared": "",
     "data.window_blocks": 64,
     "ranking.fusion_mode": "sum",
+    "negatives.task": "",
+    "negatives.per_positive": 4,
+    "negatives.sampling": "uniform",
+    "negatives.popularity_power": 0.75,
+    "negatives.logq_correction": True,
 }
 # Keys of file schemas (``features.<name>.<key>``, ``data.labels.<task>.<key>``) added since.
 ADDED_SCHEMA_KEYS = {"separator": "|", "max_length": 0, "classes": [], "no_labels": "none"}

@@ -11,6 +11,7 @@ import ml_collections
 
 from mtl_jax import guards, parallel, ranking
 from mtl_jax.balancing import config as balancing_config
+from mtl_jax.data import negatives
 
 
 def base_config(
@@ -140,6 +141,11 @@ def base_config(
             tensorboard=True,
         )
     )
+    # An implicit task ("will this user rate this item": every observed row a positive)
+    # trained with sampled negatives: per_positive items per positive drawn from the
+    # catalogue each step, uniformly or by popularity ** popularity_power, with the logQ
+    # correction (see mtl_jax/data/negatives.py). task '' = off.
+    c.negatives = negatives.default_config()
     # Top-k evaluation over the whole catalogue (datasets with one, e.g. MovieLens).
     c.ranking = ranking.default_config(tasks)
     # Extra test metrics of binary tasks in results.json's test_binary: GAUC grouped by

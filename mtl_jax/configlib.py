@@ -19,7 +19,7 @@ import ml_collections
 from mtl_jax import balancing, parallel, ranking
 from mtl_jax import stages as stages_lib
 from mtl_jax.balancing.config import rule_from_config
-from mtl_jax.data import DATASETS, MultiTaskDataset
+from mtl_jax.data import DATASETS, MultiTaskDataset, negatives
 from mtl_jax.data.schema import TEXT_FEATURES
 from mtl_jax.errors import ConfigError
 from mtl_jax.models import TRUNKS
@@ -419,6 +419,15 @@ def validate_against_dataset(config: ml_collections.ConfigDict, dataset: MultiTa
         config.ranking, [t for t in dataset.tasks if t.name in config.tasks]
     )
     _require(not problems, "ranking", "; ".join(problems))
+    if "negatives" in config:
+        problems = negatives.check_config(config.negatives, dataset, tuple(config.tasks))
+        _require(not problems, "negatives", "; ".join(problems))
+        _require(
+            not config.negatives.task or config.model.trunk != LM_TRUNK,
+            "negatives.task",
+            "negative rows need prompts of unobserved pairs, which model.trunk='llm' does "
+            "not build (set it '')",
+        )
     _require(
         not config.ranking.enabled or dataset.catalogue is not None,
         "ranking.enabled",

@@ -98,15 +98,22 @@ def score_task(task: TaskSpec, split: Split, predictions: np.ndarray) -> dict[st
 
 
 def reference_metrics(
-    tasks: Sequence[TaskSpec], dataset: MultiTaskDataset, split: Split
+    tasks: Sequence[TaskSpec],
+    dataset: MultiTaskDataset,
+    split: Split,
+    priors: dict[str, float] | None = None,
 ) -> tuple[dict, dict]:
-    """Metrics of the simulator's oracle and of the trivial (train-prior) predictor."""
+    """Metrics of the simulator's oracle and of the trivial (train-prior) predictor;
+    ``priors`` replaces the train split's for tasks whose training rows are not all there
+    (an implicit task's sampled negatives)."""
     oracle = {
         t.name: score_task(t, split, split.oracle[t.name]) for t in tasks if t.name in split.oracle
     }
     trivial = {}
     for t in tasks:
-        preds = tasks_lib.trivial_predictions(t, dataset.train.prior(t), len(split))
+        prior = (priors or {}).get(t.name)
+        prior = dataset.train.prior(t) if prior is None else np.asarray(prior)
+        preds = tasks_lib.trivial_predictions(t, prior, len(split))
         trivial[t.name] = score_task(t, split, preds)
     return oracle, trivial
 
@@ -131,10 +138,14 @@ def final_results(
     time and the train step's memory estimate."""
     config, t = trainer.config, trainer.config.train
     validation = trainer.evaluate(best_params, dataset.validation)
-    # Test predictions once, for the metrics, the calibration and the binary-task metrics.
-    test_predictions, test_losses = trainer.predict(best_params, dataset.test)
-    test = task_metrics(trainer.tasks, dataset.test, test_predictions, test_losses)
-    oracle, trivial = reference_metrics(trainer.tasks, dataset, dataset.test)
+    # Test predictions once, for the metrics, the calibration and the binary-task metrics
+    # (with an implicit task's sampled negatives, as trainer.evaluate scores them).
+    test_split = trainer.evaluation_split(dataset.test)
+    test_predictions, test_losses = trainer.predict(best_params, test_split)
+    test = task_metrics(trainer.tasks, test_split, test_predictions, test_losses)
+    negatives = trainer.negatives
+    priors = {negatives.task: 1.0 / (1 + negatives.per_positive)} if negatives else None
+    oracle, trivial = reference_metrics(trainer.tasks, dataset, test_split, priors)
     results = {
         "config": configlib.to_dict(config),
         "commit": reporting.git_commit(),
@@ -156,15 +167,15 @@ def final_results(
         name = task.name
         ref = f"  oracle {_fmt(oracle[name])}" if name in oracle else ""
         log.info("  %-9s %s  | trivial %s%s", name, _fmt(test[name]), _fmt(trivial[name]), ref)
-    results["calibration"] = calibration(trainer.tasks, dataset.test, test_predictions)
+    results["calibration"] = calibration(trainer.tasks, test_split, test_predictions)
     for name, c in results["calibration"].items():
         log.info(
             "  %-9s calibration: ECE %.4f, predicted/observed %.3f",
             name, c["ece"], c["predicted_over_observed"],
         )  # fmt: skip
-    group = gauc_group(config.metrics.gauc_group, dataset.test)
+    group = gauc_group(config.metrics.gauc_group, test_split)
     results["test_binary"] = binary_task_metrics(
-        trainer.tasks, dataset.test, test_predictions, config.metrics.threshold, group
+        trainer.tasks, test_split, test_predictions, config.metrics.threshold, group
     )
     for name, m in results["test_binary"].items():
         log.info("  %-9s %s", name, " ".join(f"{k}={v:.4f}" for k, v in m.items()))
@@ -183,10 +194,20 @@ def final_results(
                 subset, len(rows), split_name, format_task_metrics(metrics),
             )  # fmt: skip
     if config.ranking.enabled:
+        predict = lambda split: trainer.predict(best_params, split)[0]  # noqa: E731
+        negatives = config.get("negatives")
+        # Validation ranking (for choosing ranking settings on validation), unless the
+        # implicit task trained on the validation interactions.
+        if not (negatives and negatives.task and negatives.validation_positives):
+            log.info("ranking the catalogue for every validation user ...")
+            results["validation_ranking"] = ranking.evaluate_ranking(
+                predict, dataset, config.ranking, split="validation"
+            )
+            log.info("validation ranking (%s):", results["validation_ranking"]["setup"])
+            for line in ranking.format_ranking(results["validation_ranking"]):
+                log.info("  %s", line)
         log.info("ranking the catalogue for every test user ...")
-        results["ranking"] = ranking.evaluate_ranking(
-            lambda split: trainer.predict(best_params, split)[0], dataset, config.ranking
-        )
+        results["ranking"] = ranking.evaluate_ranking(predict, dataset, config.ranking)
         log.info("test ranking (%s):", results["ranking"]["setup"])
         for line in ranking.format_ranking(results["ranking"]):
             log.info("  %s", line)

@@ -35,12 +35,12 @@ def default_config(task_names: Sequence[str]) -> ml_collections.ConfigDict:
     c.enabled = False
     c.k = 10
     c.relevance_task = ""  # a binary task whose positive labels mark relevant items
-    # Ranking score: sum_t fusion[t] * prediction_t over binary (probability) and
-    # regression (predicted value) tasks.
+    # Ranking score: the fusion of binary (probability) and regression (predicted value)
+    # tasks' predictions with these weights, by fusion_mode: sum (sum_t w_t p_t), log_sum
+    # (sum_t w_t log p_t) or product (prod_t p_t ** w_t, e.g. P(rated) x P(like | rated)).
+    # The offline evaluation and an exported model's /rank (by default; a request may send
+    # its own rule, mtl_jax/serving/ranking.py) both use it.
     c.fusion = ml_collections.ConfigDict({t: 0.0 for t in task_names})
-    # How an exported model's /rank fuses the weights above by default (a request may send
-    # its own rule): sum, log_sum (sum_t w_t log p_t) or product (prod_t p_t ** w_t); see
-    # mtl_jax/serving/ranking.py. The offline evaluation above always sums.
     c.fusion_mode = "sum"
     c.mmr_lambdas = (1.0, 0.9, 0.7, 0.5)  # 1.0 = plain ranking
     c.head_fraction = 0.2  # the most-rated share of train items; the rest is the long tail
@@ -73,6 +73,18 @@ def check_config(c: ml_collections.ConfigDict, tasks: Sequence[TaskSpec]) -> lis
     if not 0.0 < c.head_fraction < 1.0:
         problems.append(f"head_fraction must lie in (0, 1), got {c.head_fraction}")
     return problems
+
+
+def fuse(predictions: dict[str, np.ndarray], weights: dict[str, float], mode: str) -> np.ndarray:
+    """One score per row from task predictions, by ``mode`` (``FUSION_MODES``)."""
+    p = {t: np.asarray(predictions[t], np.float64) for t in weights}
+    if mode == "sum":
+        return sum(w * p[t] for t, w in weights.items())
+    if mode == "log_sum":
+        return sum(w * np.log(np.maximum(p[t], 1e-12)) for t, w in weights.items())
+    if mode == "product":
+        return np.prod([np.maximum(p[t], 0.0) ** w for t, w in weights.items()], axis=0)
+    raise ValueError(f"unknown fusion mode {mode!r}; valid: {FUSION_MODES}")
 
 
 def _pairs(split: Split, user_key: str, item_key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -128,7 +140,7 @@ def evaluate_ranking(
         pair_users = np.repeat(chunk, len(items))
         pair_items = np.tile(items, len(chunk))
         preds = predict(_unlabelled(cat.pair_features(pair_users, pair_items), evaluated))
-        fused = sum(w * preds[t].astype(np.float64) for t, w in weights.items())
+        fused = fuse(preds, weights, c.fusion_mode)
         scores[start : start + len(chunk)] = fused.reshape(len(chunk), len(items))
 
     _, train_items = _pairs(dataset.train, cat.user_key, cat.item_key)

@@ -148,6 +148,7 @@ def _train_seeds(
             num_steps=t.num_steps,
             seed=seeds,
             window_blocks=config.data.get("window_blocks", 64),
+            transform=lead.negatives.train_batch if lead.negatives else None,
         )
 
     abstract = jax.tree.map(
@@ -276,6 +277,7 @@ def _evaluate_stacked(
     veval: Any, trainer: Trainer, params: Any, split: Split
 ) -> list[dict[str, dict[str, float]]]:
     """Every seed's ``{task: {metric: value}}`` on ``split``, from one vmapped pass."""
+    split = trainer.evaluation_split(split)
     predictions, losses = trainer.predict(params, split, veval, batch_axis=1)
     return [
         task_metrics(trainer.tasks, split, {k: v[i] for k, v in predictions.items()}, losses[i])

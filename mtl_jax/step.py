@@ -19,6 +19,7 @@ from flax import traverse_util
 
 from mtl_jax import balancing, sparse_rows
 from mtl_jax import tasks as tasks_lib
+from mtl_jax.data.negatives import OFFSETS
 from mtl_jax.data.schema import bag_mask_name
 from mtl_jax.models import MultiTaskModel
 from mtl_jax.models.model import esmm_tasks
@@ -46,11 +47,13 @@ def task_loss_sums(
     sample_key: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Per-task masked loss sums and label counts, each (T,); ``sample_key`` in training
-    (negative down-sampling), None in evaluation (see ``tasks.masked_loss_sum``)."""
+    (negative down-sampling), None in evaluation (see ``tasks.masked_loss_sum``). A batch's
+    ``logit_offsets`` (mtl_jax/data/negatives.py) are added to those tasks' logits."""
+    offsets = batch.get(OFFSETS, {})  # training with sampled negatives' logQ correction
     pairs = [
         tasks_lib.masked_loss_sum(
             t,
-            logits[t.name],
+            logits[t.name] + offsets[t.name] if t.name in offsets else logits[t.name],
             batch["labels"][t.name],
             batch["masks"][t.name],
             None if sample_key is None else jax.random.fold_in(sample_key, i),

@@ -27,6 +27,7 @@ from mtl_jax import tasks as tasks_lib
 from mtl_jax.balancing.config import rule_from_config
 from mtl_jax.checkpoint import Checkpointer
 from mtl_jax.data import MultiTaskDataset, Split, load_dataset
+from mtl_jax.data import negatives as negatives_lib
 from mtl_jax.data.pipeline import check_batch_divides, eval_batches, train_iterator
 from mtl_jax.data.schema import cross_validation_fold
 from mtl_jax.data.validation import validate_dataset
@@ -64,17 +65,25 @@ def configured_tasks(config: ml_collections.ConfigDict, dataset: MultiTaskDatase
 
 
 def output_biases(
-    tasks: Sequence[TaskSpec], train: Split, esmm: tuple[str, str] = ("", "")
+    tasks: Sequence[TaskSpec],
+    train: Split,
+    esmm: tuple[str, str] = ("", ""),
+    logits: dict[str, float] | None = None,
 ) -> tuple[tuple[float, ...], ...]:
     """Initial output biases that make the untrained model predict the train prior.
 
     Without them a rating head starts near 0 while ratings average ~4, and its huge early
     loss swamps the other tasks' gradients for the first few hundred steps. Under ESMM the
     conversion tower starts at P(ctcvr) / P(ctr), so that its product with pCTR does.
+    ``logits``: binary tasks' starting logits where the train split's labels do not give
+    them (an implicit task trained with sampled negatives, mtl_jax/data/negatives.py).
     """
     ctr, ctcvr = esmm
     out = []
     for task in tasks:
+        if logits and task.name in logits:
+            out.append((float(logits[task.name]),))
+            continue
         prior = train.prior(task)
         if task.name == ctcvr and ctr:
             ctr_rate = train.prior(next(t for t in tasks if t.name == ctr))
@@ -134,6 +143,10 @@ class Trainer:
             raise configlib.ConfigError(text) from e
 
         self.tasks = configured_tasks(config, dataset)
+        self.negatives = negatives_lib.sampler(config, dataset)
+        negative_logits = (
+            {self.negatives.task: self.negatives.initial_logit()} if self.negatives else None
+        )
         self.stages = stages_lib.plan(config)
         self.stage_index = stage
         self.stage = self.stages[stage]
@@ -156,7 +169,7 @@ class Trainer:
             features,
             self.tasks,
             config.model,
-            output_biases(self.tasks, dataset.train, esmm_tasks(config.model)),
+            output_biases(self.tasks, dataset.train, esmm_tasks(config.model), negative_logits),
             text_features=tuple((name, vocab[name]) for name in config.text.features),
             text_dim=text.dim,
             text_encoder=text.bert_config,
@@ -467,7 +480,16 @@ class Trainer:
             num_steps=num_steps or t.num_steps,
             seed=self.config.seed,
             window_blocks=self.config.data.get("window_blocks", 64),
+            transform=self.negatives.train_batch if self.negatives else None,
         )
+
+    def evaluation_split(self, split: Split) -> Split:
+        """``split`` as it is evaluated: with the implicit task's sampled negatives (drawn
+        from the data seed, so every seed of a study is scored on the same rows), or as it
+        is."""
+        if self.negatives is None:
+            return split
+        return self.negatives.evaluation_split(split, configlib.data_seed(self.config))
 
     def predict(
         self, params: Any, split: Split, eval_fn: Callable | None = None, batch_axis: int = 0
@@ -490,7 +512,9 @@ class Trainer:
         return predictions, np.asarray(sums) / np.maximum(np.asarray(counts), 1.0)
 
     def evaluate(self, params: Any, split: Split) -> dict[str, dict[str, float]]:
-        """``{task: {metric: value}}`` on the labelled examples of ``split``."""
+        """``{task: {metric: value}}`` on the labelled examples of ``split`` (with the
+        implicit task's negatives, ``evaluation_split``)."""
+        split = self.evaluation_split(split)
         return task_metrics(self.tasks, split, *self.predict(params, split))
 
 
@@ -509,6 +533,9 @@ def load_run_dataset(config: ml_collections.ConfigDict) -> MultiTaskDataset:
     if config.cv.folds:
         dataset = cross_validation_fold(dataset, config.cv.folds, config.cv.fold, seed)
         log.info("cross-validation: fold %d of %d validates", config.cv.fold, config.cv.folds)
+    n = config.get("negatives")
+    if n is not None and n.task and n.validation_positives:
+        dataset = negatives_lib.with_validation_positives(dataset, n.task)
     return with_lm_prompts(config, dataset)
 
 

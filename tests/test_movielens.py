@@ -243,6 +243,13 @@ def test_movielens_pipeline_trains_offline_on_the_sample(tmp_path):
     assert 0.0 <= results["test"]["genre"]["macro_auc"] <= 1.0
     assert results["ranking"]["setup"]["users"] <= 30
     assert "gauc" in results["test_binary"]["like"]
+    # The implicit task is scored on test positives plus K sampled negatives each, against
+    # the trivial predictor of its training rate 1 / (1 + K).
+    k = config.negatives.per_positive
+    p = 1 / (1 + k)
+    expected = -(p * math.log(p) + (1 - p) * math.log(1 - p))
+    assert results["trivial"]["rated"]["logloss"] == pytest.approx(expected, rel=1e-4)
+    assert 0.0 <= results["test"]["rated"]["auc"] <= 1.0
 
 
 def test_text_templates():

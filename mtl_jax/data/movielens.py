@@ -418,7 +418,9 @@ def build_dataset(
     genres_in_text: bool = False,
 ) -> MultiTaskDataset:
     """MovieLens-100K as a multi-task dataset: rating (regression), like = rating >= 4
-    (binary) and genre (multilabel over ``GENRES``), split by ``temporal_split``.
+    (binary), genre (multilabel over ``GENRES``) and rated ("will this user rate this
+    movie", binary, every row a positive: train it with ``config.negatives``), split by
+    ``temporal_split``.
 
     Inputs: user id, item id, age bucket, gender, occupation, zip prefix, release-decade
     bucket. Genres are not an input (they are a target). ``item_text`` holds "title (year)"
@@ -475,8 +477,9 @@ def build_dataset(
             "rating": data.rating.astype(np.float32),
             "like": (data.rating >= 4).astype(np.float32),
             "genre": genres[it],
+            "rated": ones,
         },
-        masks={"rating": ones, "like": ones, "genre": ones},
+        masks={"rating": ones, "like": ones, "genre": ones, "rated": ones},
     )
     train, val, test = temporal_split(data.user, data.item, data.timestamp)
     subsets, val_subsets = {}, {}
@@ -506,6 +509,9 @@ def build_dataset(
         TaskSpec("rating", "regression"),
         TaskSpec("like", "binary"),
         TaskSpec("genre", "multilabel", num_classes=len(GENRES)),
+        # Implicit feedback: every observed rating is a positive; the negatives are sampled
+        # (config.negatives, mtl_jax/data/negatives.py).
+        TaskSpec("rated", "binary"),
     )
     item_ids = np.asarray(sorted(data.item_title), np.int64)
     catalogue = Catalogue(

@@ -22,6 +22,7 @@ from mtl_jax.data.schema import Split
 from mtl_jax.data.streaming import StreamedSplit
 
 Batch = dict[str, dict[str, np.ndarray]]
+BatchTransform = Callable[[Batch, int, int], Batch]  # (batch, step, seed) -> batch
 
 
 def process_slice(global_batch_size: int) -> slice:
@@ -76,6 +77,17 @@ class _EpochBatchGather:
         return jax.tree.map(lambda col: col[index], self._columns)
 
 
+class _Transformed:
+    """A gather whose batches pass through ``transform(batch, step, seed)`` (e.g. appending
+    sampled negatives, mtl_jax/data/negatives.py)."""
+
+    def __init__(self, gather: Callable[[int], Batch], transform: BatchTransform, seed: int):
+        self._gather, self._transform, self._seed = gather, transform, seed
+
+    def __call__(self, step: int) -> Batch:
+        return self._transform(self._gather(step), int(step), self._seed)
+
+
 class _StackedGather:
     """Several seeds' batches of one step, stacked on a new leading (seed) axis."""
 
@@ -95,18 +107,22 @@ def train_iterator(
     num_threads: int = 2,
     prefetch: int = 8,
     window_blocks: int = 64,
+    transform: BatchTransform | None = None,
 ) -> grain.DatasetIterator:
     """A checkpointable iterator over ``num_steps`` local shards of shuffled global batches.
 
     ``seed`` a sequence of S seeds: each step yields S batches stacked on a leading axis,
     the i-th exactly the batch that ``seed=seed[i]`` yields (training seeds in parallel).
     A ``StreamedSplit`` (prepared shards) is shuffled ``window_blocks`` blocks at a time
-    (mtl_jax/data/streaming.py)."""
+    (mtl_jax/data/streaming.py). ``transform(batch, step, seed)`` rewrites each seed's
+    batch of this process after it is gathered."""
 
     def one(s: int) -> Callable[[int], Batch]:
         if isinstance(split, StreamedSplit):
-            return split.step_gather(batch_size, s, window_blocks)
-        return _EpochBatchGather(split.columns(), batch_size, s, process_slice(batch_size))
+            gather = split.step_gather(batch_size, s, window_blocks)
+        else:
+            gather = _EpochBatchGather(split.columns(), batch_size, s, process_slice(batch_size))
+        return gather if transform is None else _Transformed(gather, transform, s)
 
     gather = _StackedGather([one(s) for s in seed]) if isinstance(seed, Sequence) else one(seed)
     dataset = grain.MapDataset.range(num_steps).map(gather)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from mtl_jax import metrics
-from mtl_jax.ranking import FUSION_MODES, RANKABLE_KINDS
+from mtl_jax.ranking import FUSION_MODES, RANKABLE_KINDS, fuse
 from mtl_jax.serving.rows import RequestError, finite_number
 
 
@@ -81,13 +81,7 @@ class Fusion:
     def __call__(
         self, predictions: Mapping[str, np.ndarray], times: np.ndarray | None = None
     ) -> np.ndarray:
-        p = {t: np.asarray(predictions[t], np.float64) for t in self.weights}
-        if self.mode == "sum":
-            score = sum(w * p[t] for t, w in self.weights.items())
-        elif self.mode == "log_sum":
-            score = sum(w * np.log(np.maximum(p[t], 1e-12)) for t, w in self.weights.items())
-        else:
-            score = np.prod([np.maximum(p[t], 0.0) ** w for t, w in self.weights.items()], axis=0)
+        score = fuse(predictions, self.weights, self.mode)
         if times is not None and self.mode == "log_sum":
             score = score + np.log(np.maximum(times, 1e-12))
         elif times is not None:
