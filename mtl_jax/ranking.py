@@ -57,9 +57,11 @@ def check_config(c: ml_collections.ConfigDict, tasks: Sequence[TaskSpec]) -> lis
     if kinds.get(c.relevance_task) != "binary":
         binary = [n for n, k in kinds.items() if k == "binary"]
         problems.append(f"relevance_task {c.relevance_task!r} must be a binary task: {binary}")
-    unknown = sorted(set(c.fusion) - set(kinds))
+    # A config file's fusion lists every task it defines; a run that drops one (weight 0)
+    # is fine, weighting a task the run lacks is not.
+    unknown = sorted(t for t, w in c.fusion.items() if t not in kinds and float(w) != 0.0)
     if unknown:
-        problems.append(f"fusion names unknown tasks {unknown}; tasks: {list(kinds)}")
+        problems.append(f"fusion weights tasks this run lacks {unknown}; tasks: {list(kinds)}")
     weighted = {t: float(w) for t, w in c.fusion.items() if t in kinds and float(w) != 0.0}
     if not weighted:
         problems.append("fusion gives every task weight 0; set e.g. fusion.like=1.0")

@@ -370,3 +370,17 @@ def test_a_file_that_is_not_text_names_file_and_line(tmp_path):
         f.write(b"3\t30\tM\t\xff\xfe\t1\n")
     with pytest.raises(movielens.DataFormatError, match=r"ml-100k.user:4: not utf-8 text"):
         movielens.load(tmp_path)
+
+
+def test_every_movielens_variant_fits_the_dataset():
+    """Each declared variant of configs/movielens.py passes the checks against the data
+    (task names, fusion weights, negatives), not only the config-only checks."""
+    from configs import movielens as movielens_config
+    from mtl_jax import configlib
+    from mtl_jax.data import load_dataset
+
+    for variant in movielens_config.VARIANTS:
+        config = movielens_config.get_config(variant or None)
+        config.data.data_dir = str(SAMPLE)
+        configlib.validate(config)
+        configlib.validate_against_dataset(config, load_dataset(config.data, config.seed))
