@@ -9,7 +9,9 @@ mtl_jax/sweeps.py). Resumable: rerun the same command; finished cells are skippe
 interrupted cell resumes from its checkpoint. ``--parallel_seeds`` (default) trains a cell's
 seeds together in one vmapped step (mtl_jax/seeds.py); simulated datasets are drawn from
 the seed, so pin the draw with ``--config.data_seed=0`` or pass ``--noparallel_seeds``.
-``--report_only`` rebuilds the tables and plots from what has finished.
+``--report_only`` rebuilds the tables and plots from what has finished. ``--paired=CELL``
+adds ``paired.md``: every cell's test delta-m% minus CELL's, seed by seed, with 95% t
+intervals (which differences are beyond seed noise).
 
 Writes into the workdir: ``<cell>/seed_<s>/`` runs, ``table.md|csv|tex``, ``metrics.png``,
 ``pareto.png``, ``conflict.png``, ``sweep_status.json``.
@@ -36,6 +38,9 @@ _JOBS = flags.DEFINE_integer("jobs", 1, "Cells trained at once, each in its own 
 _REFERENCE = flags.DEFINE_string("reference", "single_task", "Cell that delta-m% compares to.")
 _METRICS = flags.DEFINE_list("metrics", [], "task/metric columns (default: every test metric).")
 _PARETO = flags.DEFINE_list("pareto", [], "Two task/metric columns for the Pareto plot.")
+_PAIRED = flags.DEFINE_string(
+    "paired", "", "A cell (e.g. mmoe-ew) every other cell is compared with seed by seed."
+)
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rebuild tables and plots.")
 _PLOTS = flags.DEFINE_bool("plots", True, "Write the PNG plots (needs matplotlib).")
 _XLA_CACHE = flags.DEFINE_string("compilation_cache", "default", compilation_cache.FLAG_HELP)
@@ -58,6 +63,11 @@ def report(workdir: pathlib.Path) -> ablation.Summary:
         pareto = [tuple(c.split("/", 1)) for c in _PARETO.value]
         paths += ablation_plots.write_plots(summary, workdir, pareto)
     print(ablation.markdown(summary))
+    if _PAIRED.value:
+        text = ablation.markdown_paired(ablation.paired(summary, _PAIRED.value), _PAIRED.value)
+        (workdir / "paired.md").write_text(text)
+        paths.append(workdir / "paired.md")
+        print(text)
     logging.getLogger("mtl_jax").info("wrote %s", ", ".join(str(p) for p in paths))
     return summary
 

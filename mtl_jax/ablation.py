@@ -238,6 +238,81 @@ def markdown(summary: Summary) -> str:
     return "\n".join(lines) + "\n"
 
 
+def seed_delta_m(cell: CellResults, summary: Summary) -> dict[int, float]:
+    """Each finished seed's test delta-m% against the reference cell's mean."""
+    ref = next(c for c in summary.cells if c.name == summary.reference)
+    ref_means = {col: ref.mean("test", col) for col in summary.columns}
+    return {
+        seed: delta_m(
+            {col: run["test"][col[0]][col[1]] for col in summary.columns},
+            ref_means,
+            summary.columns,
+        )
+        for seed, run in zip(cell.seeds, cell.runs, strict=True)
+    }
+
+
+def paired(summary: Summary, baseline: str) -> list[dict[str, Any]]:
+    """Every finished cell against ``baseline`` on the seeds both finished: the per-seed
+    differences of test delta-m% (the same seed is the same initialisation and data order,
+    so the pair cancels what the seed alone moves), their mean, 95% t interval and the
+    number of seeds where the cell is better."""
+    from scipy import stats
+
+    cells = {c.name: c for c in summary.cells if c.runs}
+    if baseline not in cells:
+        raise ValueError(f"no finished baseline cell {baseline!r}; finished: {list(cells)}")
+    base = seed_delta_m(cells[baseline], summary)
+    out = []
+    for name, cell in cells.items():
+        if name in (baseline, summary.reference):
+            continue
+        mine = seed_delta_m(cell, summary)
+        common = sorted(set(mine) & set(base))
+        diffs = [mine[s] - base[s] for s in common]
+        mean = statistics.mean(diffs) if diffs else float("nan")
+        half = float("nan")
+        if len(diffs) > 1:
+            sem = statistics.stdev(diffs) / len(diffs) ** 0.5
+            half = float(stats.t.ppf(0.975, len(diffs) - 1)) * sem
+        out.append(
+            {
+                "cell": name,
+                "seeds": len(common),
+                "mean": mean,
+                "low": mean - half,
+                "high": mean + half,
+                "better": sum(d > 0 for d in diffs),
+                "differences": dict(zip(common, diffs, strict=True)),
+            }
+        )
+    return out
+
+
+def markdown_paired(rows: Sequence[dict[str, Any]], baseline: str) -> str:
+    """The paired comparison as Markdown, saying which intervals exclude zero."""
+    header = ["cell", "paired seeds", f"Δm% − {baseline} (mean, 95% CI)", "seeds better"]
+    table = []
+    for r in rows:
+        beyond = r["low"] > 0 or r["high"] < 0
+        mark = "**" if beyond else ""
+        table.append(
+            [
+                r["cell"],
+                str(r["seeds"]),
+                f"{mark}{r['mean']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}]{mark}",
+                f"{r['better']}/{r['seeds']}",
+            ]
+        )
+    lines = reporting.markdown_table(header, table)
+    lines += [
+        "",
+        f"Per seed: the cell's test Δm% minus `{baseline}`'s with the same seed; bold: the "
+        "95% t interval excludes zero (beyond seed noise).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def write_csv(summary: Summary, path: str | pathlib.Path) -> None:
     """One row per cell, means and stds in separate columns (for spreadsheets and pandas)."""
     fields = ["cell", *summary.axes, "seeds"]

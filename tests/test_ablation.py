@@ -27,6 +27,39 @@ def test_delta_m_by_hand():
     assert ablation.delta_m(ref, ref, columns) == 0.0
 
 
+def test_paired_differences_by_hand():
+    """Seed-by-seed delta-m% differences against a baseline cell, their mean, t interval
+    and wins, computed here from the metrics directly."""
+
+    def run(auc: float) -> dict:
+        m = {"click": {"auc": auc}}
+        return {"test": m, "validation": m, "config": {"balancing": {"method": "ew"}, "tasks": []},
+                "commit": "0" * 12, "wall_time_s": 1.0}  # fmt: skip
+
+    ref = ablation.CellResults("single_task", {}, [0, 1, 2], [run(0.8)] * 3)
+    base = ablation.CellResults("mmoe-ew", {}, [0, 1, 2], [run(a) for a in (0.80, 0.82, 0.81)])
+    # Seed 3 has no baseline partner: it is left out of the pairs.
+    other = ablation.CellResults(
+        "mmoe-pcgrad", {}, [0, 1, 2, 3], [run(a) for a in (0.81, 0.84, 0.80, 0.9)]
+    )
+    summary = ablation.summarize([ref, base, other], metrics=["click/auc"])
+    (row,) = ablation.paired(summary, "mmoe-ew")
+    diffs = [100 * (a - b) / 0.8 for a, b in ((0.81, 0.80), (0.84, 0.82), (0.80, 0.81))]
+    assert row["seeds"] == 3 and row["better"] == 2
+    assert row["mean"] == pytest.approx(sum(diffs) / 3)
+    import statistics
+
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, 2) * statistics.stdev(diffs) / 3**0.5
+    assert row["low"] == pytest.approx(sum(diffs) / 3 - half)
+    assert row["high"] == pytest.approx(sum(diffs) / 3 + half)
+    text = ablation.markdown_paired([row], "mmoe-ew")
+    assert "mmoe-pcgrad" in text and "2/3" in text and "**" not in text.splitlines()[2]
+    with pytest.raises(ValueError, match="no finished baseline cell 'nope'"):
+        ablation.paired(summary, "nope")
+
+
 def test_pareto_front_matches_brute_force():
     points = [(0.1, 0.9), (0.5, 0.5), (0.4, 0.4), (0.9, 0.1), (0.5, 0.2), (0.1, 0.9)]
     expected = [
