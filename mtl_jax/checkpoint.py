@@ -81,6 +81,7 @@ ADDED_KEYS = {
     "data.prepared": "",
     "data.window_blocks": 64,
     "ranking.fusion_mode": "sum",
+    "data.cold_item_fraction": 0.0,
     "negatives.task": "",
     "negatives.per_positive": 4,
     "negatives.sampling": "uniform",

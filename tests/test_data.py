@@ -155,3 +155,28 @@ def test_process_sharding_uses_grain_options(monkeypatch, dataset):
         joined = np.sort(np.concatenate([h[step]["features"]["user_id"] for h in halves]))
         np.testing.assert_array_equal(joined, np.sort(full[step]["features"]["user_id"]))
         assert len(halves[0][step]["features"]["user_id"]) == 50
+
+
+def test_cold_items_appear_only_in_their_held_out_split():
+    """cold_item_fraction: the test-cold items' rows are all in test (none in train or
+    validation), the validation-cold items' all in validation; the subsets name them."""
+    kw = dict(num_users=300, num_items=200, num_impressions=20_000, num_brands=20)
+    ds = simulate_ecommerce(seed=3, cold_item_fraction=0.1, **kw)
+    plain = simulate_ecommerce(seed=3, **kw)
+    assert sum(ds.sizes().values()) == sum(plain.sizes().values())  # rows only move
+    test_items = ds.test.features["item_id"]
+    cold = np.unique(test_items[ds.test_subsets["cold_items"]])
+    val_cold = np.unique(ds.validation.features["item_id"][ds.validation_subsets["cold_items"]])
+    assert len(cold) == len(val_cold) == 20 and not set(cold) & set(val_cold)
+    train_items = set(ds.train.features["item_id"].tolist())
+    assert not train_items & set(cold.tolist()) and not train_items & set(val_cold.tolist())
+    assert not set(ds.validation.features["item_id"].tolist()) & set(cold.tolist())
+    assert not set(test_items.tolist()) & set(val_cold.tolist())
+    warm = test_items[ds.test_subsets["warm_items"]]
+    assert not set(warm.tolist()) & set(cold.tolist())
+    assert len(ds.test_subsets["cold_items"]) + len(warm) == len(ds.test)
+    # Every row of a cold item is in test: as many as the item has in the whole log.
+    all_items = np.concatenate(
+        [getattr(plain, s).features["item_id"] for s in ("train", "validation", "test")]
+    )
+    assert np.isin(all_items, cold).sum() == len(ds.test_subsets["cold_items"])

@@ -23,7 +23,14 @@ import math
 
 import numpy as np
 
-from mtl_jax.data.schema import Catalogue, FeatureSpec, MultiTaskDataset, Split, random_split
+from mtl_jax.data.schema import (
+    Catalogue,
+    FeatureSpec,
+    MultiTaskDataset,
+    Split,
+    hold_out_items,
+    random_split,
+)
 from mtl_jax.data.simulation import calibrate_bias as _calibrate_bias
 from mtl_jax.data.simulation import sigmoid as _sigmoid
 from mtl_jax.data.simulation import standardize as _standardize
@@ -85,6 +92,7 @@ def simulate_ecommerce(
     rating_noise: float = 0.6,
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
+    cold_item_fraction: float = 0.0,
     seed: int = 0,
 ) -> MultiTaskDataset:
     """Simulates impressions with click, purchase, rating and category labels.
@@ -94,6 +102,12 @@ def simulate_ecommerce(
     purchase given click, labelled on clicked impressions only (a conventional CVR model's
     training data); its oracle is P(purchase | click) on every impression, so a CVR model
     can be judged on the entire space, as ESMM (Ma et al. 2018) argues it must be.
+
+    Cold start: with ``cold_item_fraction`` > 0, that fraction of the items (drawn with
+    ``seed``) appears only in test and as many only in validation
+    (``schema.hold_out_items``); ``test_subsets`` / ``validation_subsets`` name the rows of
+    cold and warm items. There the category task is a real question: an unseen item's
+    category from its brand, price and title, not from an id seen in training.
     """
     if not -1.0 <= task_correlation <= 1.0:
         raise ValueError(f"task_correlation must lie in [-1, 1], got {task_correlation}")
@@ -213,6 +227,11 @@ def simulate_ecommerce(
     }
     everything = Split(features, labels, masks, oracle)
     train, val, test = random_split(num_impressions, val_fraction, test_fraction, rng)
+    subsets, val_subsets = {}, {}
+    if cold_item_fraction > 0:
+        train, val, test, subsets, val_subsets = hold_out_items(
+            item, train, val, test, cold_item_fraction, seed
+        )
 
     feature_specs = (
         FeatureSpec("user_id", num_users),
@@ -253,4 +272,6 @@ def simulate_ecommerce(
         test=everything.take(test),
         item_text=item_text,
         catalogue=catalogue,
+        test_subsets=subsets,
+        validation_subsets=val_subsets,
     )

@@ -28,7 +28,7 @@ import numpy as np
 
 from mtl_jax import paths
 from mtl_jax.data.fetch import FetchError
-from mtl_jax.data.schema import Catalogue, FeatureSpec, MultiTaskDataset, Split
+from mtl_jax.data.schema import Catalogue, FeatureSpec, MultiTaskDataset, Split, hold_out_items
 from mtl_jax.errors import DataFormatError
 from mtl_jax.tasks import TaskSpec
 
@@ -399,18 +399,6 @@ def user_text(ml: MovieLens, user: int) -> str:
     return " ".join([article, *(w for w in words if w)])
 
 
-def cold_items(items: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Two disjoint seeded draws of ``fraction`` of the item ids in ``items`` (sorted): the
-    movies held out for test, and as many held out for validation, so that cold-start
-    choices can be made on validation cold movies without looking at test."""
-    if not 0.0 <= fraction < 0.5:
-        raise ValueError(f"cold_item_fraction must lie in [0, 0.5), got {fraction}")
-    unique = np.unique(items)
-    count = int(round(fraction * len(unique)))
-    drawn = np.random.default_rng(seed).choice(unique, size=2 * count, replace=False)
-    return np.sort(drawn[:count]), np.sort(drawn[count:])
-
-
 def build_dataset(
     data_dir: str = "",
     seed: int = 0,
@@ -484,21 +472,9 @@ def build_dataset(
     train, val, test = temporal_split(data.user, data.item, data.timestamp)
     subsets, val_subsets = {}, {}
     if cold_item_fraction > 0:
-        test_items, val_items = cold_items(data.item, cold_item_fraction, seed)
-        cold, val_cold = np.isin(data.item, test_items), np.isin(data.item, val_items)
-        rows = np.arange(len(cold))
-        train = train[~cold[train] & ~val_cold[train]]
-        val = np.sort(np.concatenate([val[~cold[val]], rows[val_cold & ~np.isin(rows, val)]]))
-        test = test[~val_cold[test]]
-        test = np.sort(np.concatenate([test, rows[cold & ~np.isin(rows, test)]]))
-        subsets = {
-            "cold_items": np.flatnonzero(cold[test]),
-            "warm_items": np.flatnonzero(~cold[test]),
-        }
-        val_subsets = {
-            "cold_items": np.flatnonzero(val_cold[val]),
-            "warm_items": np.flatnonzero(~val_cold[val]),
-        }
+        train, val, test, subsets, val_subsets = hold_out_items(
+            data.item, train, val, test, cold_item_fraction, seed
+        )
     specs = (
         FeatureSpec("user_id", num_users), FeatureSpec("item_id", num_items),
         FeatureSpec("age", len(AGE_EDGES) + 1), FeatureSpec("gender", 2),

@@ -165,6 +165,46 @@ class MultiTaskDataset:
         return {s: len(self.split(s)) for s in ("train", "validation", "test")}
 
 
+def cold_items(items: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint seeded draws of ``fraction`` of the item ids in ``items`` (sorted): the
+    items held out for test, and as many held out for validation, so that cold-start
+    choices can be made on validation cold items without looking at test."""
+    if not 0.0 <= fraction < 0.5:
+        raise ValueError(f"cold_item_fraction must lie in [0, 0.5), got {fraction}")
+    unique = np.unique(items)
+    count = int(round(fraction * len(unique)))
+    drawn = np.random.default_rng(seed).choice(unique, size=2 * count, replace=False)
+    return np.sort(drawn[:count]), np.sort(drawn[count:])
+
+
+def hold_out_items(
+    item_column: np.ndarray,
+    train: np.ndarray,
+    val: np.ndarray,
+    test: np.ndarray,
+    fraction: float,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict, dict]:
+    """The cold-start protocol on row indices: ``cold_items`` draws the test and validation
+    cold items; every row of a test-cold item, from any split, goes to test only, every row
+    of a validation-cold item to validation only, so training never sees them. Returns the
+    new (sorted) train, validation and test rows and the ``cold_items`` / ``warm_items``
+    row subsets of test and of validation."""
+    test_items, val_items = cold_items(item_column, fraction, seed)
+    cold, val_cold = np.isin(item_column, test_items), np.isin(item_column, val_items)
+    rows = np.arange(len(item_column))
+    train = train[~cold[train] & ~val_cold[train]]
+    val = np.sort(np.concatenate([val[~cold[val]], rows[val_cold & ~np.isin(rows, val)]]))
+    test = test[~val_cold[test]]
+    test = np.sort(np.concatenate([test, rows[cold & ~np.isin(rows, test)]]))
+    subsets = {"cold_items": np.flatnonzero(cold[test]), "warm_items": np.flatnonzero(~cold[test])}
+    val_subsets = {
+        "cold_items": np.flatnonzero(val_cold[val]),
+        "warm_items": np.flatnonzero(~val_cold[val]),
+    }
+    return train, val, test, subsets, val_subsets
+
+
 def random_split(
     n: int, val_fraction: float, test_fraction: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
