@@ -164,7 +164,8 @@ def _report(runs: dict, names: list[str], num_seeds: int, commit: str) -> None:
         cells = []
         for m in metrics:
             x = np.array([r[m] for r in runs[v]])
-            cells.append("-" if np.isnan(x).all() else f"{x.mean():.4f} +- {x.std():.4f}")
+            std = x.std(ddof=1) if len(x) > 1 else 0.0
+            cells.append("-" if np.isnan(x).all() else f"{x.mean():.4f} +- {std:.4f}")
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
     lines += [
         "",
