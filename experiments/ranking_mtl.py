@@ -154,7 +154,8 @@ def _report(runs: dict, names: list[str], num_seeds: int, commit: str) -> None:
         f"is fixed), report written at commit {commit}; each run's commit is in the JSON:",
         "",
         "```bash",
-        f"python experiments/ranking_mtl.py --seeds={len(seeds)} --workdir={_WORKDIR.value}",
+        f"python experiments/ranking_mtl.py --seeds={len(seeds)} --workdir={_WORKDIR.value}"
+        + (f" --variants={','.join(names)}" if _VARIANTS.value else ""),
         "```",
         "",
         "| variant | " + " | ".join(metrics) + " |",
