@@ -194,7 +194,10 @@ def test_movielens_config_trains_smoke(tmp_path, monkeypatch):
     config.train.num_steps = 20
     config.train.update(eval_every=10, checkpoint_every=10)
     results = train_and_evaluate(config, str(tmp_path))
-    assert results["dataset_sizes"] == {"train": 79122, "validation": 10439, "test": 10439}
+    # The rated task's validation positives join the train split (negatives.validation_positives).
+    assert results["dataset_sizes"] == {
+        "train": 79122 + 10439, "validation": 10439, "test": 10439,
+    }  # fmt: skip
     assert results["test"]["rating"]["rmse"] < results["trivial"]["rating"]["rmse"]
     assert results["test"]["genre"]["macro_auc"] > 0.5
     ranking = results["ranking"]
@@ -238,7 +241,8 @@ def test_movielens_pipeline_trains_offline_on_the_sample(tmp_path):
     config.data.data_dir = str(SAMPLE)
     config.train.update(num_steps=30, eval_every=10, checkpoint_every=10, batch_size=128)
     results = train_and_evaluate(config, str(tmp_path))
-    assert results["dataset_sizes"] == {"train": 3125, "validation": 408, "test": 408}
+    # The rated task's validation positives join the train split (negatives.validation_positives).
+    assert results["dataset_sizes"] == {"train": 3125 + 408, "validation": 408, "test": 408}
     assert results["test"]["rating"]["rmse"] < results["trivial"]["rating"]["rmse"]
     assert 0.0 <= results["test"]["genre"]["macro_auc"] <= 1.0
     assert results["ranking"]["setup"]["users"] <= 30

@@ -99,11 +99,10 @@ def test_vmapped_seeds_with_sampled_negatives_equal_separate_runs(tmp_path):
     config.train.update(num_steps=8, eval_every=4, checkpoint_every=4, batch_size=64)
     config.ranking.enabled = False
     together = train_seeds(config, SEEDS, tmp_path / "vmap")
-    for i, seed in enumerate(SEEDS):
-        alone = train_and_evaluate(seed_config(config, seed), str(tmp_path / f"alone_{seed}"))
-        for task in ("rated", "rating"):
-            for name, value in alone["test"][task].items():
-                assert together[i]["test"][task][name] == pytest.approx(value, rel=1e-4), (
-                    seed, task, name,
-                )  # fmt: skip
+    # The second seed alone (the first's draws could pass for everyone's): one run is enough.
+    seed = SEEDS[1]
+    alone = train_and_evaluate(seed_config(config, seed), str(tmp_path / f"alone_{seed}"))
+    for task in ("rated", "rating"):
+        for name, value in alone["test"][task].items():
+            assert together[1]["test"][task][name] == pytest.approx(value, rel=1e-4), (task, name)
     assert together[0]["test"]["rated"] != together[1]["test"]["rated"]
