@@ -144,7 +144,7 @@ def final_results(
     test_predictions, test_losses = trainer.predict(best_params, test_split)
     test = task_metrics(trainer.tasks, test_split, test_predictions, test_losses)
     negatives = trainer.negatives
-    priors = {negatives.task: 1.0 / (1 + negatives.per_positive)} if negatives else None
+    priors = {negatives.task: negatives.positive_rate} if negatives else None
     oracle, trivial = reference_metrics(trainer.tasks, dataset, test_split, priors)
     results = {
         "config": configlib.to_dict(config),
@@ -198,19 +198,17 @@ def final_results(
         negatives = config.get("negatives")
         # Validation ranking (for choosing ranking settings on validation), unless the
         # implicit task trained on the validation interactions.
+        splits = {"ranking": "test"}
         if not (negatives and negatives.task and negatives.validation_positives):
-            log.info("ranking the catalogue for every validation user ...")
-            results["validation_ranking"] = ranking.evaluate_ranking(
-                predict, dataset, config.ranking, split="validation"
+            splits = {"validation_ranking": "validation", **splits}
+        for key, split_name in splits.items():
+            log.info("ranking the catalogue for every %s user ...", split_name)
+            results[key] = ranking.evaluate_ranking(
+                predict, dataset, config.ranking, split=split_name
             )
-            log.info("validation ranking (%s):", results["validation_ranking"]["setup"])
-            for line in ranking.format_ranking(results["validation_ranking"]):
+            log.info("%s ranking (%s):", split_name, results[key]["setup"])
+            for line in ranking.format_ranking(results[key]):
                 log.info("  %s", line)
-        log.info("ranking the catalogue for every test user ...")
-        results["ranking"] = ranking.evaluate_ranking(predict, dataset, config.ranking)
-        log.info("test ranking (%s):", results["ranking"]["setup"])
-        for line in ranking.format_ranking(results["ranking"]):
-            log.info("  %s", line)
     return results
 
 

@@ -25,6 +25,7 @@ they are not filtered.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import ml_collections
@@ -107,45 +108,41 @@ class NegativeSampler:
             q = np.maximum(counts, 1).astype(np.float64) ** float(c.popularity_power)
         return cls(c.task, cat, items, q / q.sum(), int(c.per_positive), bool(c.logq_correction))
 
-    def _q_of(self, item_ids: np.ndarray) -> np.ndarray:
+    @functools.cached_property
+    def _q_by_id(self) -> np.ndarray:
         lookup = np.zeros(int(self.items.max()) + 1)
         lookup[self.items] = self.probabilities
-        return lookup[np.asarray(item_ids, np.int64)]
+        return lookup
 
     def offsets(self, item_ids: np.ndarray) -> np.ndarray:
         """``-log(K Q(item))`` per row: what the train step adds to the task's logits."""
-        q = np.maximum(self._q_of(item_ids), 1e-30)
+        q = np.maximum(self._q_by_id[np.asarray(item_ids, np.int64)], 1e-30)
         return (-np.log(self.per_positive * q)).astype(np.float32)
 
-    def _negative_rows(self, split: Batch, rng: np.random.Generator) -> tuple[Batch, np.ndarray]:
-        """``per_positive`` negative rows for each positive row of the task in ``split``."""
-        features, labels, masks = split["features"], split["labels"], split["masks"]
-        positive = (masks[self.task] > 0) & (labels[self.task] > 0.5)
-        users = np.asarray(features[self.catalogue.user_key])[positive]
+    def _negative_rows(self, split: Split, rng: np.random.Generator, q: np.ndarray) -> Split:
+        """``per_positive`` negative rows, items drawn from ``q``, for each positive row of
+        the task in ``split`` (the simulator's oracle is unknown for a drawn pair: NaN)."""
+        positive = (split.masks[self.task] > 0) & (split.labels[self.task] > 0.5)
+        users = np.asarray(split.features[self.catalogue.user_key])[positive]
         users = np.repeat(users, self.per_positive)
-        drawn = self.items[rng.choice(len(self.items), size=len(users), p=self.probabilities)]
+        drawn = self.items[rng.choice(len(self.items), size=len(users), p=q)]
         pair = self.catalogue.pair_features(users.astype(np.int64), drawn)
-        missing = sorted(set(features) - set(pair))
+        missing = sorted(set(split.features) - set(pair))
         if missing:
             raise ValueError(
                 f"negatives: the catalogue has no feature table for {missing}, so negative "
                 f"rows cannot be built; it has {sorted(pair)}"
             )
         n = len(users)
-        zeros = lambda col: np.zeros((n, *col.shape[1:]), col.dtype)
-        rows = {
-            "features": {k: pair[k].astype(col.dtype) for k, col in features.items()},
-            "labels": {k: zeros(col) for k, col in labels.items()},
-            "masks": {k: zeros(col) for k, col in masks.items()},
-        }
-        rows["masks"][self.task][:] = 1
-        return rows, drawn
-
-    def _joined(self, batch: Batch, rows: Batch) -> Batch:
-        return {
-            group: {k: np.concatenate([batch[group][k], rows[group][k]]) for k in batch[group]}
-            for group in ("features", "labels", "masks")
-        }
+        zeros = lambda col: np.zeros((n, *col.shape[1:]), col.dtype)  # noqa: E731
+        masks = {k: zeros(col) for k, col in split.masks.items()}
+        masks[self.task][:] = 1
+        return Split(
+            {k: pair[k].astype(col.dtype) for k, col in split.features.items()},
+            {k: zeros(col) for k, col in split.labels.items()},
+            masks,
+            {k: np.full((n, *v.shape[1:]), np.nan, v.dtype) for k, v in split.oracle.items()},
+        )
 
     def train_batch(self, batch: Batch, step: int, seed: int) -> Batch:
         """The batch with its negatives appended (and the task's logit offsets under the
@@ -153,8 +150,8 @@ class NegativeSampler:
         import jax  # noqa: PLC0415 - only the train pipeline needs the process index
 
         rng = np.random.default_rng([seed, int(step), jax.process_index()])
-        rows, _ = self._negative_rows(batch, rng)
-        out = self._joined(batch, rows)
+        positives = Split(batch["features"], batch["labels"], batch["masks"])
+        out = positives.joined(self._negative_rows(positives, rng, self.probabilities)).columns()
         if self.logq_correction:
             out[OFFSETS] = {self.task: self.offsets(out["features"][self.catalogue.item_key])}
         return out
@@ -165,21 +162,18 @@ class NegativeSampler:
         the usual sampled one (positives against random catalogue items) and compares runs
         trained with different samplers."""
         rng = np.random.default_rng([seed, len(split), _EVAL_STREAM])
-        flat = np.full(len(self.items), 1 / len(self.items))
-        uniform = dataclasses.replace(self, probabilities=flat)
-        rows, _ = uniform._negative_rows(split.columns(), rng)
-        joined = self._joined(split.columns(), rows)
-        n = len(rows["masks"][self.task])
-        oracle = {  # the simulator's truth is unknown for a drawn pair
-            k: np.concatenate([v, np.full((n, *v.shape[1:]), np.nan, v.dtype)])
-            for k, v in split.oracle.items()
-        }
-        return Split(joined["features"], joined["labels"], joined["masks"], oracle)
+        uniform = np.full(len(self.items), 1 / len(self.items))
+        return split.joined(self._negative_rows(split, rng, uniform))
+
+    @property
+    def positive_rate(self) -> float:
+        """The task's positive share of training batches and evaluation splits: 1 / (1 + K)."""
+        return 1.0 / (1 + self.per_positive)
 
     def initial_logit(self) -> float:
         """The head's starting logit: the positive rate of training batches, 1 / (1 + K),
         less the mean offset over Q's draws (so that logit + offset starts there)."""
-        rate = 1.0 / (1 + self.per_positive)
+        rate = self.positive_rate
         logit = float(np.log(rate / (1 - rate)))
         if not self.logq_correction:
             return logit
@@ -201,14 +195,8 @@ def with_validation_positives(dataset: MultiTaskDataset, task: str) -> MultiTask
     baselines fitted on train + validation do."""
     val = dataset.validation
     masks = {k: np.zeros_like(m) if k != task else m for k, m in val.masks.items()}
-    extra = Split(val.features, val.labels, masks, val.oracle)
-    train = dataset.train
-    joined = {
-        group: {k: np.concatenate([getattr(train, group)[k], getattr(extra, group)[k]])
-                for k in getattr(train, group)}
-        for group in ("features", "labels", "masks", "oracle")
-    }  # fmt: skip
+    train = dataset.train.joined(Split(val.features, val.labels, masks, val.oracle))
     times = dict(dataset.times)
     if "train" in times and "validation" in times:
         times["train"] = np.concatenate([times["train"], times["validation"]])
-    return dataclasses.replace(dataset, train=Split(**joined), times=times)
+    return dataclasses.replace(dataset, train=train, times=times)

@@ -84,6 +84,16 @@ class Split:
         mask = self.masks[task.name] > 0
         return label_prior(task, self.labels[task.name][mask])
 
+    def joined(self, other: Split) -> Split:
+        """This split's rows followed by ``other``'s (the same columns)."""
+        cat = lambda a, b: {k: np.concatenate([a[k], b[k]]) for k in a}  # noqa: E731
+        return Split(
+            cat(self.features, other.features),
+            cat(self.labels, other.labels),
+            cat(self.masks, other.masks),
+            cat(self.oracle, other.oracle),
+        )
+
     def take(self, index: np.ndarray) -> Split:
         pick = lambda d: {k: v[index] for k, v in d.items()}
         return Split(pick(self.features), pick(self.labels), pick(self.masks), pick(self.oracle))
