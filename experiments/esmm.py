@@ -32,7 +32,6 @@ import sys
 import jax
 import numpy as np
 from absl import app, flags
-from scipy import stats
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -118,9 +117,10 @@ def _measure(variant: str, seed: int) -> dict[str, float]:
 
 
 def _ci(diffs: np.ndarray) -> tuple[float, float, float]:
-    mean = float(diffs.mean())
-    half = float(stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / np.sqrt(len(diffs)))
-    return mean, mean - half, mean + half
+    from mtl_jax import reporting
+
+    ci = reporting.paired_interval(diffs)
+    return ci["mean"], ci["low"], ci["high"]
 
 
 def main(argv: list[str]) -> None:

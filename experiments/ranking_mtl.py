@@ -31,7 +31,6 @@ import sys
 
 import numpy as np
 from absl import app, flags
-from scipy import stats
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -112,11 +111,10 @@ def _measure(variant: str, seed: int) -> dict[str, float]:
 
 
 def _ci(diffs: np.ndarray) -> tuple[float, float, float]:
-    mean = float(diffs.mean())
-    if len(diffs) < 2:
-        return mean, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / np.sqrt(len(diffs)))
-    return mean, mean - half, mean + half
+    from mtl_jax import reporting
+
+    ci = reporting.paired_interval(diffs)
+    return ci["mean"], ci["low"], ci["high"]
 
 
 def main(argv: list[str]) -> None:

@@ -257,8 +257,6 @@ def paired(summary: Summary, baseline: str) -> list[dict[str, Any]]:
     differences of test delta-m% (the same seed is the same initialisation and data order,
     so the pair cancels what the seed alone moves), their mean, 95% t interval and the
     number of seeds where the cell is better."""
-    from scipy import stats
-
     cells = {c.name: c for c in summary.cells if c.runs}
     if baseline not in cells:
         raise ValueError(f"no finished baseline cell {baseline!r}; finished: {list(cells)}")
@@ -270,18 +268,11 @@ def paired(summary: Summary, baseline: str) -> list[dict[str, Any]]:
         mine = seed_delta_m(cell, summary)
         common = sorted(set(mine) & set(base))
         diffs = [mine[s] - base[s] for s in common]
-        mean = statistics.mean(diffs) if diffs else float("nan")
-        half = float("nan")
-        if len(diffs) > 1:
-            sem = statistics.stdev(diffs) / len(diffs) ** 0.5
-            half = float(stats.t.ppf(0.975, len(diffs) - 1)) * sem
         out.append(
             {
                 "cell": name,
                 "seeds": len(common),
-                "mean": mean,
-                "low": mean - half,
-                "high": mean + half,
+                **reporting.paired_interval(diffs),
                 "better": sum(d > 0 for d in diffs),
                 "differences": dict(zip(common, diffs, strict=True)),
             }

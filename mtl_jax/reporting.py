@@ -192,6 +192,20 @@ def mean_std(values: Sequence[float], digits: int = 4, signed: bool = False) -> 
     return f"{statistics.mean(values):{sign}.{digits}f} +- {statistics.stdev(values):.{digits}f}"
 
 
+def paired_interval(differences: Sequence[float]) -> dict[str, float]:
+    """Mean of paired per-seed differences with its 95% Student-t interval (``low``,
+    ``high``; NaN for fewer than two seeds): the interval excludes zero when the change is
+    beyond what the seeds alone move."""
+    from scipy import stats
+
+    d = np.asarray(differences, np.float64)
+    mean = float(d.mean()) if d.size else float("nan")
+    if d.size < 2:
+        return {"mean": mean, "low": float("nan"), "high": float("nan")}
+    half = float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size))
+    return {"mean": mean, "low": mean - half, "high": mean + half}
+
+
 def report_main(doc: str, default_runs: str, build: Callable[[pathlib.Path], str]) -> None:
     """The command line of a report script: ``--runs`` (directory of run directories) and
     ``--out``; prints ``build(runs)`` and writes it to ``--out`` if given."""

@@ -15,6 +15,8 @@ it (``label_correlation`` measures it). The oracle column is each label without 
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mtl_jax.data.schema import FeatureSpec, MultiTaskDataset, Split
@@ -84,3 +86,60 @@ def simulate_mmoe_synthetic(
 def label_correlation(dataset: MultiTaskDataset) -> float:
     """Pearson correlation of the two tasks' training labels."""
     return float(np.corrcoef(dataset.train.labels["y1"], dataset.train.labels["y2"])[0, 1])
+
+
+# --- The same generator in JAX, for many independent problems trained at once ---------------
+# experiments/mmoe_synthetic.py vmaps whole runs over seeds: each seed is its own problem
+# (task directions, sine shapes, inputs, noise), and examples are generated from their index
+# inside the jitted step, so S seeds x 100,000 examples never sit in memory.
+
+
+def draw_problem(key: jax.Array, dim: int, num_sines: int, alpha_std: float) -> dict:
+    """One problem of the paper's family: orthonormal ``u1, u2`` (``(dim, 2)``), the sines'
+    ``alpha ~ N(0, alpha_std^2)`` and ``beta ~ N(0, 1)``, and the keys of its inputs and
+    label noise. The task correlation is applied later (``examples``), so that problems
+    drawn from the same key differ across correlations only in ``w2``."""
+    if dim < 2:
+        raise ValueError(f"dim must be >= 2 (two orthogonal directions), got {dim}")
+    k_dirs, k_alpha, k_beta, k_x, k_noise = jax.random.split(key, 5)
+    q, _ = jnp.linalg.qr(jax.random.normal(k_dirs, (dim, 2)))
+    return {
+        "directions": q,
+        "alpha": alpha_std * jax.random.normal(k_alpha, (num_sines,)),
+        "beta": jax.random.normal(k_beta, (num_sines,)),
+        "x_key": k_x,
+        "noise_key": k_noise,
+    }
+
+
+def problem_weights(problem: dict, correlation: float, scale: float) -> jax.Array:
+    """``(dim, 2)``: the columns ``w1 = c u1`` and ``w2 = c (p u1 + sqrt(1 - p^2) u2)``."""
+    u1, u2 = problem["directions"][:, 0], problem["directions"][:, 1]
+    w2 = correlation * u1 + jnp.sqrt(1.0 - correlation**2) * u2
+    return scale * jnp.stack([u1, w2], axis=1)
+
+
+def examples(
+    problem: dict, indices: jax.Array, correlation: float, scale: float, noise_std: float
+) -> tuple[jax.Array, dict[str, jax.Array], dict[str, jax.Array]]:
+    """Examples ``indices`` of ``problem``: inputs ``(B, dim)``, noisy labels and noiseless
+    labels of ``y1`` and ``y2``. Example ``i`` is the same array wherever it is asked for
+    (its input and noise come from ``fold_in(key, i)``), so a range of indices is a fixed
+    training set and the indices past it a fresh test set of the same problem."""
+    dim = problem["directions"].shape[0]
+    x = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(problem["x_key"], i), (dim,)))(
+        indices
+    )
+    z = x @ problem_weights(problem, correlation, scale)  # (B, 2)
+    sines = jnp.sin(z[..., None] * problem["alpha"] + problem["beta"]).sum(-1)
+    clean = z + sines
+    noise = jax.vmap(
+        lambda i: jax.random.normal(jax.random.fold_in(problem["noise_key"], i), (2,))
+    )(indices)
+    noisy = clean + noise_std * noise
+    names = ("y1", "y2")
+    return (
+        x,
+        {t: noisy[:, k] for k, t in enumerate(names)},
+        {t: clean[:, k] for k, t in enumerate(names)},
+    )
