@@ -6,7 +6,10 @@ import pytest
 
 from mtl_jax import metrics
 from mtl_jax.data.ecommerce import expected_rounded_rating, simulate_ecommerce
+from mtl_jax.data.news import simulate_news
 from mtl_jax.data.pipeline import eval_batches, train_iterator
+from mtl_jax.data.simulation import history_topic
+from mtl_jax.data.social import simulate_social
 
 
 @pytest.fixture(scope="module")
@@ -157,26 +160,89 @@ def test_process_sharding_uses_grain_options(monkeypatch, dataset):
         assert len(halves[0][step]["features"]["user_id"]) == 50
 
 
-def test_cold_items_appear_only_in_their_held_out_split():
-    """cold_item_fraction: the test-cold items' rows are all in test (none in train or
-    validation), the validation-cold items' all in validation; the subsets name them."""
-    kw = dict(num_users=300, num_items=200, num_impressions=20_000, num_brands=20)
-    ds = simulate_ecommerce(seed=3, cold_item_fraction=0.1, **kw)
-    plain = simulate_ecommerce(seed=3, **kw)
+COLD_START = {
+    "ecommerce items": (
+        simulate_ecommerce, "item_id", "items", "cold_item_fraction",
+        dict(num_users=300, num_items=200, num_impressions=20_000, num_brands=20), 20,
+    ),
+    "news readers": (
+        simulate_news, "user_id", "users", "cold_user_fraction",
+        dict(num_users=300, num_items=200, num_impressions=20_000, num_sources=10), 30,
+    ),
+    "social viewers": (
+        simulate_social, "user_id", "users", "cold_user_fraction",
+        dict(num_users=300, num_authors=30, num_items=200, num_impressions=20_000), 30,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(COLD_START))
+def test_cold_ids_appear_only_in_their_held_out_split(case):
+    """cold_item_fraction / cold_user_fraction: the test-cold ids' rows are all in test
+    (none in train or validation), the validation-cold ids' all in validation; the subsets
+    name them."""
+    simulate, column, kind, knob, kw, count = COLD_START[case]
+    ds = simulate(seed=3, **{knob: 0.1}, **kw)
+    plain = simulate(seed=3, **kw)
     assert sum(ds.sizes().values()) == sum(plain.sizes().values())  # rows only move
-    test_items = ds.test.features["item_id"]
-    cold = np.unique(test_items[ds.test_subsets["cold_items"]])
-    val_cold = np.unique(ds.validation.features["item_id"][ds.validation_subsets["cold_items"]])
-    assert len(cold) == len(val_cold) == 20 and not set(cold) & set(val_cold)
-    train_items = set(ds.train.features["item_id"].tolist())
-    assert not train_items & set(cold.tolist()) and not train_items & set(val_cold.tolist())
-    assert not set(ds.validation.features["item_id"].tolist()) & set(cold.tolist())
-    assert not set(test_items.tolist()) & set(val_cold.tolist())
-    warm = test_items[ds.test_subsets["warm_items"]]
+    test_ids = ds.test.features[column]
+    cold_rows = ds.test_subsets[f"cold_{kind}"]
+    cold = np.unique(test_ids[cold_rows])
+    val_cold = np.unique(ds.validation.features[column][ds.validation_subsets[f"cold_{kind}"]])
+    assert len(cold) == len(val_cold) == count and not set(cold) & set(val_cold)
+    train_ids = set(ds.train.features[column].tolist())
+    assert not train_ids & set(cold.tolist()) and not train_ids & set(val_cold.tolist())
+    assert not set(ds.validation.features[column].tolist()) & set(cold.tolist())
+    assert not set(test_ids.tolist()) & set(val_cold.tolist())
+    warm = test_ids[ds.test_subsets[f"warm_{kind}"]]
     assert not set(warm.tolist()) & set(cold.tolist())
-    assert len(ds.test_subsets["cold_items"]) + len(warm) == len(ds.test)
-    # Every row of a cold item is in test: as many as the item has in the whole log.
-    all_items = np.concatenate(
-        [getattr(plain, s).features["item_id"] for s in ("train", "validation", "test")]
+    assert len(cold_rows) + len(warm) == len(ds.test)
+    # Every row of a cold id is in test: as many as the id has in the whole log.
+    all_ids = np.concatenate(
+        [getattr(plain, s).features[column] for s in ("train", "validation", "test")]
     )
-    assert np.isin(all_items, cold).sum() == len(ds.test_subsets["cold_items"])
+    assert np.isin(all_ids, cold).sum() == len(cold_rows)
+
+
+def _history_topic_by_hand(user, topic, click, none):
+    """The definition, one impression at a time: the most-clicked topic among the user's
+    earlier clicks, ties to the latest of them."""
+    out = []
+    for j in range(len(user)):
+        earlier = [i for i in range(j) if user[i] == user[j] and click[i]]
+        if not earlier:
+            out.append(none)
+            continue
+        counts = {}
+        for i in earlier:
+            counts[topic[i]] = counts.get(topic[i], 0) + 1
+        top = max(counts.values())
+        out.append(next(topic[i] for i in reversed(earlier) if counts[topic[i]] == top))
+    return np.array(out)
+
+
+def test_history_topic_is_the_most_clicked_earlier_topic():
+    rng = np.random.default_rng(0)
+    user = rng.integers(7, size=300)
+    topic = rng.integers(4, size=300)
+    click = rng.random(300) < 0.4
+    np.testing.assert_array_equal(
+        history_topic(user, topic, click, 4), _history_topic_by_hand(user, topic, click, 4)
+    )
+
+
+@pytest.mark.parametrize(
+    "simulate, kw",
+    [(simulate_news, dict(topic_affinity=3.0)), (simulate_social, {})],
+    ids=["news (as configs/news.py:cold)", "social"],
+)
+def test_new_users_history_tells_their_topic_better_than_chance(simulate, kw):
+    """The signal a new reader's topic can be learnt from: where the history is known it
+    names the reader's topic more often than the most common topic does."""
+    ds = simulate(seed=1, cold_user_fraction=0.1, **kw)
+    cold = ds.test.take(ds.test_subsets["cold_users"])
+    history, topic = cold.features["history_topic"], cold.labels["topic"]
+    known = history < ds.tasks[-1].num_classes
+    majority = np.bincount(topic).max() / len(topic)
+    assert 0.3 < known.mean() < 0.95
+    assert (history[known] == topic[known]).mean() > majority + 0.03

@@ -10,7 +10,7 @@ from mtl_jax.data.news import simulate_news
 from mtl_jax.data.simulation import correlated_scores
 from mtl_jax.data.social import simulate_social
 from mtl_jax.models import TRUNKS
-from mtl_jax.train import Trainer
+from mtl_jax.train import Trainer, train_and_evaluate
 
 SMALL = dict(num_users=800, num_items=600, num_impressions=60_000)
 
@@ -80,3 +80,29 @@ def test_trunks_train_on_the_scenario(scenario):
                 state, parallel.to_global_batch(next(it), trainer.mesh)
             )
         assert np.isfinite(float(metrics["loss"])), trunk
+
+
+@pytest.mark.slow
+def test_cold_variant_reports_new_users_topic(tmp_path):
+    """``:cold``: the model reads the click history, and results.json holds every task's
+    test metrics on new and on seen users (the topic of a new user is the real question).
+    configs/social.py:cold differs only in its data (its split is tested in test_data)."""
+    scenario = "news"
+    social = configlib.load_config_file("configs/social.py:cold")
+    assert "history_topic" in social.input_features and social.data.cold_user_fraction > 0
+    config = configlib.load_config_file(f"configs/{scenario}.py:cold")
+    smoke = configlib.load_config_file(f"configs/{scenario}.py:smoke")
+    with config.unlocked():
+        for key in ("num_users", "num_items", "num_impressions"):
+            config.data[key] = smoke.data[key]
+        config.model.update(embed_dim=8, trunk_hidden=(16,), tower_hidden=(8,))
+        config.train.update(num_steps=20, eval_every=20, checkpoint_every=20, batch_size=256)
+        config.ranking.enabled = False
+    assert "history_topic" in config.input_features
+    results = train_and_evaluate(config, str(tmp_path))
+    subsets = results["test_subsets"]
+    assert set(subsets) == {"cold_users", "warm_users"}
+    assert subsets["cold_users"]["examples"] + subsets["warm_users"]["examples"] == (
+        results["dataset_sizes"]["test"]
+    )
+    assert 0.0 <= subsets["cold_users"]["topic"]["accuracy"] <= 1.0

@@ -12,19 +12,35 @@ Generative story (all drawn from one seed):
   * dwell time (log seconds) exists only for clicks: ``3.5 + z_dwell + noise`` with
     ``z_dwell = rho z_click + sqrt(1 - rho^2) z_own`` (``task_correlation = rho``);
   * the reader's favourite topic is an attribute-prediction task (multiclass), withheld from
-    the inputs; readers click articles of their topic more, which is what makes it learnable.
+    the inputs; readers click articles of their topic more, which is what makes it learnable;
+  * ``history_topic`` is the reader's history as a serving system knows it: the topic the
+    reader clicked most before this impression (log order is time order; ties go to the
+    latest click), ``num_topics`` before any click. Configs choose whether the model reads it.
 The oracle holds P(click) and E[dwell | click].
+
+New readers: with ``cold_user_fraction`` > 0 that fraction of the readers (and as many for
+validation) is held out of training (``schema.hold_out_items`` with ``kind="users"``);
+``test_subsets`` name the rows of ``cold_users`` and ``warm_users``. A new reader's topic
+is a real question (their id is unseen: only their click history can tell it), where a
+seen reader's topic is a lookup of the id.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from mtl_jax.data.schema import FeatureSpec, MultiTaskDataset, Split, random_split
+from mtl_jax.data.schema import (
+    FeatureSpec,
+    MultiTaskDataset,
+    Split,
+    hold_out_items,
+    random_split,
+)
 from mtl_jax.data.simulation import (
     affinity_scores,
     calibrate_bias,
     correlated_scores,
+    history_topic,
     sample_impressions,
     sigmoid,
     task_latents,
@@ -62,6 +78,7 @@ def simulate_news(
     dwell_noise: float = 0.5,
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
+    cold_user_fraction: float = 0.0,
     seed: int = 0,
 ) -> MultiTaskDataset:
     """Simulated news impressions with click, dwell and topic labels (see the module doc)."""
@@ -114,6 +131,7 @@ def simulate_news(
         "user_id": user, "age": user_age[user], "region": user_region[user],
         "item_id": item, "item_topic": item_topic[item], "source": item_source[item],
         "freshness": item_fresh[item], "position": position,
+        "history_topic": history_topic(user, item_topic[item], click, num_topics),
     }  # fmt: skip
     features = {n: c.astype(np.int32) for n, c in features.items()}
     ones = np.ones(num_impressions, np.float32)
@@ -128,11 +146,17 @@ def simulate_news(
         oracle={"click": p_click.astype(np.float32), "dwell": dwell_mean.astype(np.float32)},
     )
     train, val, test = random_split(num_impressions, val_fraction, test_fraction, rng)
+    subsets, val_subsets = {}, {}
+    if cold_user_fraction > 0:
+        train, val, test, subsets, val_subsets = hold_out_items(
+            user, train, val, test, cold_user_fraction, seed, kind="users"
+        )
     specs = (
         FeatureSpec("user_id", num_users), FeatureSpec("age", num_age_buckets),
         FeatureSpec("region", num_regions), FeatureSpec("item_id", num_items),
         FeatureSpec("item_topic", num_topics), FeatureSpec("source", num_sources),
         FeatureSpec("freshness", num_freshness), FeatureSpec("position", num_positions),
+        FeatureSpec("history_topic", num_topics + 1),
     )  # fmt: skip
     tasks = (
         TaskSpec("click", "binary"),
@@ -142,4 +166,5 @@ def simulate_news(
     return MultiTaskDataset(
         name="news", features=specs, tasks=tasks, train=everything.take(train),
         validation=everything.take(val), test=everything.take(test), item_text=item_text,
+        test_subsets=subsets, validation_subsets=val_subsets,
     )  # fmt: skip

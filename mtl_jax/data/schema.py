@@ -175,12 +175,15 @@ class MultiTaskDataset:
         return {s: len(self.split(s)) for s in ("train", "validation", "test")}
 
 
-def cold_items(items: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Two disjoint seeded draws of ``fraction`` of the item ids in ``items`` (sorted): the
-    items held out for test, and as many held out for validation, so that cold-start
-    choices can be made on validation cold items without looking at test."""
+def cold_items(
+    items: np.ndarray, fraction: float, seed: int, kind: str = "items"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint seeded draws of ``fraction`` of the ids in ``items`` (sorted): the ids
+    held out for test, and as many held out for validation, so that cold-start choices can
+    be made on validation cold ids without looking at test. ``kind`` names the ids in
+    errors (the config key is ``cold_<singular kind>_fraction``)."""
     if not 0.0 <= fraction < 0.5:
-        raise ValueError(f"cold_item_fraction must lie in [0, 0.5), got {fraction}")
+        raise ValueError(f"cold_{kind[:-1]}_fraction must lie in [0, 0.5), got {fraction}")
     unique = np.unique(items)
     count = int(round(fraction * len(unique)))
     drawn = np.random.default_rng(seed).choice(unique, size=2 * count, replace=False)
@@ -194,23 +197,28 @@ def hold_out_items(
     test: np.ndarray,
     fraction: float,
     seed: int,
+    kind: str = "items",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict, dict]:
     """The cold-start protocol on row indices: ``cold_items`` draws the test and validation
-    cold items; every row of a test-cold item, from any split, goes to test only, every row
-    of a validation-cold item to validation only, so training never sees them. Returns the
-    new (sorted) train, validation and test rows and the ``cold_items`` / ``warm_items``
-    row subsets of test and of validation."""
-    test_items, val_items = cold_items(item_column, fraction, seed)
+    cold ids of ``item_column`` (items, or readers with ``kind="users"``); every row of a
+    test-cold id, from any split, goes to test only, every row of a validation-cold id to
+    validation only, so training never sees them. Returns the new (sorted) train,
+    validation and test rows and the ``cold_<kind>`` / ``warm_<kind>`` row subsets of test
+    and of validation."""
+    test_items, val_items = cold_items(item_column, fraction, seed, kind)
     cold, val_cold = np.isin(item_column, test_items), np.isin(item_column, val_items)
     rows = np.arange(len(item_column))
     train = train[~cold[train] & ~val_cold[train]]
     val = np.sort(np.concatenate([val[~cold[val]], rows[val_cold & ~np.isin(rows, val)]]))
     test = test[~val_cold[test]]
     test = np.sort(np.concatenate([test, rows[cold & ~np.isin(rows, test)]]))
-    subsets = {"cold_items": np.flatnonzero(cold[test]), "warm_items": np.flatnonzero(~cold[test])}
+    subsets = {
+        f"cold_{kind}": np.flatnonzero(cold[test]),
+        f"warm_{kind}": np.flatnonzero(~cold[test]),
+    }
     val_subsets = {
-        "cold_items": np.flatnonzero(val_cold[val]),
-        "warm_items": np.flatnonzero(~val_cold[val]),
+        f"cold_{kind}": np.flatnonzero(val_cold[val]),
+        f"warm_{kind}": np.flatnonzero(~val_cold[val]),
     }
     return train, val, test, subsets, val_subsets
 

@@ -76,3 +76,27 @@ def affinity_scores(latents: dict, user: np.ndarray, item: np.ndarray) -> dict[s
     return {
         t: standardize(np.einsum("nk,nk->n", u[user], v[item])) for t, (u, v) in latents.items()
     }
+
+
+def history_topic(
+    user: np.ndarray, topic: np.ndarray, click: np.ndarray, num_topics: int
+) -> np.ndarray:
+    """For every impression (in log order), the topic the same user clicked most often
+    before it (ties: the one clicked most recently); ``num_topics`` before any click."""
+    n = len(user)
+    order = np.lexsort((np.arange(n), user))  # by user, then time
+    u, t, c = user[order], topic[order], click[order]
+    starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
+    group_start = starts[np.searchsorted(starts, np.arange(n), side="right") - 1]
+    clicked = (t[:, None] == np.arange(num_topics)) & c[:, None]  # (n, topics)
+    total = np.cumsum(clicked, axis=0)
+    offset = np.where(group_start > 0, group_start - 1, 0)
+    counts = total - np.where((group_start > 0)[:, None], total[offset], 0) - clicked
+    latest = np.maximum.accumulate(np.where(clicked, np.arange(n)[:, None], -1), axis=0)
+    before = np.vstack([np.full((1, num_topics), -1), latest[:-1]])  # strictly before
+    recency = np.where(before >= group_start[:, None], before - group_start[:, None] + 1, 0)
+    score = counts * (n + 1) + recency  # count first, then the latest click
+    history = np.where(counts.any(axis=1), score.argmax(axis=1), num_topics)
+    out = np.empty(n, np.int64)
+    out[order] = history
+    return out

@@ -11,19 +11,32 @@ Generative story (all drawn from one seed):
     with ``b_t`` calibrated to the task's base rate (like 5%, comment 1%, share 0.3%,
     follow 0.5%), each drawn independently given the probabilities;
   * the viewer's interest topic is an attribute-prediction task (multiclass), withheld from
-    the inputs.
+    the inputs; ``history_topic`` is the topic the viewer liked most before the impression
+    (log order is time order; ``num_topics`` before any like), for configs that read it.
 The oracle holds every interaction's true probability.
+
+New viewers: with ``cold_user_fraction`` > 0 that fraction of the viewers (and as many for
+validation) is held out of training (``schema.hold_out_items`` with ``kind="users"``);
+``test_subsets`` name the rows of ``cold_users`` and ``warm_users``: there the topic is a
+real question, where a seen viewer's topic is a lookup of the id.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from mtl_jax.data.schema import FeatureSpec, MultiTaskDataset, Split, random_split
+from mtl_jax.data.schema import (
+    FeatureSpec,
+    MultiTaskDataset,
+    Split,
+    hold_out_items,
+    random_split,
+)
 from mtl_jax.data.simulation import (
     affinity_scores,
     calibrate_bias,
     correlated_scores,
+    history_topic,
     sample_impressions,
     sigmoid,
     task_latents,
@@ -57,6 +70,7 @@ def simulate_social(
     signal_scale: float = 2.0,
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
+    cold_user_fraction: float = 0.0,
     seed: int = 0,
 ) -> MultiTaskDataset:
     """Simulated social-feed impressions with four interaction labels and a topic label."""
@@ -115,6 +129,7 @@ def simulate_social(
         "user_id": user, "age": user_age[user], "region": user_region[user],
         "item_id": item, "author": item_author[item], "item_topic": item_topic[item],
         "media": item_media[item],
+        "history_topic": history_topic(user, item_topic[item], labels["like"] > 0, num_topics),
     }  # fmt: skip
     features = {n: c.astype(np.int32) for n, c in features.items()}
     ones = np.ones(num_impressions, np.float32)
@@ -125,11 +140,16 @@ def simulate_social(
         oracle={t: p.astype(np.float32) for t, p in probs.items()},
     )
     train, val, test = random_split(num_impressions, val_fraction, test_fraction, rng)
+    subsets, val_subsets = {}, {}
+    if cold_user_fraction > 0:
+        train, val, test, subsets, val_subsets = hold_out_items(
+            user, train, val, test, cold_user_fraction, seed, kind="users"
+        )
     specs = (
         FeatureSpec("user_id", num_users), FeatureSpec("age", num_age_buckets),
         FeatureSpec("region", num_regions), FeatureSpec("item_id", num_items),
         FeatureSpec("author", num_authors), FeatureSpec("item_topic", num_topics),
-        FeatureSpec("media", len(_MEDIA)),
+        FeatureSpec("media", len(_MEDIA)), FeatureSpec("history_topic", num_topics + 1),
     )  # fmt: skip
     tasks = (
         *(TaskSpec(t, "binary") for t in INTERACTIONS),
@@ -138,4 +158,5 @@ def simulate_social(
     return MultiTaskDataset(
         name="social", features=specs, tasks=tasks, train=everything.take(train),
         validation=everything.take(val), test=everything.take(test), item_text=item_text,
+        test_subsets=subsets, validation_subsets=val_subsets,
     )  # fmt: skip
