@@ -98,7 +98,8 @@ def test_jax_problems_follow_the_papers_formula(p):
     assert np.linalg.norm(w, axis=0) == pytest.approx([1.5, 1.5], rel=1e-5)
     assert w[:, 0] @ w[:, 1] / 1.5**2 == pytest.approx(p, abs=1e-5)
     idx = jnp.arange(3000)
-    x, noisy, clean = synthetic.examples(problem, idx, p, 1.5, noise_std=0.2)
+    examples = jax.jit(synthetic.examples, static_argnums=(2, 3, 4))  # (eager vmap: slow)
+    x, noisy, clean = examples(problem, idx, p, 1.5, 0.2)
     alpha, beta = np.asarray(problem["alpha"]), np.asarray(problem["beta"])
     x64 = np.asarray(x, np.float64)
     for k, t in enumerate(("y1", "y2")):
@@ -107,7 +108,7 @@ def test_jax_problems_follow_the_papers_formula(p):
         noise = np.asarray(noisy[t] - clean[t])
         assert noise.std() == pytest.approx(0.2, rel=0.1) and abs(noise.mean()) < 0.02
     # Example i is the same array whichever batch asks for it: a fixed training set.
-    x_again, noisy_again, _ = synthetic.examples(problem, jnp.array([2999, 7]), p, 1.5, 0.2)
+    x_again, noisy_again, _ = examples(problem, jnp.array([2999, 7]), p, 1.5, 0.2)
     np.testing.assert_array_equal(x_again, x[jnp.array([2999, 7])])
     # (labels to float rounding: a matmul over 2 rows may sum in another order than over 3000)
     np.testing.assert_allclose(noisy_again["y2"], noisy["y2"][jnp.array([2999, 7])], atol=1e-5)
