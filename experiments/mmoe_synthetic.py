@@ -318,7 +318,9 @@ def _plots(results: dict, out: pathlib.Path) -> None:
                         ax.set_yscale("log")
                         ax.set_xlabel("step")
                     else:
-                        ax.hist(run["test_loss"][-1], bins=30, alpha=0.5, label=m)
+                        finals = [results[alpha][n][c]["test_loss"][-1] for n in _MODELS.value]
+                        bins = np.histogram_bin_edges(np.concatenate(finals), bins=30)
+                        ax.hist(run["test_loss"][-1], bins=bins, alpha=0.5, label=m)
                         ax.set_xlabel("final test loss")
                 ax.set_title(f"alpha_std {alpha}, correlation {c}")
                 ax.grid(alpha=0.3)
