@@ -113,16 +113,10 @@ def _mean_over_ids(values: np.ndarray, ids: np.ndarray) -> float:
 def _best_predictions(config, dataset, workdir: pathlib.Path, rows: np.ndarray) -> dict:
     """The run's best checkpoint's predictions on test ``rows``."""
     from mtl_jax import parallel
-    from mtl_jax.checkpoint import Checkpointer
     from mtl_jax.trainer import Trainer
 
     trainer = Trainer(config, dataset, mesh=parallel.make_mesh(1))
-    ckpt = Checkpointer(workdir)
-    try:
-        params = ckpt.restore_best(trainer.abstract_state.params)
-    finally:
-        ckpt.close()
-    return trainer.predict(params, dataset.test.take(rows))[0]
+    return trainer.predict(trainer.best_params(workdir), dataset.test.take(rows))[0]
 
 
 def report(measured: dict[str, list[dict]]) -> str:

@@ -20,7 +20,6 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mtl_jax import benchmark, parallel, reporting
-from mtl_jax.checkpoint import Checkpointer
 from mtl_jax.data import load_dataset
 from mtl_jax.train import Trainer, train_and_evaluate
 
@@ -49,9 +48,7 @@ def inference_examples_per_s(config, workdir: pathlib.Path, batch_size: int = 40
     config = config.copy_and_resolve_references()
     config.distill.teacher_workdir = ""  # the student alone is what serves
     trainer = Trainer(config, dataset, mesh=parallel.make_mesh(1))
-    ckpt = Checkpointer(workdir)
-    params = ckpt.restore_best(trainer.abstract_state.params)
-    ckpt.close()
+    params = trainer.best_params(workdir)
     rows = np.arange(batch_size) % len(dataset.test)
     features = {k: v[rows] for k, v in dataset.test.features.items()}
     forward = jax.jit(lambda p, f: trainer.model.apply({"params": p}, f, train=False))

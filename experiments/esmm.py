@@ -65,17 +65,12 @@ def _config(variant: str, seed: int):
 def _predict(config, workdir: pathlib.Path) -> tuple[dict[str, np.ndarray], object]:
     """pCTR and pCVR of every test impression from the run's best checkpoint."""
     from mtl_jax import parallel
-    from mtl_jax.checkpoint import Checkpointer
     from mtl_jax.data.pipeline import eval_batches
     from mtl_jax.trainer import Trainer, load_run_dataset
 
     dataset = load_run_dataset(config)
     trainer = Trainer(config, dataset, mesh=parallel.make_mesh(1))
-    ckpt = Checkpointer(workdir)
-    try:
-        params = ckpt.restore_best(trainer.abstract_state.params)
-    finally:
-        ckpt.close()
+    params = trainer.best_params(workdir)
     esmm = bool(config.model.esmm_ctr_task)
 
     @jax.jit

@@ -148,7 +148,8 @@ def final_results(
     oracle, trivial = reference_metrics(trainer.tasks, dataset, test_split, priors)
     results = {
         "config": configlib.to_dict(config),
-        "commit": reporting.git_commit(),
+        "commit": reporting.git_commit(),  # the code that wrote this report
+        "trained_commits": meta.get("trained_commits", []),  # ... and that trained the run
         "dataset_sizes": dataset.sizes(),
         "best_step": meta["best_step"],
         "best_validation": {t.early_stopping_metric: meta["best_value"]},

@@ -9,6 +9,7 @@ stops, and nothing non-finite is ever saved.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import pathlib
@@ -163,6 +164,7 @@ class TrainingLoop:
             )
         self.throughput = reporting.Throughput(self.step, t.num_steps, t.batch_size)
         if not self.meta["finished"]:
+            reporting.note_training_commit(self.meta)
             log.info("training from step %d to %d", self.step, t.num_steps)
             if len(self.plan) > 1:
                 stage = self.trainer.stage
@@ -419,19 +421,20 @@ class TrainingLoop:
         best_params = self.ckpt.restore_best(
             self.trainer.abstract_state.params, step=meta["best_step"]
         )
-        results = final_results(
-            self.trainer,
-            self.dataset,
-            best_params,
-            meta,
-            {
-                "train_examples_per_s": self.throughput.examples_per_s,
-                "median_step_ms": self.throughput.median_step_ms,
-                "wall_time_s": time.perf_counter() - self.start_time,
-                "train_step_memory": self.trainer.compiled_train_step.memory,
-                "skipped_steps": self.guard.skipped_steps,
-            },
-        )
+        measured = {
+            "train_examples_per_s": self.throughput.examples_per_s,
+            "median_step_ms": self.throughput.median_step_ms,
+            "wall_time_s": time.perf_counter() - self.start_time,
+            "train_step_memory": self.trainer.compiled_train_step.memory,
+            "skipped_steps": self.guard.skipped_steps,
+        }
+        saved = self.workdir / "results.json"
+        if self.step == self.start_step and saved.is_file():
+            # A re-report of a finished run: its training measurements are the ones the
+            # run that trained it took, not this process's (which trained nothing).
+            before = json.loads(saved.read_text())
+            measured.update({k: before[k] for k in measured if k in before})
+        results = final_results(self.trainer, self.dataset, best_params, meta, measured)
         if reporting.is_lead_process():
             reporting.write_json(self.workdir / "results.json", results)
         return results

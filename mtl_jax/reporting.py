@@ -47,6 +47,15 @@ def git_commit() -> str:
     return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
 
 
+def note_training_commit(meta: dict) -> None:
+    """Appends this code's commit to ``meta["trained_commits"]`` (a run's checkpointed
+    meta) unless it is the last one there: which code trained a run, across resumes."""
+    commits = meta.setdefault("trained_commits", [])
+    commit = git_commit()
+    if not commits or commits[-1] != commit:
+        commits.append(commit)
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

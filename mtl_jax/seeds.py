@@ -189,6 +189,8 @@ def _train_seeds(
     step = start_step = int(meta["step"])
     throughput = reporting.Throughput(step, t.num_steps, t.batch_size * len(seeds))
     log.info("training seeds %s together from step %d to %d", seeds, step, t.num_steps)
+    if not meta["finished"]:
+        reporting.note_training_commit(meta)
     while not meta["finished"]:
         batch = jax.device_put(next(data_iter), whole)
         state, train_metrics = vstep(state, batch)
@@ -265,7 +267,8 @@ def _train_seeds(
             trainer.abstract_state.params, step=meta["seeds"][i]["best_step"]
         )
         log.info("seed %d:", seeds[i])
-        out = final_results(trainer, dataset, best_params, meta["seeds"][i], measured)
+        seed_meta = {**meta["seeds"][i], "trained_commits": meta.get("trained_commits", [])}
+        out = final_results(trainer, dataset, best_params, seed_meta, measured)
         reporting.write_json(d / "results.json", out)
         results.append(out)
     for c in (ckpt, *bests):

@@ -398,14 +398,19 @@ class Trainer:
             teacher_config.distill.teacher_workdir = ""
         return Trainer(teacher_config, self.dataset, mesh=mesh)
 
+    def best_params(self, workdir: str | pathlib.Path) -> Any:
+        """The best parameters a run of this model saved in ``workdir`` (its ``best/``
+        checkpoint), placed as this trainer's parameters are."""
+        ckpt = Checkpointer(workdir)
+        try:
+            return ckpt.restore_best(self.abstract_state.params)
+        finally:
+            ckpt.close()
+
     def init_state(self) -> TrainState:
         state = jax.jit(self._init_fn, out_shardings=self.state_sharding)(self._key)
         if self.teacher is not None:
-            ckpt = Checkpointer(self.config.distill.teacher_workdir)
-            try:
-                teacher = ckpt.restore_best(self.teacher.abstract_state.params)
-            finally:
-                ckpt.close()
+            teacher = self.teacher.best_params(self.config.distill.teacher_workdir)
             state = state.replace(teacher=teacher)
         state = self._with_pretrained_lm(state)
         replace = {}

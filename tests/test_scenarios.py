@@ -102,7 +102,8 @@ def test_cold_variant_reports_new_users_topic(tmp_path):
     results = train_and_evaluate(config, str(tmp_path))
     subsets = results["test_subsets"]
     assert set(subsets) == {"cold_users", "warm_users"}
-    assert subsets["cold_users"]["examples"] + subsets["warm_users"]["examples"] == (
-        results["dataset_sizes"]["test"]
+    assert (
+        subsets["cold_users"]["examples"] + subsets["warm_users"]["examples"]
+        == (results["dataset_sizes"]["test"])
     )
     assert 0.0 <= subsets["cold_users"]["topic"]["accuracy"] <= 1.0

@@ -279,9 +279,13 @@ def test_train_and_evaluate_writes_results_and_learns(tmp_path):
     assert test["click"]["logloss"] < trivial["click"]["logloss"]
     assert test["category"]["accuracy"] > trivial["category"]["accuracy"] + 0.1
     assert results["oracle"]["click"]["auc"] > test["click"]["auc"]
-    # Rerunning a finished workdir re-reports the same numbers without training.
+    # Rerunning a finished workdir re-reports the same numbers without training, and keeps
+    # what the training run measured and which code trained it.
+    assert results["trained_commits"] == [results["commit"]]
     again = train_and_evaluate(config, str(tmp_path))
     assert again["test"] == results["test"]
+    for key in ("trained_commits", "wall_time_s", "train_examples_per_s", "median_step_ms"):
+        assert again[key] == results[key], key
 
 
 @pytest.mark.slow
