@@ -33,7 +33,7 @@ from absl import app, flags, logging
 
 from mtl_jax import configlib, parallel, reporting
 from mtl_jax.data import mmoe_synthetic as synthetic
-from mtl_jax.step import make_train_step
+from mtl_jax.step import make_train_step, task_loss_sums
 from mtl_jax.train import Trainer
 
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -49,8 +49,6 @@ _ALPHA_STDS = flags.DEFINE_list("alpha_stds", ["1.0", "3.0"], "Std of the sines'
 _NUM_EXPERTS = flags.DEFINE_integer("num_experts", 8, "Experts of OMoE / MMoE.")
 _EXPERT_UNITS = flags.DEFINE_integer("expert_units", 16, "Units per expert.")
 _OUT = flags.DEFINE_string("out", str(_ROOT / "experiments" / "results" / "mmoe_synthetic"), "")
-
-_TASKS = ("y1", "y2")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +89,6 @@ class SeedsRunner:
 
     def __init__(self, model: str, correlation: float, alpha_std: float, protocol: Protocol):
         config = _config(model, protocol)
-        self.config = config
         self.protocol = protocol
         batch, n_train, n_test = (
             protocol.batch_size,
@@ -106,17 +103,18 @@ class SeedsRunner:
             num_sines=d.num_sines, alpha_std=alpha_std,
         )  # fmt: skip
         trainer = Trainer(config, schema, mesh=parallel.make_mesh(1))
-        self.trainer = trainer
-        self.num_params = None
+        self.num_params = sum(x.size for x in jax.tree.leaves(trainer.abstract_state.params))
         step = make_train_step(trainer.model, trainer.train_tasks, trainer.tx, trainer.rule)
-        generate = self._generator(correlation, alpha_std)
+
+        def examples(problem, idx):
+            return synthetic.examples(problem, idx, correlation, d.scale, d.noise_std)
 
         def train_one(state, problem, order_key, num_steps):
             def body(state, _):
                 idx = jax.random.randint(
                     jax.random.fold_in(order_key, state.step), (batch,), 0, n_train
                 )
-                x, labels, _ = generate["examples"](problem, idx)
+                x, labels, _ = examples(problem, idx)
                 masks = {t: jnp.ones_like(v) for t, v in labels.items()}
                 state, _ = step(state, {"features": {"x": x}, "labels": labels, "masks": masks})
                 return state, None
@@ -125,15 +123,17 @@ class SeedsRunner:
 
         def test_loss(params, problem):
             idx = n_train + jnp.arange(n_test)
-            x, labels, _ = generate["examples"](problem, idx)
+            x, labels, _ = examples(problem, idx)
             logits = trainer.model.apply({"params": params}, {"x": x}, train=False)
-            return jnp.mean(
-                jnp.stack([jnp.mean(jnp.square(logits[t] - labels[t])) for t in _TASKS])
-            )
+            masks = {t: jnp.ones_like(v) for t, v in labels.items()}
+            sums, counts = task_loss_sums(trainer.tasks, logits, {"labels": labels, "masks": masks})
+            return jnp.mean(sums / counts)  # regression tasks: each task's MSE
 
         def init_one(seed):
             key = jax.random.PRNGKey(seed)
-            problem = generate["problem"](jax.random.fold_in(key, 0))
+            problem = synthetic.draw_problem(
+                jax.random.fold_in(key, 0), d.dim, d.num_sines, alpha_std
+            )
             state = trainer._init_fn(jax.random.fold_in(key, 1))
             return state, problem, jax.random.fold_in(key, 2)
 
@@ -142,27 +142,16 @@ class SeedsRunner:
             jax.vmap(train_one, in_axes=(0, 0, 0, None)), static_argnums=3, donate_argnums=0
         )
         self._test = jax.jit(jax.vmap(test_loss))
-        self._label_correlation = jax.jit(jax.vmap(generate["label_correlation"]))
-
-    def _generator(self, correlation: float, alpha_std: float) -> dict:
-        d = self.config.data
-
-        def problem(key):
-            return synthetic.draw_problem(key, d.dim, d.num_sines, alpha_std)
-
-        def examples(problem, idx):
-            return synthetic.examples(problem, idx, correlation, d.scale, d.noise_std)
 
         def label_correlation(problem):
-            _, labels, _ = examples(problem, jnp.arange(self.protocol.test_examples))
+            _, labels, _ = examples(problem, jnp.arange(n_test))
             return jnp.corrcoef(labels["y1"], labels["y2"])[0, 1]
 
-        return {"problem": problem, "examples": examples, "label_correlation": label_correlation}
+        self._label_correlation = jax.jit(jax.vmap(label_correlation))
 
     def run(self, seeds: np.ndarray, progress) -> dict:
         """Train every seed; the test-loss curve ``(points, seeds)`` and the final losses."""
         state, problem, order = self._init(jnp.asarray(seeds))
-        self.num_params = sum(x[0].size for x in jax.tree.leaves(state.params))
         curve = [np.asarray(self._test(state.params, problem))]
         steps = [0]
         done = 0
