@@ -304,6 +304,57 @@ def markdown_paired(rows: Sequence[dict[str, Any]], baseline: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pair_cosines(workdir: str | pathlib.Path, cell: str) -> dict[str, dict[int, list[float]]]:
+    """Per task pair ("click-rating") and train-log step, the cosine between the two tasks'
+    trunk gradients in each of the cell's seed logs (``cos/<a>-<b>``: logged by methods that
+    form per-task gradients; none for EW or single-task cells)."""
+    out: dict[str, dict[int, list[float]]] = {}
+    for log_file in sorted(pathlib.Path(workdir).glob(f"{cell}/seed_*/metrics.jsonl")):
+        for line in log_file.read_text().splitlines():
+            record = json.loads(line)
+            if record.get("split") != "train":
+                continue
+            for key, value in record.items():
+                if key.startswith("cos/"):
+                    out.setdefault(key[4:], {}).setdefault(record["step"], []).append(value)
+    return out
+
+
+def markdown_conflict(summary: Summary, workdir: str | pathlib.Path) -> str:
+    """How much the tasks' trunk gradients conflict in each cell that logs them: per task
+    pair, the mean cosine over logged steps and seeds, and the share of (step, seed) logs
+    where it is negative. Empty when no cell logs cosines (EW runs with per-task gradient
+    logging do; single-task cells, whose cosines are all zero, are left out)."""
+    per_cell = {row["cell"]: pair_cosines(workdir, row["cell"]) for row in summary.rows}
+    per_cell = {  # single-task trunks share nothing: their cosines are all exactly zero
+        cell: pairs
+        for cell, pairs in per_cell.items()
+        if any(v != 0.0 for by_step in pairs.values() for vs in by_step.values() for v in vs)
+    }
+    if not per_cell:
+        return ""
+    pairs = list(dict.fromkeys(p for cell_pairs in per_cell.values() for p in cell_pairs))
+    table = []
+    for cell, cell_pairs in per_cell.items():
+        row = [cell]
+        for pair in pairs:
+            values = [v for step in cell_pairs.get(pair, {}).values() for v in step]
+            if not values:
+                row.append("")
+                continue
+            negative = sum(v < 0 for v in values) / len(values)
+            row.append(f"{statistics.mean(values):+.3f} ({negative:.0%} < 0)")
+        table.append(row)
+    lines = reporting.markdown_table(["cell", *[f"cos {p}" for p in pairs]], table)
+    lines += [
+        "",
+        "Cosine between two tasks' gradients with respect to the shared trunk, at each "
+        "train-log step of each seed: mean over those logs (share of them below zero). "
+        "Negative = the tasks pull the trunk in conflicting directions.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def write_csv(summary: Summary, path: str | pathlib.Path) -> None:
     """One row per cell, means and stds in separate columns (for spreadsheets and pandas)."""
     fields = ["cell", *summary.axes, "seeds"]
@@ -368,10 +419,15 @@ def latex(summary: Summary) -> str:
 def write_tables(
     summary: Summary, workdir: str | pathlib.Path, stem: str = "table"
 ) -> list[pathlib.Path]:
-    """``<stem>.md``, ``<stem>.csv`` and ``<stem>.tex`` in ``workdir``; returns their paths."""
+    """``<stem>.md``, ``<stem>.csv`` and ``<stem>.tex`` in ``workdir``, and ``conflict.md``
+    where cells logged gradient cosines; returns their paths."""
     workdir = pathlib.Path(workdir)
     paths = [workdir / f"{stem}.{ext}" for ext in ("md", "csv", "tex")]
     paths[0].write_text(markdown(summary))
     write_csv(summary, paths[1])
     paths[2].write_text(latex(summary))
+    conflict = markdown_conflict(summary, workdir)
+    if conflict:
+        paths.append(workdir / "conflict.md")
+        paths[-1].write_text(conflict)
     return paths

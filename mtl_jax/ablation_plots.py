@@ -3,14 +3,13 @@ scatter, and the gradient-conflict cosine over training per cell."""
 
 from __future__ import annotations
 
-import json
 import pathlib
 import statistics
 from collections.abc import Sequence
 
 import numpy as np
 
-from mtl_jax.ablation import HIGHER_IS_BETTER, Column, Summary
+from mtl_jax.ablation import HIGHER_IS_BETTER, Column, Summary, pair_cosines
 
 
 def _pyplot():
@@ -146,16 +145,12 @@ def conflict_curves(
 ) -> dict[str, tuple[list[int], list[float]]]:
     """Per cell: the train-log steps and the mean over task pairs and seeds of the cosine
     between the tasks' trunk gradients (negative = conflicting)."""
-    workdir = pathlib.Path(workdir)
     out = {}
     for row in summary.rows:
         per_step: dict[int, list[float]] = {}
-        for log_file in sorted(workdir.glob(f"{row['cell']}/seed_*/metrics.jsonl")):
-            for line in log_file.read_text().splitlines():
-                record = json.loads(line)
-                cosines = [v for k, v in record.items() if k.startswith("cos/")]
-                if record.get("split") == "train" and cosines:
-                    per_step.setdefault(record["step"], []).append(statistics.mean(cosines))
+        for by_step in pair_cosines(workdir, row["cell"]).values():
+            for step, values in by_step.items():
+                per_step.setdefault(step, []).extend(values)
         if per_step:
             steps = sorted(per_step)
             out[row["cell"]] = (steps, [statistics.mean(per_step[s]) for s in steps])

@@ -1,5 +1,5 @@
-"""Test-wide setup: 8 forced CPU devices, so sharding tests run on any machine, and one
-persistent XLA compilation cache for the whole session.
+"""Test-wide setup: 8 forced CPU devices, so sharding tests run on any machine, quick
+compilation, and one persistent XLA compilation cache for the whole session.
 
 Both are set at import time, before JAX initialises its backend, and both reach the
 environment, so the pytest-xdist workers and the scripts tests start in subprocesses
@@ -11,8 +11,12 @@ import os
 import shutil
 import tempfile
 
+# The backend's optimisation level 0: the suite's time is mostly XLA compiling many small
+# programs once each (LLVM at -O0 compiles them about twice as fast); tests assert results,
+# not speed, and the benchmarks in experiments/ run at the default level.
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    os.environ.get("XLA_FLAGS", "")
+    + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 

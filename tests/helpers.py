@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from configs import ecommerce
@@ -32,3 +34,16 @@ SMALL_RUN_FLAGS = [
     "--config.data.num_items=80",
     "--config.train.batch_size=64",
 ]
+
+
+QUICK_COMPILE = "--xla_backend_optimization_level=0"  # as conftest sets for this process
+
+
+def subprocess_env(devices: int = 1) -> dict[str, str]:
+    """The environment of a script a test starts: JAX on the CPU with ``devices`` devices
+    (one by default: compiling for conftest's 8 would slow a run, and multi-device
+    equivalence has its own tests), compiled as quickly as the tests' own programs."""
+    flags = QUICK_COMPILE
+    if devices > 1:
+        flags = f"--xla_force_host_platform_device_count={devices} {flags}"
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}

@@ -60,6 +60,37 @@ def test_paired_differences_by_hand():
         ablation.paired(summary, "nope")
 
 
+def test_conflict_table_by_hand(tmp_path):
+    """Per cell and task pair: the mean logged cosine over steps and seeds, and the share
+    of those logs below zero; cells that log none, or only zeros (single-task), are left
+    out."""
+
+    def log(cell, seed, records):
+        path = tmp_path / cell / f"seed_{seed}" / "metrics.jsonl"
+        path.parent.mkdir(parents=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    train = {"split": "train", "loss": 1.0}
+    log("mmoe-pcgrad", 0, [{**train, "step": 1, "cos/a-b": -0.5, "cos/a-c": 0.2},
+                           {"split": "validation", "step": 1, "cos/a-b": 9.0},
+                           {**train, "step": 2, "cos/a-b": 0.1, "cos/a-c": 0.4}])  # fmt: skip
+    log("mmoe-pcgrad", 1, [{**train, "step": 1, "cos/a-b": -0.2, "cos/a-c": 0.3}])
+    log("mmoe-ew", 0, [{**train, "step": 1}])
+    log("single_task", 0, [{**train, "step": 1, "cos/a-b": 0.0, "cos/a-c": 0.0}])
+    assert ablation.pair_cosines(tmp_path, "mmoe-pcgrad") == {
+        "a-b": {1: [-0.5, -0.2], 2: [0.1]},
+        "a-c": {1: [0.2, 0.3], 2: [0.4]},
+    }
+    cells = ("single_task", "mmoe-ew", "mmoe-pcgrad")
+    summary = type("S", (), {"rows": [{"cell": c} for c in cells]})()
+    lines = ablation.markdown_conflict(summary, tmp_path).splitlines()
+    assert lines[0] == "| cell | cos a-b | cos a-c |"
+    assert lines[2] == "| mmoe-pcgrad | -0.200 (67% < 0) | +0.300 (0% < 0) |"
+    assert len([line for line in lines if line.startswith("| mmoe")]) == 1
+    summary.rows = [{"cell": "mmoe-ew"}]
+    assert ablation.markdown_conflict(summary, tmp_path) == ""
+
+
 def test_pareto_front_matches_brute_force():
     points = [(0.1, 0.9), (0.5, 0.5), (0.4, 0.4), (0.9, 0.1), (0.5, 0.2), (0.1, 0.9)]
     expected = [
@@ -195,6 +226,9 @@ def test_smoke_sweep_end_to_end(tmp_path):
         assert results["steps_trained"] == 12
     for name in ("table.md", "table.csv", "table.tex", "metrics.png", "pareto.png", "conflict.png"):
         assert (workdir / name).stat().st_size > 0, name
+    conflict_rows = (workdir / "conflict.md").read_text().splitlines()[2:]
+    cells = [r.split(" | ")[0] for r in conflict_rows if r.startswith("|")]
+    assert cells == ["| mmoe-ew", "| mmoe-pcgrad"]  # single-task trunks share nothing
 
     header, rows = _parse_markdown((workdir / "table.md").read_text())
     columns = [h for h in header if h.endswith(("↑", "↓"))]

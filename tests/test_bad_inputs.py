@@ -7,7 +7,6 @@ tests/test_guards.py; signals: tests/test_run_cli.py.
 """
 
 import math
-import os
 import pathlib
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from configs import mmoe_synthetic, movielens, news, social
 from mtl_jax import configlib
 from mtl_jax.configlib import ConfigError
 from mtl_jax.data import load_dataset
-from tests.helpers import tiny_config
+from tests.helpers import subprocess_env, tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NAN, INF = math.nan, math.inf
@@ -241,7 +240,7 @@ def test_missing_config_file_and_unknown_override_keys_are_named(tmp_path):
     ],
 )
 def test_run_py_prints_one_line_and_exits_2_with_nothing_written(tmp_path, flags, expected):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    env = subprocess_env()
     cmd = [
         sys.executable,
         "run.py",

@@ -2,7 +2,6 @@
 a benchmark that no test runs rots (bench_balancing once stopped at ``static``)."""
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import sys
 import pytest
 
 from mtl_jax import balancing
+from tests.helpers import subprocess_env
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TINY = [
@@ -21,11 +21,7 @@ TINY = [
 
 
 def _bench(script, *flags, devices=1):
-    env = {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}" if devices > 1 else "",
-    }
+    env = subprocess_env(devices)
     cmd = [sys.executable, f"experiments/{script}", *flags]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -3,7 +3,6 @@
 reads the whole batch."""
 
 import json
-import os
 import pathlib
 import socket
 import subprocess
@@ -17,7 +16,7 @@ from mtl_jax import configlib, parallel
 from mtl_jax.checkpoint import Checkpointer
 from mtl_jax.data import load_dataset
 from mtl_jax.train import Trainer
-from tests.helpers import SMALL_RUN_FLAGS
+from tests.helpers import SMALL_RUN_FLAGS, subprocess_env
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG = [
@@ -41,8 +40,7 @@ def _command(workdir, *extra):
 
 
 def _env(devices_per_process: int) -> dict[str, str]:
-    flags = f"--xla_force_host_platform_device_count={devices_per_process}"
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}
+    return subprocess_env(devices_per_process)
 
 
 def _final_params(workdir):

@@ -1,7 +1,6 @@
 """The command line: bad overrides fail early; SIGKILL mid-run, rerun, same results."""
 
 import json
-import os
 import pathlib
 import signal
 import subprocess
@@ -10,7 +9,7 @@ import time
 
 import pytest
 
-from tests.helpers import SMALL_RUN_FLAGS
+from tests.helpers import SMALL_RUN_FLAGS, subprocess_env
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SMALL = [
@@ -25,9 +24,7 @@ SMALL = [
 
 def _run(workdir, *extra, wait=True, stderr_to=None):
     cmd = [sys.executable, "run.py", *SMALL, f"--workdir={workdir}", *extra]
-    # One CPU device: compiling for conftest's 8 forced devices would triple the run time, and
-    # multi-device equivalence has its own tests.
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    env = subprocess_env()
     if wait:
         return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr_to)

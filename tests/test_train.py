@@ -112,7 +112,7 @@ def test_scoped_gramian_step_matches_per_task_reference(method):
         return sums[t] / jnp.maximum(counts[t], 1.0)
 
     num_tasks = len(trainer.tasks)
-    grad_fn = jax.jit(jax.value_and_grad(task_loss), static_argnums=1)
+    grad_fn = jax.jit(jax.value_and_grad(task_loss))  # t traced: one program for all tasks
     values_and_grads = [grad_fn(state.params, t) for t in range(num_tasks)]
     losses = jnp.stack([v for v, _ in values_and_grads])
     per_task = [g for _, g in values_and_grads]
@@ -180,13 +180,13 @@ def test_representation_gramian_step_matches_per_task_reference(trunk, method):
             method=lambda m, f: m.represent(m.embed(f, train=True), train=True),
         )
     )(state.params)
-    rep_grad = jax.jit(jax.grad(loss_at_reps), static_argnums=1)
+    rep_grad = jax.jit(jax.grad(loss_at_reps))  # t traced: one program for all tasks
     rep_grads = np.stack([np.asarray(sum(rep_grad(reps, t))).ravel() for t in range(num_tasks)])
     gram = rep_grads @ rep_grads.T
     np.testing.assert_allclose(metrics["gram"], gram, rtol=1e-4, atol=1e-9)
     if trunk == "shared_bottom":  # one shared tensor: the Gramian is not diagonal
         assert abs(gram[0, 1]) > 1e-3 * np.sqrt(gram[0, 0] * gram[1, 1])
-    grad_fn = jax.jit(jax.value_and_grad(task_loss), static_argnums=1)
+    grad_fn = jax.jit(jax.value_and_grad(task_loss))  # t traced: one program for all tasks
     values_and_grads = [grad_fn(state.params, t) for t in range(num_tasks)]
     losses = jnp.stack([v for v, _ in values_and_grads])
     weights, _ = balancing.compute_weights(trainer.rule, state.balancer, losses, jnp.asarray(gram))

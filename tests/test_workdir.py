@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from mtl_jax.workdir import WorkdirBusyError, WorkdirLock, default_workdir
-from tests.helpers import SMALL_RUN_FLAGS, tiny_config
+from tests.helpers import SMALL_RUN_FLAGS, subprocess_env, tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 HOLD = """
@@ -88,7 +88,7 @@ def test_run_without_workdir_trains_in_runs_config_and_a_second_writer_exits_2(t
         *SMALL_RUN_FLAGS[1:],
         "--config.train.num_steps=20",
     ]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    env = subprocess_env()
     cmd = [sys.executable, str(ROOT / "run.py"), *flags]
     first = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
