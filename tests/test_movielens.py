@@ -192,7 +192,8 @@ def test_movielens_config_trains_smoke(tmp_path, monkeypatch):
         pytest.skip(f"no network route to MovieLens-100K here: {e}")
     config = movielens_config.get_config("smoke")
     config.train.num_steps = 20
-    config.train.update(eval_every=10, checkpoint_every=10)
+    # Ranking scores ~1.5M (user, movie) pairs: batches of 8192 keep per-batch overhead down.
+    config.train.update(eval_every=10, checkpoint_every=10, eval_batch_size=8192)
     results = train_and_evaluate(config, str(tmp_path))
     # The rated task's validation positives join the train split (negatives.validation_positives).
     assert results["dataset_sizes"] == {

@@ -42,24 +42,21 @@ def test_vmapped_seeds_equal_separate_runs_across_a_resume(tmp_path):
 
     assert train_seeds(config, SEEDS, tmp_path / "vmap", max_steps_this_run=10) is None
     together = train_seeds(config, SEEDS, tmp_path / "vmap")
-    dataset = load_dataset(config.data, 0)
-    for i, seed in enumerate(SEEDS):
-        alone = train_and_evaluate(seed_config(config, seed), str(tmp_path / f"alone_{seed}"))
-        assert together[i]["best_step"] == alone["best_step"]
-        assert together[i]["steps_trained"] == alone["steps_trained"] == 20
-        for task, metrics in alone["test"].items():
-            for name, value in metrics.items():
-                assert together[i]["test"][task][name] == pytest.approx(value, rel=1e-5), (
-                    seed,
-                    task,
-                    name,
-                )
-        abstract = Trainer(seed_config(config, seed), dataset).abstract_state.params
-        best = [
-            Checkpointer(tmp_path / d).restore_best(abstract)
-            for d in (f"vmap/seed_{seed}", f"alone_{seed}")
-        ]
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), *best)
+    # The second seed alone (the first's keys could pass for everyone's): one run is enough.
+    i, seed = 1, SEEDS[1]
+    alone = train_and_evaluate(seed_config(config, seed), str(tmp_path / f"alone_{seed}"))
+    assert together[i]["best_step"] == alone["best_step"]
+    assert together[i]["steps_trained"] == alone["steps_trained"] == 20
+    for task, metrics in alone["test"].items():
+        for name, value in metrics.items():
+            assert together[i]["test"][task][name] == pytest.approx(value, rel=1e-5), (task, name)
+    abstract = Trainer(seed_config(config, seed), load_dataset(config.data, 0)).abstract_state
+    best = [
+        Checkpointer(tmp_path / d).restore_best(abstract.params)
+        for d in (f"vmap/seed_{seed}", f"alone_{seed}")
+    ]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), *best)
+    for seed in SEEDS:
         saved = json.loads((tmp_path / f"vmap/seed_{seed}/config.json").read_text())
         assert saved["seed"] == seed
         train_logs = [
