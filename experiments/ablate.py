@@ -10,8 +10,8 @@ interrupted cell resumes from its checkpoint. ``--parallel_seeds`` (default) tra
 seeds together in one vmapped step (mtl_jax/seeds.py); simulated datasets are drawn from
 the seed, so pin the draw with ``--config.data_seed=0`` or pass ``--noparallel_seeds``.
 ``--report_only`` rebuilds the tables and plots from what has finished. ``--paired=CELL``
-adds ``paired.md``: every cell's test delta-m% minus CELL's, seed by seed, with 95% t
-intervals (which differences are beyond seed noise).
+adds ``paired.md``: every cell's test delta-m% (and each metric) minus CELL's, seed by
+seed, with 95% t intervals (which differences are beyond seed noise).
 
 Writes into the workdir: ``<cell>/seed_<s>/`` runs, ``table.md|csv|tex``, ``metrics.png``,
 ``pareto.png``, ``conflict.png``, ``sweep_status.json``.
@@ -64,7 +64,11 @@ def report(workdir: pathlib.Path) -> ablation.Summary:
         paths += ablation_plots.write_plots(summary, workdir, pareto)
     print(ablation.markdown(summary))
     if _PAIRED.value:
-        text = ablation.markdown_paired(ablation.paired(summary, _PAIRED.value), _PAIRED.value)
+        baseline = _PAIRED.value
+        text = ablation.markdown_paired(ablation.paired(summary, baseline), baseline)
+        for column in summary.columns:  # and each metric on its own
+            rows = ablation.paired(summary, baseline, column)
+            text += "\n" + ablation.markdown_paired(rows, baseline, " ".join(column), digits=4)
         (workdir / "paired.md").write_text(text)
         paths.append(workdir / "paired.md")
         print(text)

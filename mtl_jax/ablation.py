@@ -252,20 +252,29 @@ def seed_delta_m(cell: CellResults, summary: Summary) -> dict[int, float]:
     }
 
 
-def paired(summary: Summary, baseline: str) -> list[dict[str, Any]]:
+def paired(summary: Summary, baseline: str, column: Column | None = None) -> list[dict[str, Any]]:
     """Every finished cell against ``baseline`` on the seeds both finished: the per-seed
-    differences of test delta-m% (the same seed is the same initialisation and data order,
-    so the pair cancels what the seed alone moves), their mean, 95% t interval and the
-    number of seeds where the cell is better."""
+    differences of test delta-m% (or of the test metric ``column``, e.g. ("click", "auc")),
+    their mean, 95% t interval and the number of seeds where the cell is better. The same
+    seed is the same initialisation and data order, so the pair cancels what the seed alone
+    moves."""
     cells = {c.name: c for c in summary.cells if c.runs}
     if baseline not in cells:
         raise ValueError(f"no finished baseline cell {baseline!r}; finished: {list(cells)}")
-    base = seed_delta_m(cells[baseline], summary)
+
+    def per_seed(cell: CellResults) -> dict[int, float]:
+        if column is None:
+            return seed_delta_m(cell, summary)
+        task, metric = column
+        return {s: run["test"][task][metric] for s, run in zip(cell.seeds, cell.runs, strict=True)}
+
+    sign = 1.0 if column is None or HIGHER_IS_BETTER[column[1]] else -1.0
+    base = per_seed(cells[baseline])
     out = []
     for name, cell in cells.items():
         if name in (baseline, summary.reference):
             continue
-        mine = seed_delta_m(cell, summary)
+        mine = per_seed(cell)
         common = sorted(set(mine) & set(base))
         diffs = [mine[s] - base[s] for s in common]
         out.append(
@@ -273,16 +282,18 @@ def paired(summary: Summary, baseline: str) -> list[dict[str, Any]]:
                 "cell": name,
                 "seeds": len(common),
                 **reporting.paired_interval(diffs),
-                "better": sum(d > 0 for d in diffs),
+                "better": sum(sign * d > 0 for d in diffs),
                 "differences": dict(zip(common, diffs, strict=True)),
             }
         )
     return out
 
 
-def markdown_paired(rows: Sequence[dict[str, Any]], baseline: str) -> str:
+def markdown_paired(
+    rows: Sequence[dict[str, Any]], baseline: str, quantity: str = "Δm%", digits: int = 3
+) -> str:
     """The paired comparison as Markdown, saying which intervals exclude zero."""
-    header = ["cell", "paired seeds", f"Δm% − {baseline} (mean, 95% CI)", "seeds better"]
+    header = ["cell", "paired seeds", f"{quantity} − {baseline} (mean, 95% CI)", "seeds better"]
     table = []
     for r in rows:
         beyond = r["low"] > 0 or r["high"] < 0
@@ -291,15 +302,16 @@ def markdown_paired(rows: Sequence[dict[str, Any]], baseline: str) -> str:
             [
                 r["cell"],
                 str(r["seeds"]),
-                f"{mark}{r['mean']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}]{mark}",
+                f"{mark}{r['mean']:+.{digits}f} [{r['low']:+.{digits}f}, "
+                f"{r['high']:+.{digits}f}]{mark}",
                 f"{r['better']}/{r['seeds']}",
             ]
         )
     lines = reporting.markdown_table(header, table)
     lines += [
         "",
-        f"Per seed: the cell's test Δm% minus `{baseline}`'s with the same seed; bold: the "
-        "95% t interval excludes zero (beyond seed noise).",
+        f"Per seed: the cell's test {quantity} minus `{baseline}`'s with the same seed; bold: "
+        "the 95% t interval excludes zero (beyond seed noise).",
     ]
     return "\n".join(lines) + "\n"
 

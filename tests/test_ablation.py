@@ -32,7 +32,7 @@ def test_paired_differences_by_hand():
     and wins, computed here from the metrics directly."""
 
     def run(auc: float) -> dict:
-        m = {"click": {"auc": auc}}
+        m = {"click": {"auc": auc}, "rating": {"rmse": 2.0 - auc}}  # lower is better
         return {"test": m, "validation": m, "config": {"balancing": {"method": "ew"}, "tasks": []},
                 "commit": "0" * 12, "wall_time_s": 1.0}  # fmt: skip
 
@@ -58,6 +58,15 @@ def test_paired_differences_by_hand():
     assert "mmoe-pcgrad" in text and "2/3" in text and "**" not in text.splitlines()[2]
     with pytest.raises(ValueError, match="no finished baseline cell 'nope'"):
         ablation.paired(summary, "nope")
+    # One metric on its own: raw differences, "better" in the metric's own direction.
+    for column, sign in ((("click", "auc"), 1), (("rating", "rmse"), -1)):
+        (row,) = ablation.paired(summary, "mmoe-ew", column)
+        assert list(row["differences"].values()) == pytest.approx(
+            [sign * d for d in (0.01, 0.02, -0.01)]
+        )
+        assert row["better"] == 2
+    text = ablation.markdown_paired([row], "mmoe-ew", "rating rmse", digits=4)
+    assert "rating rmse − mmoe-ew" in text and "-0.0067 [" in text
 
 
 def test_conflict_table_by_hand(tmp_path):
