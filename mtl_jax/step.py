@@ -190,11 +190,18 @@ def _per_task_trunk_grads(vjp_fn: Callable, num_tasks: int, mode: str = "batched
     128-64 experts, 12% slower for the e-commerce MMoE, and needs less memory; see
     experiments/results/profile.md).
     """
+    return _per_task_vjp(vjp_fn, num_tasks, mode)[0]
+
+
+def _per_task_vjp(vjp_fn: Callable, num_tasks: int, mode: str = "batched") -> tuple:
+    """Every input's gradient for each task (leaves with a leading task axis): the T
+    backward passes of ``_per_task_trunk_grads``, keeping what they give besides the trunk
+    (under jit, what the caller does not use is never computed)."""
     cotangents = jnp.eye(num_tasks)
     if mode == "sequential":
-        grads = [vjp_fn(cotangents[t])[0] for t in range(num_tasks)]
+        grads = [vjp_fn(cotangents[t]) for t in range(num_tasks)]
         return jax.tree.map(lambda *per_task: jnp.stack(per_task), *grads)
-    return jax.vmap(lambda ct: vjp_fn(ct)[0])(cotangents)
+    return jax.vmap(vjp_fn)(cotangents)
 
 
 def scope_mask(trunk: Any, pattern: str) -> dict[str, bool]:
@@ -375,10 +382,12 @@ def make_train_step(
     """A pure ``(state, batch) -> (state, metrics)``; jit it with the shardings you need.
 
     Loss-weighting rules: one forward, the rule's weights from the task losses, one backward
-    of the weighted sum. Gradient rules: per-task gradients of the shared trunk only (a vmap
-    over T cotangents of the trunk's vjp), their Gramian -> weights -> one combined trunk
-    gradient; embeddings and heads get the plain sum of task gradients from one more vjp of
-    the same forward pass, so no per-task gradient of an embedding table or head is formed.
+    of the weighted sum. Gradient rules: T backward passes of one forward (a vmap over T
+    cotangents of its vjp, or T vjp calls), giving each task's gradient of the shared trunk,
+    of the heads and of the embedded input; the trunk's Gramian -> weights -> one combined
+    trunk gradient; heads and embedded input get the plain (or weighted) sum of their task
+    gradients, and the embedding tables one backward of the lookup from that sum, so no
+    per-task gradient of an embedding table is formed and no trunk backward is repeated.
 
     ``gramian_params`` (a regex over trunk parameter paths, see ``scope_mask``) takes the
     Gramian over a part of the trunk only, typically its last shared layer (as GradNorm's
@@ -471,11 +480,17 @@ def make_train_step(
                     rest,
                     x,
                 )
-                trunk_task_grads = _per_task_trunk_grads(vjp_fn, num_tasks, task_gradients)
+                # The T backward passes also leave each task's gradient of the heads and of
+                # the embedded input: their weighted sums need no further trunk backward.
+                trunk_task_grads, rest_task_grads, x_task_grads = _per_task_vjp(
+                    vjp_fn, num_tasks, task_gradients
+                )
                 trunk_update, weights, rest_weights, balancer = balancing.combine_task_grads(
                     rule, state.balancer, trunk_task_grads, task_losses
                 )
-                _, rest_grads, x_grad = vjp_fn(rest_weights)
+                rest_grads, x_grad = balancing.weighted_sum(
+                    (rest_task_grads, x_task_grads), rest_weights
+                )
                 gram = balancing.gramian(trunk_task_grads)  # XLA shares it with the rule
             (embedding_grads,) = embed_vjp(x_grad)
             grads = {"trunk": trunk_update, **rest_grads}

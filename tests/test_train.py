@@ -60,29 +60,45 @@ def test_eight_devices_equal_one_device(trunk, method):
     assert min(jax.tree.leaves(moved)) > 1e-4, moved
 
 
-def test_gradient_path_equals_loss_path_for_equal_weights():
-    """The split per-task-vjp path (trunk task gradients, summed embedding/head gradients)
-    with weights fixed to 1 must reproduce the plain one-backward path of ``ew``."""
+@pytest.mark.parametrize("whole_model", [False, True])
+def test_gradient_path_equals_loss_path_for_fixed_weights(whole_model):
+    """The per-task-vjp path (T backward passes giving each task's trunk, head and input
+    gradients; their weighted sums; no further trunk backward) with fixed weights w must
+    reproduce one backward of a weighted loss: sum_t w_t L_t when the weights scale the
+    whole model (as GradNorm's do), else the trunk by w and the rest by the plain sum."""
     config = tiny_config()
+    config.model.dropout = 0.0
     dataset = load_dataset(config.data, config.seed)
     mesh = parallel.make_mesh(1)
     trainer = Trainer(config, dataset, mesh=mesh)
-    ones_rule = balancing.WeightingRule(
-        "ones",
+    w = jnp.asarray([0.5, 2.0, 1.0, 3.0])
+    fixed_rule = balancing.WeightingRule(
+        "fixed",
         True,
         False,
         lambda t: jnp.zeros((t,)),
-        lambda s, losses, g, k: (jnp.ones_like(s), s),
+        lambda s, losses, g, k: (w, s),
+        weights_whole_model=whole_model,
     )
-    gradient_step = jax.jit(make_train_step(trainer.model, trainer.tasks, trainer.tx, ones_rule))
-    loss_step = jax.jit(
-        make_train_step(trainer.model, trainer.tasks, trainer.tx, balancing.make_rule("ew"))
-    )
+    sgd = optax.sgd(1.0)  # the update is minus the gradient (Adam's first would be its sign)
+    gradient_step = jax.jit(make_train_step(trainer.model, trainer.tasks, sgd, fixed_rule))
     batch = parallel.to_global_batch(next(trainer.train_iterator()), mesh)
-    a, metrics_a = gradient_step(trainer.init_state(), batch)
-    b, metrics_b = loss_step(trainer.init_state(), batch)
-    chex.assert_trees_all_close(a.params, b.params, rtol=1e-5, atol=1e-7)
-    assert "gram" in metrics_a and "gram" not in metrics_b
+    state = trainer.init_state()
+    state = state.replace(opt_state=sgd.init(state.params))
+    new_state, metrics = gradient_step(jax.tree.map(jnp.copy, state), batch)
+    assert "gram" in metrics
+
+    def weighted_loss(params, weights):
+        logits = trainer.model.apply({"params": params}, batch["features"], train=True)
+        sums, counts = task_loss_sums(trainer.tasks, logits, batch)
+        return jnp.sum(weights * sums / jnp.maximum(counts, 1.0))
+
+    grad = jax.jit(jax.grad(weighted_loss))
+    trunk_grads = grad(state.params, w)
+    rest_grads = trunk_grads if whole_model else grad(state.params, jnp.ones_like(w))
+    expected = {**rest_grads, "trunk": trunk_grads["trunk"]}
+    got = jax.tree.map(jnp.subtract, state.params, new_state.params)
+    chex.assert_trees_all_close(got, expected, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["mgda", "pcgrad", "gradnorm"])
