@@ -107,14 +107,15 @@ def varying_keys(cells: Sequence[CellResults]) -> list[str]:
 
 def backward_passes(run: dict[str, Any]) -> int:
     """Backward passes through the trunk per train step (mtl_jax/step.py make_train_step):
-    one for loss weighting and for Gramians at the representation; one per task for exact
-    whole-trunk gradient methods; with ``gramian_params``, one per task down to the chosen
-    layers plus one whole."""
+    one for loss weighting and for Gramians at the representation; for exact whole-trunk
+    gradient methods one per task, plus one when batched; with ``gramian_params``, one per
+    task down to the chosen layers plus one whole."""
     c = run["config"]["balancing"]
     if c["method"] not in balancing.GRADIENT_METHODS or c.get("gramian_at") == "representation":
         return 1
     tasks = len(run["config"]["tasks"])
-    return tasks + 1 if c.get("gramian_params") else tasks
+    sequential = c.get("task_gradients") == "sequential" and not c.get("gramian_params")
+    return tasks if sequential else tasks + 1
 
 
 @dataclasses.dataclass

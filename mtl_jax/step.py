@@ -382,12 +382,15 @@ def make_train_step(
     """A pure ``(state, batch) -> (state, metrics)``; jit it with the shardings you need.
 
     Loss-weighting rules: one forward, the rule's weights from the task losses, one backward
-    of the weighted sum. Gradient rules: T backward passes of one forward (a vmap over T
-    cotangents of its vjp, or T vjp calls), giving each task's gradient of the shared trunk,
-    of the heads and of the embedded input; the trunk's Gramian -> weights -> one combined
-    trunk gradient; heads and embedded input get the plain (or weighted) sum of their task
-    gradients, and the embedding tables one backward of the lookup from that sum, so no
-    per-task gradient of an embedding table is formed and no trunk backward is repeated.
+    of the weighted sum. Gradient rules: per-task gradients of the shared trunk from T
+    backward passes of one forward, their Gramian -> weights -> one combined trunk
+    gradient; heads and embedded input get the plain (or, for GradNorm, weighted) sum of
+    their task gradients, and the embedding tables one backward of the lookup from that
+    sum, so no per-task gradient of an embedding table is formed. With
+    ``task_gradients="sequential"`` (T vjp calls) those head and input sums come from the
+    same T passes (T backward passes in all); ``"batched"`` (a vmap over the T cotangents)
+    takes them from one more vjp (T + 1), which on 2 CPU cores is cheaper than batching
+    them too (experiments/results/profile.md).
 
     ``gramian_params`` (a regex over trunk parameter paths, see ``scope_mask``) takes the
     Gramian over a part of the trunk only, typically its last shared layer (as GradNorm's
@@ -480,17 +483,23 @@ def make_train_step(
                     rest,
                     x,
                 )
-                # The T backward passes also leave each task's gradient of the heads and of
-                # the embedded input: their weighted sums need no further trunk backward.
-                trunk_task_grads, rest_task_grads, x_task_grads = _per_task_vjp(
-                    vjp_fn, num_tasks, task_gradients
-                )
+                if task_gradients == "sequential":
+                    # The T backward passes also leave each task's gradient of the heads and
+                    # of the embedded input: their weighted sums need no further backward.
+                    trunk_task_grads, rest_task_grads, x_task_grads = _per_task_vjp(
+                        vjp_fn, num_tasks, task_gradients
+                    )
+                else:  # batched: vmapping those too costs more than one plain backward
+                    trunk_task_grads = _per_task_trunk_grads(vjp_fn, num_tasks, task_gradients)
                 trunk_update, weights, rest_weights, balancer = balancing.combine_task_grads(
                     rule, state.balancer, trunk_task_grads, task_losses
                 )
-                rest_grads, x_grad = balancing.weighted_sum(
-                    (rest_task_grads, x_task_grads), rest_weights
-                )
+                if task_gradients == "sequential":
+                    rest_grads, x_grad = balancing.weighted_sum(
+                        (rest_task_grads, x_task_grads), rest_weights
+                    )
+                else:
+                    _, rest_grads, x_grad = vjp_fn(rest_weights)
                 gram = balancing.gramian(trunk_task_grads)  # XLA shares it with the rule
             (embedding_grads,) = embed_vjp(x_grad)
             grads = {"trunk": trunk_update, **rest_grads}

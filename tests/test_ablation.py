@@ -198,7 +198,7 @@ def test_run_sweep_resumes_stops_when_preempted_and_survives_a_failing_cell(tmp_
     good = next(r for r in summary.rows if r["cell"] == "good")
     # click auc +10%, logloss 0.23 vs 0.3 -> +23.33%: one task, so their mean.
     assert good["test_delta_m"] == pytest.approx((10 + 70 / 3) / 2)
-    assert good["backward_passes"] == 2 and good["step_ms"] == 2.5  # PCGrad: one per task
+    assert good["backward_passes"] == 3 and good["step_ms"] == 2.5  # PCGrad, batched: T + 1
     assert summary.selected == "good"
     table = ablation.markdown(summary)
     assert "`broken` failed: FloatingPointError: diverged" in table

@@ -60,12 +60,14 @@ def test_eight_devices_equal_one_device(trunk, method):
     assert min(jax.tree.leaves(moved)) > 1e-4, moved
 
 
+@pytest.mark.parametrize("mode", ["batched", "sequential"])
 @pytest.mark.parametrize("whole_model", [False, True])
-def test_gradient_path_equals_loss_path_for_fixed_weights(whole_model):
-    """The per-task-vjp path (T backward passes giving each task's trunk, head and input
-    gradients; their weighted sums; no further trunk backward) with fixed weights w must
-    reproduce one backward of a weighted loss: sum_t w_t L_t when the weights scale the
-    whole model (as GradNorm's do), else the trunk by w and the rest by the plain sum."""
+def test_gradient_path_equals_loss_path_for_fixed_weights(whole_model, mode):
+    """The per-task-vjp path (T backward passes for the trunk's task gradients; heads and
+    input from one more backward when batched, from the same T passes' weighted sums when
+    sequential) with fixed weights w must reproduce one backward of a weighted loss:
+    sum_t w_t L_t when the weights scale the whole model (as GradNorm's do), else the trunk
+    by w and the rest by the plain sum."""
     config = tiny_config()
     config.model.dropout = 0.0
     dataset = load_dataset(config.data, config.seed)
@@ -81,7 +83,9 @@ def test_gradient_path_equals_loss_path_for_fixed_weights(whole_model):
         weights_whole_model=whole_model,
     )
     sgd = optax.sgd(1.0)  # the update is minus the gradient (Adam's first would be its sign)
-    gradient_step = jax.jit(make_train_step(trainer.model, trainer.tasks, sgd, fixed_rule))
+    gradient_step = jax.jit(
+        make_train_step(trainer.model, trainer.tasks, sgd, fixed_rule, task_gradients=mode)
+    )
     batch = parallel.to_global_batch(next(trainer.train_iterator()), mesh)
     state = trainer.init_state()
     state = state.replace(opt_state=sgd.init(state.params))
