@@ -14,6 +14,7 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import traverse_util
 
@@ -202,6 +203,18 @@ def _per_task_vjp(vjp_fn: Callable, num_tasks: int, mode: str = "batched") -> tu
         grads = [vjp_fn(cotangents[t]) for t in range(num_tasks)]
         return jax.tree.map(lambda *per_task: jnp.stack(per_task), *grads)
     return jax.vmap(vjp_fn)(cotangents)
+
+
+def _weighted_sum_of_cotangents(task_grads: Any, weights: jax.Array) -> Any:
+    """``balancing.weighted_sum`` over vjp outputs, whose integer inputs (an LM trunk's
+    token ids) have ``float0`` cotangents: those stay ``float0``, without the task axis."""
+
+    def combine(g):
+        if g.dtype == jax.dtypes.float0:
+            return np.zeros(g.shape[1:], jax.dtypes.float0)
+        return jnp.tensordot(weights.astype(g.dtype), g, axes=1)
+
+    return jax.tree.map(combine, task_grads)
 
 
 def scope_mask(trunk: Any, pattern: str) -> dict[str, bool]:
@@ -495,7 +508,7 @@ def make_train_step(
                     rule, state.balancer, trunk_task_grads, task_losses
                 )
                 if task_gradients == "sequential":
-                    rest_grads, x_grad = balancing.weighted_sum(
+                    rest_grads, x_grad = _weighted_sum_of_cotangents(
                         (rest_task_grads, x_task_grads), rest_weights
                     )
                 else:
