@@ -324,8 +324,8 @@ def markdown_paired(
 
 def pair_cosines(workdir: str | pathlib.Path, cell: str) -> dict[str, dict[int, list[float]]]:
     """Per task pair ("click-rating") and train-log step, the cosine between the two tasks'
-    trunk gradients in each of the cell's seed logs (``cos/<a>-<b>``: logged by methods that
-    form per-task gradients; none for EW or single-task cells)."""
+    trunk gradients in each of the cell's seed logs (``cos/<a>-<b>``, which the train log
+    records for every method; zeros for single-task trunks, which share nothing)."""
     out: dict[str, dict[int, list[float]]] = {}
     for log_file in sorted(pathlib.Path(workdir).glob(f"{cell}/seed_*/metrics.jsonl")):
         for line in log_file.read_text().splitlines():
@@ -341,8 +341,8 @@ def pair_cosines(workdir: str | pathlib.Path, cell: str) -> dict[str, dict[int, 
 def markdown_conflict(summary: Summary, workdir: str | pathlib.Path) -> str:
     """How much the tasks' trunk gradients conflict in each cell that logs them: per task
     pair, the mean cosine over logged steps and seeds, and the share of (step, seed) logs
-    where it is negative. Empty when no cell logs cosines (EW runs with per-task gradient
-    logging do; single-task cells, whose cosines are all zero, are left out)."""
+    where it is negative. Single-task cells (all zeros) are left out; empty when no cell
+    logged cosines."""
     per_cell = {row["cell"]: pair_cosines(workdir, row["cell"]) for row in summary.rows}
     per_cell = {  # single-task trunks share nothing: their cosines are all exactly zero
         cell: pairs
