@@ -343,20 +343,23 @@ def markdown_conflict(summary: Summary, workdir: str | pathlib.Path) -> str:
     pair, the mean cosine over logged steps and seeds, and the share of (step, seed) logs
     where it is negative. Single-task cells (all zeros) are left out; empty when no cell
     logged cosines."""
-    per_cell = {row["cell"]: pair_cosines(workdir, row["cell"]) for row in summary.rows}
-    per_cell = {  # single-task trunks share nothing: their cosines are all exactly zero
-        cell: pairs
-        for cell, pairs in per_cell.items()
-        if any(v != 0.0 for by_step in pairs.values() for vs in by_step.values() for v in vs)
-    }
+    per_cell = {}  # cell -> pair -> every logged cosine (steps and seeds together)
+    for row in summary.rows:
+        by_pair = {
+            pair: [v for values in by_step.values() for v in values]
+            for pair, by_step in pair_cosines(workdir, row["cell"]).items()
+        }
+        # Single-task trunks share nothing: their cosines are all exactly zero.
+        if any(v != 0.0 for values in by_pair.values() for v in values):
+            per_cell[row["cell"]] = by_pair
     if not per_cell:
         return ""
-    pairs = list(dict.fromkeys(p for cell_pairs in per_cell.values() for p in cell_pairs))
+    pairs = list(dict.fromkeys(p for by_pair in per_cell.values() for p in by_pair))
     table = []
-    for cell, cell_pairs in per_cell.items():
+    for cell, by_pair in per_cell.items():
         row = [cell]
         for pair in pairs:
-            values = [v for step in cell_pairs.get(pair, {}).values() for v in step]
+            values = by_pair.get(pair, [])
             if not values:
                 row.append("")
                 continue

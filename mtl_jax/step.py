@@ -14,7 +14,6 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import traverse_util
 
@@ -203,18 +202,6 @@ def _per_task_vjp(vjp_fn: Callable, num_tasks: int, mode: str = "batched") -> tu
         grads = [vjp_fn(cotangents[t]) for t in range(num_tasks)]
         return jax.tree.map(lambda *per_task: jnp.stack(per_task), *grads)
     return jax.vmap(vjp_fn)(cotangents)
-
-
-def _weighted_sum_of_cotangents(task_grads: Any, weights: jax.Array) -> Any:
-    """``balancing.weighted_sum`` over vjp outputs, whose integer inputs (an LM trunk's
-    token ids) have ``float0`` cotangents: those stay ``float0``, without the task axis."""
-
-    def combine(g):
-        if g.dtype == jax.dtypes.float0:
-            return np.zeros(g.shape[1:], jax.dtypes.float0)
-        return jnp.tensordot(weights.astype(g.dtype), g, axes=1)
-
-    return jax.tree.map(combine, task_grads)
 
 
 def scope_mask(trunk: Any, pattern: str) -> dict[str, bool]:
@@ -499,20 +486,15 @@ def make_train_step(
                 if task_gradients == "sequential":
                     # The T backward passes also leave each task's gradient of the heads and
                     # of the embedded input: their weighted sums need no further backward.
-                    trunk_task_grads, rest_task_grads, x_task_grads = _per_task_vjp(
-                        vjp_fn, num_tasks, task_gradients
-                    )
+                    trunk_task_grads, *others = _per_task_vjp(vjp_fn, num_tasks, "sequential")
+                    rest_and_input = lambda w: balancing.weighted_sum(tuple(others), w)  # noqa: E731
                 else:  # batched: vmapping those too costs more than one plain backward
                     trunk_task_grads = _per_task_trunk_grads(vjp_fn, num_tasks, task_gradients)
+                    rest_and_input = lambda w: vjp_fn(w)[1:]  # noqa: E731
                 trunk_update, weights, rest_weights, balancer = balancing.combine_task_grads(
                     rule, state.balancer, trunk_task_grads, task_losses
                 )
-                if task_gradients == "sequential":
-                    rest_grads, x_grad = _weighted_sum_of_cotangents(
-                        (rest_task_grads, x_task_grads), rest_weights
-                    )
-                else:
-                    _, rest_grads, x_grad = vjp_fn(rest_weights)
+                rest_grads, x_grad = rest_and_input(rest_weights)
                 gram = balancing.gramian(trunk_task_grads)  # XLA shares it with the rule
             (embedding_grads,) = embed_vjp(x_grad)
             grads = {"trunk": trunk_update, **rest_grads}

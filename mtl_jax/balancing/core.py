@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -78,8 +79,15 @@ def gramian(task_grads: Any) -> jax.Array:
 
 
 def weighted_sum(task_grads: Any, weights: jax.Array) -> Any:
-    """``sum_t w_t g_t`` for every leaf; the task axis disappears."""
-    return jax.tree.map(lambda g: jnp.tensordot(weights.astype(g.dtype), g, axes=1), task_grads)
+    """``sum_t w_t g_t`` for every leaf; the task axis disappears. ``float0`` leaves (the
+    cotangents of integer inputs, e.g. an LM trunk's token ids) stay ``float0``."""
+
+    def combine(g):
+        if g.dtype == jax.dtypes.float0:
+            return np.zeros(g.shape[1:], jax.dtypes.float0)
+        return jnp.tensordot(weights.astype(g.dtype), g, axes=1)
+
+    return jax.tree.map(combine, task_grads)
 
 
 def num_tasks_of(task_grads: Any) -> int:
