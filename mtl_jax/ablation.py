@@ -238,6 +238,11 @@ def markdown(summary: Summary) -> str:
             "step ms: median time of one train step of all the cell's seeds together (vmapped); "
             "step MiB: XLA's estimate for that step."
         )
+    commits = sorted({c for r in summary.rows for c in r.get("commits", ())})
+    if commits:
+        lines.append(
+            f"Trained at commit(s) {', '.join(commits)} (each run's results.json names its own)."
+        )
     failed = [r for r in summary.rows if r["error"]]
     for row in failed:
         lines.append(f"- `{row['cell']}` failed: {row['error']}")

@@ -202,6 +202,7 @@ def test_run_sweep_resumes_stops_when_preempted_and_survives_a_failing_cell(tmp_
     assert summary.selected == "good"
     table = ablation.markdown(summary)
     assert "`broken` failed: FloatingPointError: diverged" in table
+    assert "Trained at commit(s) 0123456 (each run's" in table  # provenance
 
 
 def _parse_markdown(text: str) -> tuple[list[str], list[list[str]]]:
