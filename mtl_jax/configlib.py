@@ -22,7 +22,7 @@ from mtl_jax.balancing.config import rule_from_config
 from mtl_jax.data import DATASETS, MultiTaskDataset, negatives
 from mtl_jax.data.schema import TEXT_FEATURES
 from mtl_jax.errors import ConfigError
-from mtl_jax.models import TRUNKS
+from mtl_jax.models import TRUNKS, stacked_grads
 from mtl_jax.models.embedding import EMBEDDING_DTYPES
 from mtl_jax.models.lm_trunk import POOLINGS
 from mtl_jax.optim import EMBEDDING_OPTIMIZERS, SCHEDULES
@@ -239,6 +239,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"{config.balancing.task_gradients!r}; valid: {TASK_GRADIENT_MODES}",
     )
     gramian_params, gramian_at = config.balancing.gramian_params, config.balancing.gramian_at
+    if config.balancing.task_gradients == "stacked":
+        problem = stacked_grads.stacked_problem(config.model, gramian_params)
+        _require(problem is None, "balancing.task_gradients", f"'stacked' {problem}")
     if gramian_at != "trunk" or gramian_params:
         method = config.balancing.method  # its name was checked above
         rule = balancing.make_rule(method, **({"weights": [1.0]} if method == "static" else {}))

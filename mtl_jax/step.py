@@ -21,7 +21,7 @@ from mtl_jax import balancing, sparse_rows
 from mtl_jax import tasks as tasks_lib
 from mtl_jax.data.negatives import OFFSETS
 from mtl_jax.data.schema import bag_mask_name
-from mtl_jax.models import MultiTaskModel
+from mtl_jax.models import MultiTaskModel, stacked_grads
 from mtl_jax.models.model import esmm_tasks
 from mtl_jax.tasks import TaskSpec
 
@@ -178,7 +178,7 @@ def _losses_from_embedded(model, tasks, batch, trunk, rest, x, *, train, rngs=No
     return _mean_task_losses(tasks, logits, batch, rngs if train else None)
 
 
-TASK_GRADIENT_MODES = ("batched", "sequential")
+TASK_GRADIENT_MODES = ("batched", "sequential", "stacked")
 
 
 def _per_task_trunk_grads(vjp_fn: Callable, num_tasks: int, mode: str = "batched") -> Any:
@@ -188,7 +188,8 @@ def _per_task_trunk_grads(vjp_fn: Callable, num_tasks: int, mode: str = "batched
     passes of plain matmuls, stacked. Same values; which is faster depends on the shapes
     and the backend (on 2 CPU cores: sequential is 30% faster for the MovieLens MMoE with
     128-64 experts, 12% slower for the e-commerce MMoE, and needs less memory; see
-    experiments/results/profile.md).
+    experiments/results/profile.md). ``"stacked"`` is the train step's own MMoE pass
+    (``_stacked_trunk_gradient_step``); here, e.g. for logged Gramians, it runs batched.
     """
     return _per_task_vjp(vjp_fn, num_tasks, mode)[0]
 
@@ -290,6 +291,37 @@ def gramian_option_problem(
     if gramian_params and not by_gramian:
         return "gramian_params", f"only Gramian-based gradient methods take it, not {rule.name!r}"
     return None
+
+
+def _stacked_trunk_gradient_step(model, tasks, rule, balancer_state, batch, inputs, rngs):
+    """The exact whole-trunk step with ``task_gradients="stacked"`` (MMoE, no dropout, towers
+    that read one representation each; configlib checks): one backward of the towers leaves
+    each task's cotangent on its own representation, and ``stacked_grads`` turns all T of
+    them into the T trunk gradients in one pass with a task axis. The weighted towers'
+    backward and one backward of the trunk to its input (its parameters' part unused, so
+    never computed) give the rest: T + 1 passes' worth, as ``batched``, without the vmap."""
+    trunk, rest, x = inputs
+    num_tasks = len(tasks)
+    reps, trunk_vjp, cache = jax.vjp(
+        lambda tr, x: stacked_grads.mmoe_forward(tr, x, num_tasks), trunk, x, has_aux=True
+    )
+
+    def losses(rest, reps):
+        logits = model.apply(
+            {"params": rest}, reps, train=True, rngs=rngs, method=MultiTaskModel.heads
+        )
+        return _mean_task_losses(tasks, logits, batch, rngs)
+
+    task_losses, heads_vjp = jax.vjp(losses, rest, reps)
+    _, own = heads_vjp(jnp.ones((num_tasks,), jnp.float32))  # tower t feeds loss t only
+    trunk_task_grads = stacked_grads.mmoe_task_grads(trunk, x, cache, jnp.stack(own, axis=1))
+    trunk_update, weights, rest_weights, balancer = balancing.combine_task_grads(
+        rule, balancer_state, trunk_task_grads, task_losses
+    )
+    rest_grads, reps_cotangent = heads_vjp(rest_weights)
+    _, x_grad = trunk_vjp(reps_cotangent)
+    gram = balancing.gramian(trunk_task_grads)
+    return task_losses, trunk_update, rest_grads, x_grad, weights, balancer, gram
 
 
 def _representation_gradient_step(model, tasks, rule, balancer_state, batch, params, rngs):
@@ -472,6 +504,12 @@ def make_train_step(
                         rngs,
                         gramian_params,
                         task_gradients,
+                    )
+                )
+            elif task_gradients == "stacked":
+                task_losses, trunk_update, rest_grads, x_grad, weights, balancer, gram = (
+                    _stacked_trunk_gradient_step(
+                        model, tasks, rule, state.balancer, batch, (trunk, rest, x), rngs
                     )
                 )
             else:

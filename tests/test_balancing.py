@@ -95,11 +95,14 @@ def _simplex_reference(objective, t):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_mgda_matches_scipy_min_norm(seed):
+    """To 1e-5 of the update's norm. (Where the first-order solver alone stops short, on
+    an ill-conditioned Gramian with one small weight, its Newton polish on the support
+    finishes the job: tests/test_train.py's scoped MGDA reference failed without it.)"""
     g = random_grads(seed, 4, d=6).astype(np.float64)
     gram = g @ g.T
     w = _simplex_reference(lambda w: w @ gram @ w, 4)
     update, _ = combine("mgda", g)
-    np.testing.assert_allclose(update, w @ g, atol=2e-4)
+    np.testing.assert_allclose(update, w @ g, atol=1e-5 * np.linalg.norm(w @ g))
 
 
 def test_cagrad_with_c_zero_is_the_mean():

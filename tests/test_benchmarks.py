@@ -66,6 +66,23 @@ def test_bench_balancing_runs_methods_of_every_kind(tmp_path):
 
 
 @pytest.mark.slow
+def test_bench_task_grads_checks_and_times_every_form(tmp_path):
+    """All four programs on the MMoE smoke model (stacked included: no dropout there), the
+    per-task forms checked against batched before they are timed."""
+    out = tmp_path / "t.jsonl"
+    lines = _bench(
+        "bench_task_grads.py", *TINY, "--config.model.dropout=0.0", "--batch_size=64",
+        "--steps=1", "--repeats=1", f"--out={out}",
+    )  # fmt: skip
+    assert [line["program"] for line in lines] == [
+        "one_backward", "batched", "sequential", "stacked"
+    ]  # fmt: skip
+    assert all(line["ms"] > 0 and line["mflop"] > 0 for line in lines)
+    assert all(line["max_relative_difference_vs_batched"] < 1e-4 for line in lines[1:])
+    assert len(out.read_text().splitlines()) == len(lines)
+
+
+@pytest.mark.slow
 def test_bench_scaling_runs_both_sweeps(tmp_path):
     lines = _bench(
         "bench_scaling.py", *TINY, "--batch_size=64", "--devices=1,2", "--table_rows=1000",

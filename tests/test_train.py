@@ -60,7 +60,7 @@ def test_eight_devices_equal_one_device(trunk, method):
     assert min(jax.tree.leaves(moved)) > 1e-4, moved
 
 
-@pytest.mark.parametrize("mode", ["batched", "sequential"])
+@pytest.mark.parametrize("mode", ["batched", "sequential", "stacked"])
 @pytest.mark.parametrize("whole_model", [False, True])
 def test_gradient_path_equals_loss_path_for_fixed_weights(whole_model, mode):
     """The per-task-vjp path (T backward passes for the trunk's task gradients; heads and
@@ -70,6 +70,7 @@ def test_gradient_path_equals_loss_path_for_fixed_weights(whole_model, mode):
     by w and the rest by the plain sum."""
     config = tiny_config()
     config.model.dropout = 0.0
+    config.model.trunk_hidden = (16, 8)  # a hidden expert layer too (stacked's two cases)
     dataset = load_dataset(config.data, config.seed)
     mesh = parallel.make_mesh(1)
     trainer = Trainer(config, dataset, mesh=mesh)
@@ -431,16 +432,18 @@ def test_compile_only_row_sharded_tables_shrink_per_device_state():
     assert saved == pytest.approx(2 * table_mib * 3 / 4, rel=0.05)
 
 
-def test_sequential_task_gradients_equal_batched():
+@pytest.mark.parametrize("mode", ["sequential", "stacked"])
+def test_task_gradient_modes_equal_batched(mode):
     """balancing.task_gradients only changes how the per-task trunk gradients are formed."""
     config = tiny_config()
     config.balancing.method = "pcgrad"
+    config.model.dropout = 0.0  # stacked computes the MMoE trunk without dropout
     dataset = load_dataset(config.data, config.seed)
     mesh = parallel.make_mesh(1)
     batched = _train_params(config, dataset, mesh, 5)
-    config.balancing.task_gradients = "sequential"
-    sequential = _train_params(config, dataset, mesh, 5)
-    chex.assert_trees_all_close(sequential, batched, rtol=1e-5, atol=1e-6)
+    config.balancing.task_gradients = mode
+    other = _train_params(config, dataset, mesh, 5)
+    chex.assert_trees_all_close(other, batched, rtol=1e-5, atol=1e-6)
 
 
 def test_several_steps_per_dispatch_train_as_one_per_dispatch(tmp_path):

@@ -33,8 +33,9 @@ def default_config(task_names: Sequence[str], method: str = "ew") -> ml_collecti
     # 'experts/(kernel|bias)_1$', the last expert layer); '' = the whole trunk (exact).
     c.gramian_params = ""
     # Gradient methods: how the T per-task trunk gradients are formed, "batched" (one vmap
-    # over the task cotangents) or "sequential" (T backward passes); same values, speed
-    # depends on the model and backend (experiments/profile_step.py measures both).
+    # over the task cotangents), "sequential" (T backward passes) or "stacked" (MMoE without
+    # dropout: one hand-written pass with a task axis, models/stacked_grads.py); same
+    # values, speed depends on the model and backend (experiments/bench_task_grads.py).
     c.task_gradients = "batched"
     # Gradient methods: where the Gramian of task gradients is taken, "trunk" (the trunk's
     # parameters, exact, or those gramian_params selects) or "representation" (the trunk's

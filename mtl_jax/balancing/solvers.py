@@ -41,7 +41,10 @@ def min_norm_weights(gram: jax.Array, iterations: int = 300) -> jax.Array:
     t = gram.shape[0]
     lipschitz = 2.0 * jnp.maximum(jnp.linalg.eigvalsh(gram)[-1], 1e-12)
     init = jnp.full((t,), 1.0 / t, gram.dtype)
-    return _simplex_minimize(lambda w: 2.0 * gram @ w, init, 1.0 / lipschitz, iterations)
+    w = _simplex_minimize(lambda w: 2.0 * gram @ w, init, 1.0 / lipschitz, iterations)
+    return _polish_on_support(
+        w, lambda w: w @ gram @ w, lambda w: 2.0 * gram @ w, lambda w: 2.0 * gram
+    )
 
 
 def cagrad_weights(gram: jax.Array, c: float, iterations: int = 500) -> jax.Array:
