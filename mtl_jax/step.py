@@ -446,6 +446,10 @@ def make_train_step(
     problem = gramian_option_problem(rule, gramian_params, gramian_at)
     if problem:
         raise ValueError(f"balancing.{problem[0]}: {problem[1]}")
+    if task_gradients == "stacked" and (
+        problem := stacked_grads.stacked_problem(model.config, gramian_params)
+    ):
+        raise ValueError(f"balancing.task_gradients: 'stacked' {problem}")
 
     def with_teacher(state: TrainState, batch: dict) -> dict:
         if distill is None:

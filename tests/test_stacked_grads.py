@@ -9,9 +9,12 @@ import jax.numpy as jnp
 import pytest
 
 from mtl_jax.configlib import validate
+from mtl_jax.data import load_dataset
 from mtl_jax.errors import ConfigError
 from mtl_jax.models import stacked_grads
 from mtl_jax.models.trunks import MMoE
+from mtl_jax.step import make_train_step
+from mtl_jax.train import Trainer
 from tests.helpers import tiny_config
 
 NUM_TASKS, NUM_EXPERTS, BATCH, DIM = 3, 4, 32, 10
@@ -67,3 +70,15 @@ def test_stacked_refuses_what_it_does_not_compute(override, problem):
         config[section][name] = value
     with pytest.raises(ConfigError, match="task_gradients: 'stacked'.*" + re.escape(problem)):
         validate(config)
+
+
+def test_the_train_step_refuses_a_trunk_it_does_not_compute():
+    """Built through the API rather than a validated config: the same reason, not a KeyError
+    from inside the hand-written pass."""
+    config = tiny_config()
+    config.model.trunk = "shared_bottom"
+    trainer = Trainer(config, load_dataset(config.data, config.seed))
+    with pytest.raises(ValueError, match="'stacked' is written for model.trunk='mmoe'"):
+        make_train_step(
+            trainer.model, trainer.tasks, trainer.tx, trainer.rule, task_gradients="stacked"
+        )
