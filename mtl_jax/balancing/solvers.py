@@ -37,7 +37,11 @@ def _simplex_minimize(grad_fn, init: jax.Array, step: jax.Array, iterations: int
 
 
 def min_norm_weights(gram: jax.Array, iterations: int = 300) -> jax.Array:
-    """argmin over the simplex of ``w^T G w``: the min-norm point of the gradients' hull (MGDA)."""
+    """argmin over the simplex of ``w^T G w``: the min-norm point of the gradients' hull (MGDA).
+
+    FISTA, then the Newton polish on the support that CAGrad uses: on an ill-conditioned
+    Gramian the first-order answer can be 3e-4 off in a small weight (a scoped-Gramian test
+    in tests/test_train.py caught it); the polish reaches float32 precision."""
     t = gram.shape[0]
     lipschitz = 2.0 * jnp.maximum(jnp.linalg.eigvalsh(gram)[-1], 1e-12)
     init = jnp.full((t,), 1.0 / t, gram.dtype)
