@@ -113,9 +113,7 @@ def main(argv):
             ) / max(scale, 1e-30)
             if difference > 1e-4:
                 raise AssertionError(f"{name} differs from batched by {difference:.2e} (relative)")
-        analysis = c.cost_analysis()
-        analysis = analysis[0] if isinstance(analysis, list) else analysis
-        flops = float(analysis.get("flops", 0.0))
+        flops, _ = benchmark.flops_and_bytes(c)
         rows.append(
             {
                 "benchmark": "task_grads",

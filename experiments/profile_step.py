@@ -72,13 +72,6 @@ def _cpu_ghz() -> float:
         return 2.0
 
 
-def _cost(compiled) -> tuple[float, float]:
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, list):
-        analysis = analysis[0]
-    return float(analysis.get("flops", 0.0)), float(analysis.get("bytes accessed", 0.0))
-
-
 def _inventory(hlo: str) -> dict[str, int]:
     """Counts of the instructions that decide a CPU step's speed, in the optimized HLO."""
     count = collections.Counter()
@@ -145,7 +138,7 @@ def profile_method(config, dataset, method: str, mode: str, peak_gflops: float) 
     rows.append(("step", step_seconds, step))
     out = []
     for name, seconds, compiled in rows:
-        flops, bytes_accessed = _cost(compiled)
+        flops, bytes_accessed = benchmark.flops_and_bytes(compiled)
         out.append(
             {
                 "method": method,

@@ -33,6 +33,16 @@ def memory_mib(compiled: Any) -> dict[str, float] | None:
     )
 
 
+def flops_and_bytes(compiled: Any) -> tuple[float, float]:
+    """XLA's cost analysis of a compiled function: its FLOPs and bytes accessed (0 where the
+    backend does not say)."""
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, list):
+        analysis = analysis[0]
+    analysis = analysis or {}
+    return float(analysis.get("flops", 0.0)), float(analysis.get("bytes accessed", 0.0))
+
+
 class CompiledOnce:
     """A jitted function compiled ahead of time at its first call (for those arguments'
     shapes) and run compiled from then on; ``memory`` is XLA's estimate for it, had

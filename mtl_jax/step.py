@@ -178,6 +178,13 @@ def _losses_from_embedded(model, tasks, batch, trunk, rest, x, *, train, rngs=No
     return _mean_task_losses(tasks, logits, batch, rngs if train else None)
 
 
+def _losses_from_reps(model, tasks, batch, rest, reps, rngs) -> jax.Array:
+    """Task losses (T,) of the towers (the parameter groups besides embedding and trunk)
+    on the trunk's representations, in training mode."""
+    logits = model.apply({"params": rest}, reps, train=True, rngs=rngs, method=MultiTaskModel.heads)
+    return _mean_task_losses(tasks, logits, batch, rngs)
+
+
 TASK_GRADIENT_MODES = ("batched", "sequential", "stacked")
 
 
@@ -306,13 +313,9 @@ def _stacked_trunk_gradient_step(model, tasks, rule, balancer_state, batch, inpu
         lambda tr, x: stacked_grads.mmoe_forward(tr, x, num_tasks), trunk, x, has_aux=True
     )
 
-    def losses(rest, reps):
-        logits = model.apply(
-            {"params": rest}, reps, train=True, rngs=rngs, method=MultiTaskModel.heads
-        )
-        return _mean_task_losses(tasks, logits, batch, rngs)
-
-    task_losses, heads_vjp = jax.vjp(losses, rest, reps)
+    task_losses, heads_vjp = jax.vjp(
+        lambda rest, reps: _losses_from_reps(model, tasks, batch, rest, reps, rngs), rest, reps
+    )
     _, own = heads_vjp(jnp.ones((num_tasks,), jnp.float32))  # tower t feeds loss t only
     trunk_task_grads = stacked_grads.mmoe_task_grads(trunk, x, cache, jnp.stack(own, axis=1))
     trunk_update, weights, rest_weights, balancer = balancing.combine_task_grads(
@@ -352,14 +355,10 @@ def _representation_gradient_step(model, tasks, rule, balancer_state, batch, par
             ),
         )
 
-    def losses(rest, reps):
-        logits = model.apply(
-            {"params": rest}, reps, train=True, rngs=rngs, method=MultiTaskModel.heads
-        )
-        return _mean_task_losses(tasks, logits, batch, rngs)
-
     reps, below_vjp = jax.vjp(represent, below)
-    task_losses, heads_vjp = jax.vjp(losses, rest, reps)
+    task_losses, heads_vjp = jax.vjp(
+        lambda rest, reps: _losses_from_reps(model, tasks, batch, rest, reps, rngs), rest, reps
+    )
     ones = jnp.ones((len(tasks),), jnp.float32)
     if not esmm_tasks(model.config)[0]:
         # Tower t reads only rep t and feeds only loss t, so one backward pass of the summed
