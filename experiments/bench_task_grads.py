@@ -91,7 +91,7 @@ def main(argv):
 
         def stacked(trunk, x):
             _, cache = stacked_grads.mmoe_forward(trunk, x, num_tasks)
-            return stacked_grads.mmoe_task_grads(trunk, x, cache, cotangents)
+            return stacked_grads.mmoe_task_grads(trunk, x, cache, cotangents)[0]
 
         programs["stacked"] = stacked
     compiled = {name: jax.jit(fn).lower(trunk, x).compile() for name, fn in programs.items()}

@@ -305,24 +305,22 @@ def _stacked_trunk_gradient_step(model, tasks, rule, balancer_state, batch, inpu
     that read one representation each; configlib checks): one backward of the towers leaves
     each task's cotangent on its own representation, and ``stacked_grads`` turns all T of
     them into the T trunk gradients in one pass with a task axis. The weighted towers'
-    backward and one backward of the trunk to its input (its parameters' part unused, so
-    never computed) give the rest: T + 1 passes' worth, as ``batched``, without the vmap."""
+    backward gives the heads' gradients, and the per-task cotangents where the trunk reads
+    its input, weighted, give the input's (the trunk's backward is not run a second time)."""
     trunk, rest, x = inputs
     num_tasks = len(tasks)
-    reps, trunk_vjp, cache = jax.vjp(
-        lambda tr, x: stacked_grads.mmoe_forward(tr, x, num_tasks), trunk, x, has_aux=True
-    )
-
+    reps, cache = stacked_grads.mmoe_forward(trunk, x, num_tasks)
     task_losses, heads_vjp = jax.vjp(
         lambda rest, reps: _losses_from_reps(model, tasks, batch, rest, reps, rngs), rest, reps
     )
     _, own = heads_vjp(jnp.ones((num_tasks,), jnp.float32))  # tower t feeds loss t only
-    trunk_task_grads = stacked_grads.mmoe_task_grads(trunk, x, cache, jnp.stack(own, axis=1))
+    trunk_task_grads, below = stacked_grads.mmoe_task_grads(trunk, x, cache, jnp.stack(own, axis=1))
     trunk_update, weights, rest_weights, balancer = balancing.combine_task_grads(
         rule, balancer_state, trunk_task_grads, task_losses
     )
-    rest_grads, reps_cotangent = heads_vjp(rest_weights)
-    _, x_grad = trunk_vjp(reps_cotangent)
+    rest_grads, _ = heads_vjp(rest_weights)
+    # Tower t's cotangent on rep t scales with rest_weights[t]: so does its share of x's.
+    x_grad = stacked_grads.mmoe_input_grad(trunk, below, rest_weights)
     gram = balancing.gramian(trunk_task_grads)
     return task_losses, trunk_update, rest_grads, x_grad, weights, balancer, gram
 

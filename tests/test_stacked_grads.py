@@ -37,13 +37,18 @@ def test_stacked_pass_equals_the_modules_forward_and_per_task_vjp(hidden):
     expected = module.apply({"params": params}, x)
     chex.assert_trees_all_close(reps, expected, rtol=1e-5, atol=1e-6)
 
-    _, vjp = jax.vjp(lambda p: module.apply({"params": p}, x), params)
+    _, vjp = jax.vjp(lambda p, x: module.apply({"params": p}, x), params, x)
 
     def task_grad(t):
         return vjp([cotangents[:, s] * (s == t) for s in range(NUM_TASKS)])[0]
 
     reference = jax.jit(jax.vmap(task_grad))(jnp.arange(NUM_TASKS))
-    got = jax.jit(stacked_grads.mmoe_task_grads)(params, x, cache, cotangents)
+    got, below = jax.jit(stacked_grads.mmoe_task_grads)(params, x, cache, cotangents)
+    # The input's gradient for weighted task losses, from the per-task cotangents kept.
+    weights = jnp.array([0.5, -1.5, 2.0])[:NUM_TASKS]
+    _, x_expected = vjp([weights[s] * cotangents[:, s] for s in range(NUM_TASKS)])
+    x_got = jax.jit(stacked_grads.mmoe_input_grad)(params, below, weights)
+    chex.assert_trees_all_close(x_got, x_expected, rtol=1e-5, atol=1e-5)
     assert jax.tree.structure(got) == jax.tree.structure(reference)
     chex.assert_trees_all_close(got, reference, rtol=1e-5, atol=1e-5)
     # Task 0's gradient is not the sum over tasks (the comparison above sees the task axis).

@@ -108,8 +108,17 @@ class FeatureEmbedding(nn.Module):
         dense = [features[spec.name].astype(jnp.float32) for spec in self.features if spec.is_dense]
         out = jnp.concatenate(vectors + dense, axis=-1)
         if self.pairwise_dots and len(vectors) > 1:
-            stacked_bfd = jnp.stack(vectors, axis=1)
-            dots_bff = jnp.einsum("bfd,bgd->bfg", stacked_bfd, stacked_bfd)
-            i, j = jnp.triu_indices(len(vectors), k=1)
-            out = jnp.concatenate([out, dots_bff[:, i, j]], axis=-1)
+            # One product-and-sum per pair (triu order): as a (F x D)(D x F) matmul per
+            # example, XLA:CPU ran a batched matmul of tiny matrices, forward and backward
+            # (the e-commerce EW step 5.9 -> 5.2 ms).
+            count = len(vectors)
+            dots = jnp.stack(
+                [
+                    jnp.sum(vectors[a] * vectors[b], axis=-1)
+                    for a in range(count)
+                    for b in range(a + 1, count)
+                ],
+                axis=-1,
+            )
+            out = jnp.concatenate([out, dots], axis=-1)
         return out

@@ -33,26 +33,28 @@ class MLP(nn.Module):
 
 
 class ExpertMLPs(nn.Module):
-    """``num_experts`` independent MLPs evaluated as one batched einsum per layer.
+    """``num_experts`` independent MLPs with their weights stacked: one (E, in, out) kernel per
+    layer, the layout sharding rules and checkpoints see.
 
-    One (E, in, out) kernel per layer instead of E separate Dense modules: the experts run
-    as a single matmul, which is what makes MMoE cheap on accelerators.
     Input (B, D), shared by every expert, or (B, E, D), one input per expert (PLE's task
-    experts read their own task's representation) -> output (B, E, H).
+    experts read their own task's representation) -> output (B, E, H), or with
+    ``as_list`` (shared input only) a list of E arrays (B, H).
 
-    A shared input meets every kernel in one plain matmul (B, D) x (D, E*H) rather than
-    being copied E times (whose backward is a slow reduction), and hidden layers run
-    expert-major (E, B, H), the layout of a batched matmul. On the 2-core CPU this cut the
-    MovieLens ablation step (3 seeds vmapped, two cells sharing the cores) from 124 to 89 ms
-    for MMoE + PCGrad and from 133 to 110 ms for PLE (experiments/README.md, "Ablations").
+    A shared input runs each expert as its own chain of plain 2-D matmuls, (B, D) x (D, W):
+    XLA:CPU runs those at its matmul speed in the forward and backward alike, where one
+    batched einsum let layout assignment pick an example-minor layout for the first layer
+    and a transposed batched matmul for the next (profile.md, finding 6: the MovieLens peer
+    EW step 7.1 -> 5.5 ms). Per-expert inputs stay one batched einsum per layer, expert-major
+    (E, B, H).
     """
 
     num_experts: int
     hidden: Sequence[int]
     dropout: float = 0.0
+    as_list: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array | list[jax.Array]:
         init = nn.with_logical_partitioning(
             nn.initializers.variance_scaling(
                 1.0, "fan_in", "truncated_normal", in_axis=-2, out_axis=-1, batch_axis=(0,)
@@ -62,18 +64,25 @@ class ExpertMLPs(nn.Module):
         bias_init = nn.with_logical_partitioning(nn.initializers.zeros, ("expert", "mlp_out"))
         if x.ndim == 3 and x.shape[1] != self.num_experts:
             raise ValueError(f"per-expert input {x.shape} does not have {self.num_experts} experts")
-        if not self.hidden:
-            return (
-                x
-                if x.ndim == 3
-                else jnp.broadcast_to(x[:, None, :], (x.shape[0], self.num_experts, x.shape[-1]))
-            )
-        h_ebi = x if x.ndim == 2 else x.swapaxes(0, 1)  # (B, D) shared or (E, B, D)
+        if self.as_list and x.ndim != 2:
+            raise ValueError(f"as_list needs the shared (B, D) input, got {x.shape}")
+        layers, width_in = [], x.shape[-1]
         for i, width in enumerate(self.hidden):
-            kernel = self.param(f"kernel_{i}", init, (self.num_experts, h_ebi.shape[-1], width))
-            bias = self.param(f"bias_{i}", bias_init, (self.num_experts, width))
-            spec = "bi,eio->ebo" if h_ebi.ndim == 2 else "ebi,eio->ebo"
-            h_ebi = nn.relu(jnp.einsum(spec, h_ebi, kernel) + bias[:, None, :])
-            if self.dropout > 0:
-                h_ebi = nn.Dropout(self.dropout, deterministic=not train)(h_ebi)
+            kernel = self.param(f"kernel_{i}", init, (self.num_experts, width_in, width))
+            layers.append((kernel, self.param(f"bias_{i}", bias_init, (self.num_experts, width))))
+            width_in = width
+        drop = nn.Dropout(self.dropout, deterministic=not train) if self.dropout > 0 else None
+        if x.ndim == 2:
+            outputs = []
+            for e in range(self.num_experts):
+                h = x
+                for kernel, bias in layers:
+                    h = nn.relu(h @ kernel[e] + bias[e])
+                    h = drop(h) if drop else h
+                outputs.append(h)
+            return outputs if self.as_list else jnp.stack(outputs, axis=1)
+        h_ebi = x.swapaxes(0, 1)  # (E, B, D)
+        for kernel, bias in layers:
+            h_ebi = nn.relu(jnp.einsum("ebi,eio->ebo", h_ebi, kernel) + bias[:, None, :])
+            h_ebi = drop(h_ebi) if drop else h_ebi
         return h_ebi.swapaxes(0, 1)
