@@ -49,6 +49,14 @@ def test_expert_mlps_shared_and_per_expert_inputs_are_each_experts_own_mlp():
         np.testing.assert_allclose(per_expert_out[:, e], own, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match=r"\(5, 3, 6\).*4 experts"):
         experts.apply({"params": params}, per_expert_in[:, :3])
+    # A list of per-expert inputs runs the same experts, one plain chain each.
+    listed = ExpertMLPs(4, (7, 3), as_list=True).apply(
+        {"params": params}, [per_expert_in[:, e] for e in range(4)]
+    )
+    for e in range(4):
+        np.testing.assert_allclose(listed[e], per_expert_out[:, e], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="3 per-expert inputs for 4 experts"):
+        experts.apply({"params": params}, [X] * 3)
 
 
 def test_omoe_one_expert_is_shared_bottom_and_tasks_share_one_mixture():
@@ -101,13 +109,16 @@ def test_cgc_level_matches_per_expert_reference(k, s, shared_output):
     t = 3
     task_in = np.asarray(jax.random.normal(jax.random.PRNGKey(2), (5, t, 6)))
     level = CGCLevel(t, k, s, (7,), shared_output=shared_output)
-    params, (task_out, shared_out) = _init(level, task_in, np.asarray(X))
+    task_inputs = [task_in[:, i] for i in range(t)]
+    params, (task_out, shared_out) = _init(level, task_inputs, np.asarray(X))
     want_task, want_shared = _cgc_reference(params, task_in, np.asarray(X), t, k, s, shared_output)
-    np.testing.assert_allclose(task_out, want_task, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.stack(task_out, 1), want_task, rtol=1e-5, atol=1e-6)
     if shared_output:
         np.testing.assert_allclose(shared_out, want_shared, rtol=1e-5, atol=1e-6)
     else:
         assert shared_out is None
+    with pytest.raises(ValueError, match="2 task inputs for 3 tasks"):
+        level.apply({"params": params}, task_inputs[:2], np.asarray(X))
 
 
 def test_cgc_without_shared_experts_gives_independent_columns():

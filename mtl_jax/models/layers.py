@@ -36,15 +36,16 @@ class ExpertMLPs(nn.Module):
     """``num_experts`` independent MLPs with their weights stacked: one (E, in, out) kernel per
     layer, the layout sharding rules and checkpoints see.
 
-    Input (B, D), shared by every expert, or (B, E, D), one input per expert (PLE's task
-    experts read their own task's representation) -> output (B, E, H), or with
-    ``as_list`` (shared input only) a list of E arrays (B, H).
+    Input (B, D), shared by every expert; a sequence of E arrays (B, D), one input per
+    expert (PLE's task experts read their own task's representation); or the same stacked,
+    (B, E, D) -> output (B, E, H), or with ``as_list`` (not for a stacked input) a list of E
+    arrays (B, H).
 
-    A shared input runs each expert as its own chain of plain 2-D matmuls, (B, D) x (D, W):
+    Unstacked inputs run each expert as its own chain of plain 2-D matmuls, (B, D) x (D, W):
     XLA:CPU runs those at its matmul speed in the forward and backward alike, where one
     batched einsum let layout assignment pick an example-minor layout for the first layer
     and a transposed batched matmul for the next (profile.md, finding 6: the MovieLens peer
-    EW step 7.1 -> 5.5 ms). Per-expert inputs stay one batched einsum per layer, expert-major
+    EW step 7.1 -> 5.5 ms). A stacked input stays one batched einsum per layer, expert-major
     (E, B, H).
     """
 
@@ -54,7 +55,9 @@ class ExpertMLPs(nn.Module):
     as_list: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array | list[jax.Array]:
+    def __call__(
+        self, x: jax.Array | Sequence[jax.Array], *, train: bool = False
+    ) -> jax.Array | list[jax.Array]:
         init = nn.with_logical_partitioning(
             nn.initializers.variance_scaling(
                 1.0, "fan_in", "truncated_normal", in_axis=-2, out_axis=-1, batch_axis=(0,)
@@ -62,20 +65,27 @@ class ExpertMLPs(nn.Module):
             ("expert", "mlp_in", "mlp_out"),
         )
         bias_init = nn.with_logical_partitioning(nn.initializers.zeros, ("expert", "mlp_out"))
-        if x.ndim == 3 and x.shape[1] != self.num_experts:
+        if isinstance(x, (list, tuple)):
+            if len(x) != self.num_experts:
+                raise ValueError(f"{len(x)} per-expert inputs for {self.num_experts} experts")
+            inputs, width_in = list(x), x[0].shape[-1]
+        elif x.ndim == 2:
+            inputs, width_in = [x] * self.num_experts, x.shape[-1]
+        elif x.shape[1] != self.num_experts:
             raise ValueError(f"per-expert input {x.shape} does not have {self.num_experts} experts")
-        if self.as_list and x.ndim != 2:
-            raise ValueError(f"as_list needs the shared (B, D) input, got {x.shape}")
-        layers, width_in = [], x.shape[-1]
+        elif self.as_list:
+            raise ValueError(f"as_list is for unstacked inputs, got one of shape {x.shape}")
+        else:
+            inputs, width_in = None, x.shape[-1]
+        layers = []
         for i, width in enumerate(self.hidden):
             kernel = self.param(f"kernel_{i}", init, (self.num_experts, width_in, width))
             layers.append((kernel, self.param(f"bias_{i}", bias_init, (self.num_experts, width))))
             width_in = width
         drop = nn.Dropout(self.dropout, deterministic=not train) if self.dropout > 0 else None
-        if x.ndim == 2:
+        if inputs is not None:
             outputs = []
-            for e in range(self.num_experts):
-                h = x
+            for e, h in enumerate(inputs):
                 for kernel, bias in layers:
                     h = nn.relu(h @ kernel[e] + bias[e])
                     h = drop(h) if drop else h

@@ -100,9 +100,11 @@ class CGCLevel(nn.Module):
     its own and the shared experts only. With ``shared_output`` (PLE's lower levels) a shared
     gate over all experts also produces the shared input of the next level.
 
-    Input: the T task representations (B, T, D), or None where every task reads the shared
-    one (PLE's first level: the experts then share one matmul), and the shared one (B, D).
-    Output: (B, T, H) task representations and, with ``shared_output``, (B, H).
+    Input: the T task representations (a sequence of (B, D)), or None where every task reads
+    the shared one (PLE's first level), and the shared one (B, D). Output: the T task
+    representations (a list of (B, H)) and, with ``shared_output``, the shared one (B, H).
+    Arrays stay per task and per expert, as in MMoE: plain matmuls and elementwise mixtures,
+    no per-example batched matmuls of tiny gate matrices (profile.md, finding 6).
     """
 
     num_tasks: int
@@ -113,43 +115,49 @@ class CGCLevel(nn.Module):
     shared_output: bool = False
 
     @nn.compact
-    def __call__(self, task_btd: jax.Array | None, shared_bd: jax.Array, *, train: bool = False):
+    def __call__(
+        self,
+        task_inputs: Sequence[jax.Array] | None,
+        shared_bd: jax.Array,
+        *,
+        train: bool = False,
+    ) -> tuple[list[jax.Array], jax.Array | None]:
         t, k, s = self.num_tasks, self.num_task_experts, self.num_shared_experts
-        batch = shared_bd.shape[0]
-        # All experts in one ExpertMLPs: task t's k experts read task t's input.
-        if task_btd is None:
-            inputs = shared_bd
-        else:
-            inputs = jnp.concatenate(
-                [
-                    jnp.repeat(task_btd, k, axis=1),
-                    jnp.broadcast_to(shared_bd[:, None], (batch, s, shared_bd.shape[-1])),
-                ],
-                axis=1,
-            )
-        experts = ExpertMLPs(t * k + s, self.hidden, self.dropout, name="experts")(
-            inputs, train=train
+        if task_inputs is not None and len(task_inputs) != t:
+            raise ValueError(f"{len(task_inputs)} task inputs for {t} tasks")
+        # Task t's k experts read task t's input, the s shared experts the shared one.
+        expert_inputs = (
+            shared_bd
+            if task_inputs is None
+            else [h for h in task_inputs for _ in range(k)] + [shared_bd] * s
         )
-        task_experts_btkh = experts[:, : t * k].reshape(batch, t, k, -1)
-        shared_experts_bsh = experts[:, t * k :]
+        experts = ExpertMLPs(t * k + s, self.hidden, self.dropout, as_list=True, name="experts")(
+            expert_inputs, train=train
+        )
+        shared_experts = experts[t * k :]
 
-        # Task t's gate reads task t's input: T gates as one einsum over per-task kernels.
-        gate_in, spec = (shared_bd, "bd") if task_btd is None else (task_btd, "btd")
+        # Task t's gate reads task t's input and mixes its own k experts and the shared ones.
+        gate_inputs = [shared_bd] * t if task_inputs is None else list(task_inputs)
         kernel = self.param(
             "task_gates_kernel",
             nn.initializers.lecun_normal(batch_axis=(0,)),
-            (t, gate_in.shape[-1], k + s),
+            (t, shared_bd.shape[-1] if task_inputs is None else task_inputs[0].shape[-1], k + s),
         )
         bias = self.param("task_gates_bias", nn.initializers.zeros, (t, k + s))
-        gates_btg = jax.nn.softmax(jnp.einsum(f"{spec},tdg->btg", gate_in, kernel) + bias, -1)
-        self.sow("intermediates", "gate_weights", gates_btg)
-        task_out = jnp.einsum("btk,btkh->bth", gates_btg[..., :k], task_experts_btkh)
-        task_out = task_out + jnp.einsum("bts,bsh->bth", gates_btg[..., k:], shared_experts_bsh)
+        gates = [jax.nn.softmax(h @ kernel[i] + bias[i], -1) for i, h in enumerate(gate_inputs)]
+        self.sow("intermediates", "gate_weights", jnp.stack(gates, axis=1))
+        task_out = [
+            sum(
+                g[:, j, None] * h
+                for j, h in enumerate(experts[i * k : (i + 1) * k] + shared_experts)
+            )
+            for i, g in enumerate(gates)
+        ]
         if not self.shared_output:
             return task_out, None
         shared_gate_b1e = _softmax_gates(nn.Dense(t * k + s, name="shared_gate"), shared_bd, 1)
         self.sow("intermediates", "shared_gate_weights", shared_gate_b1e)
-        shared_out = jnp.einsum("be,beh->bh", shared_gate_b1e[:, 0], experts)
+        shared_out = sum(shared_gate_b1e[:, 0, j, None] * h for j, h in enumerate(experts))
         return task_out, shared_out
 
 
@@ -166,9 +174,9 @@ class PLE(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> list[jax.Array]:
-        task_btd, shared_bd = None, x  # the first level's tasks all read x
+        task_inputs, shared_bd = None, x  # the first level's tasks all read x
         for level in range(self.num_levels):
-            task_btd, shared_bd = CGCLevel(
+            task_inputs, shared_bd = CGCLevel(
                 self.num_tasks,
                 self.num_task_experts,
                 self.num_shared_experts,
@@ -176,8 +184,8 @@ class PLE(nn.Module):
                 self.dropout,
                 shared_output=level < self.num_levels - 1,
                 name=f"level_{level}",
-            )(task_btd, shared_bd, train=train)
-        return [task_btd[:, t] for t in range(self.num_tasks)]
+            )(task_inputs, shared_bd, train=train)
+        return task_inputs
 
 
 class CrossStitch(nn.Module):
@@ -198,12 +206,13 @@ class CrossStitch(nn.Module):
         t = self.num_tasks
         off = (1.0 - self.self_weight) / max(t - 1, 1)
         alpha_init = off * jnp.ones((t, t)) + (self.self_weight - off) * jnp.eye(t)
-        h = jnp.broadcast_to(x[:, None], (x.shape[0], t, x.shape[-1]))
+        h = x  # every column reads x first
         for i, width in enumerate(self.hidden):
-            h = ExpertMLPs(t, (width,), self.dropout, name=f"columns_{i}")(h, train=train)
+            columns = ExpertMLPs(t, (width,), self.dropout, as_list=True, name=f"columns_{i}")
+            h = columns(h, train=train)
             alpha = self.param(f"stitch_{i}", lambda *_, a=alpha_init: a)
-            h = jnp.einsum("ts,bsh->bth", alpha, h)
-        return [h[:, k] for k in range(t)]
+            h = [sum(alpha[k, j] * h_j for j, h_j in enumerate(h)) for k in range(t)]
+        return [h] * t if not self.hidden else h
 
 
 TRUNKS = ("shared_bottom", "single_task", "omoe", "mmoe", "cgc", "ple", "cross_stitch")
