@@ -21,7 +21,10 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
+import ml_collections
+
 from mtl_jax import balancing, reporting
+from mtl_jax.models import stacked_grads
 from mtl_jax.tasks import METRICS
 
 HIGHER_IS_BETTER = {name: hib for kind in METRICS.values() for name, (_, hib) in kind.items()}
@@ -108,14 +111,20 @@ def varying_keys(cells: Sequence[CellResults]) -> list[str]:
 def backward_passes(run: dict[str, Any]) -> int:
     """Backward passes through the trunk per train step (mtl_jax/step.py make_train_step):
     one for loss weighting and for Gramians at the representation; for exact whole-trunk
-    gradient methods one per task, plus one when batched; with ``gramian_params``, one per
-    task down to the chosen layers plus one whole."""
+    gradient methods one per task (``sequential``, or its worth in one ``stacked`` pass),
+    plus one when batched; with ``gramian_params``, one per task down to the chosen layers
+    plus one whole."""
     c = run["config"]["balancing"]
     if c["method"] not in balancing.GRADIENT_METHODS or c.get("gramian_at") == "representation":
         return 1
     tasks = len(run["config"]["tasks"])
-    sequential = c.get("task_gradients") == "sequential" and not c.get("gramian_params")
-    return tasks if sequential else tasks + 1
+    mode = c.get("task_gradients", "batched")
+    if mode == "auto":  # as step.task_gradient_mode resolves it
+        model = ml_collections.ConfigDict(run["config"]["model"])
+        problem = stacked_grads.stacked_problem(model, c.get("gramian_params", ""))
+        mode = "batched" if problem else "stacked"
+    per_task_only = mode in ("sequential", "stacked") and not c.get("gramian_params")
+    return tasks if per_task_only else tasks + 1
 
 
 @dataclasses.dataclass

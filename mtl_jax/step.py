@@ -118,12 +118,21 @@ class _WithFrozen:
         return self._model.apply({**variables, "params": params}, *args, **kwargs)
 
 
-def task_gradient_mode(model: MultiTaskModel, requested: str) -> str:
-    """The per-task gradient mode a model can take: an LM trunk always takes T sequential
-    backward passes. Batched (a vmap over the T cotangents of one vjp) gives wrong LoRA
-    ``lora_b`` gradients for every task but the first on it (measured against per-task
-    ``jax.grad``; tests/test_lm_trunk.py), and T passes also hold less memory at LM size."""
-    return "sequential" if getattr(model, "language_model", None) is not None else requested
+def task_gradient_mode(model: MultiTaskModel, requested: str, gramian_params: str = "") -> str:
+    """The per-task gradient mode the step runs. ``"auto"`` (the default) takes ``"stacked"``
+    where it applies (MMoE without dropout or ESMM, the whole trunk's Gramian), the fastest
+    form there on 2 CPU cores, and ``"batched"`` elsewhere (as fast as T sequential passes
+    for PLE, faster for Shared-Bottom; profile.md, finding 6). An LM trunk always takes T
+    sequential backward passes: batched (a vmap over the T cotangents of one vjp) gives
+    wrong LoRA ``lora_b`` gradients for every task but the first on it (measured against
+    per-task ``jax.grad``; tests/test_lm_trunk.py), and T passes hold less memory at LM
+    size."""
+    if getattr(model, "language_model", None) is not None:
+        return "sequential"
+    if requested == "auto":
+        problem = stacked_grads.stacked_problem(model.config, gramian_params)
+        return "batched" if problem else "stacked"
+    return requested
 
 
 def _split_params(params: dict) -> tuple[Any, Any, dict]:
@@ -185,16 +194,15 @@ def _losses_from_reps(model, tasks, batch, rest, reps, rngs) -> jax.Array:
     return _mean_task_losses(tasks, logits, batch, rngs)
 
 
-TASK_GRADIENT_MODES = ("batched", "sequential", "stacked")
+TASK_GRADIENT_MODES = ("auto", "batched", "sequential", "stacked")
 
 
 def _per_task_trunk_grads(vjp_fn: Callable, num_tasks: int, mode: str = "batched") -> Any:
     """The trunk gradient of each task (leaves with a leading task axis) from a vjp whose
     first input is the trunk: ``"batched"``, one ``vmap`` over the T unit cotangents (every
     matmul of the backward gains a task batch dimension); ``"sequential"``, T backward
-    passes of plain matmuls, stacked. Same values; which is faster depends on the shapes
-    and the backend (on 2 CPU cores: sequential is 30% faster for the MovieLens MMoE with
-    128-64 experts, 12% slower for the e-commerce MMoE, and needs less memory; see
+    passes of plain matmuls, stacked. Same values; which is faster depends on the model
+    and the backend (sequential needs less memory; measured in
     experiments/results/profile.md). ``"stacked"`` is the train step's own MMoE pass
     (``_stacked_trunk_gradient_step``); here, e.g. for logged Gramians, it runs batched.
     """
@@ -402,7 +410,7 @@ def make_train_step(
     gramian_params: str = "",
     embedding_norm: float = 0.0,
     distill: tuple[MultiTaskModel, float, float] | None = None,
-    task_gradients: str = "batched",
+    task_gradients: str = "auto",
     gramian_at: str = "trunk",
     sparse_embeddings: bool = False,
     state_sharding: TrainState | None = None,
@@ -439,7 +447,7 @@ def make_train_step(
     steps they missed, so that the forward pass sees what the dense path would.
     """
     num_tasks = len(tasks)
-    task_gradients = task_gradient_mode(model, task_gradients)
+    task_gradients = task_gradient_mode(model, task_gradients, gramian_params)
     problem = gramian_option_problem(rule, gramian_params, gramian_at)
     if problem:
         raise ValueError(f"balancing.{problem[0]}: {problem[1]}")
@@ -639,7 +647,7 @@ def settling(settle: Callable) -> Callable[[TrainState], TrainState]:
 
 
 def make_trunk_gramian(
-    model: MultiTaskModel, tasks: Sequence[TaskSpec], task_gradients: str = "batched"
+    model: MultiTaskModel, tasks: Sequence[TaskSpec], task_gradients: str = "auto"
 ) -> Callable:
     """``(params, batch) -> (T, T)`` Gramian of per-task trunk gradients, for diagnostics of
     loss-weighting runs (gradient methods get it from their train step for free)."""

@@ -1,6 +1,7 @@
 """The hand-written MMoE pass with a task axis against the Flax module and its vjp."""
 
 import re
+import types
 
 import chex
 import flax.linen as nn
@@ -8,12 +9,13 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from mtl_jax import ablation
 from mtl_jax.configlib import validate
 from mtl_jax.data import load_dataset
 from mtl_jax.errors import ConfigError
 from mtl_jax.models import stacked_grads
 from mtl_jax.models.trunks import MMoE
-from mtl_jax.step import make_train_step
+from mtl_jax.step import make_train_step, task_gradient_mode
 from mtl_jax.train import Trainer
 from tests.helpers import tiny_config
 
@@ -87,3 +89,31 @@ def test_the_train_step_refuses_a_trunk_it_does_not_compute():
         make_train_step(
             trainer.model, trainer.tasks, trainer.tx, trainer.rule, task_gradients="stacked"
         )
+
+
+def test_auto_takes_stacked_where_it_applies_and_batched_elsewhere():
+    """The default mode resolves by what the model is; the ablation tables count the
+    backward passes of the mode it resolved to."""
+    config = tiny_config()
+    config.model.dropout = 0.0
+    model = types.SimpleNamespace(config=config.model, language_model=None)
+    assert task_gradient_mode(model, "auto") == "stacked"
+    assert task_gradient_mode(model, "auto", "experts/kernel_1") == "batched"
+    assert task_gradient_mode(model, "batched") == "batched"
+    run = {
+        "config": {
+            "balancing": {"method": "pcgrad", "task_gradients": "auto", "gramian_params": ""},
+            "tasks": ["a", "b", "c"],
+            "model": config.model.to_dict(),
+        }
+    }
+    assert ablation.backward_passes(run) == 3  # one stacked pass, T passes' worth
+    for key, value in (("dropout", 0.1), ("trunk", "ple")):
+        other = config.model.copy_and_resolve_references()
+        other[key] = value
+        assert task_gradient_mode(types.SimpleNamespace(config=other), "auto") == "batched"
+    run["config"]["balancing"]["gramian_params"] = "experts/kernel_1"
+    assert ablation.backward_passes(run) == 4  # T to the chosen layer, one whole
+    assert task_gradient_mode(types.SimpleNamespace(language_model=object()), "auto") == (
+        "sequential"
+    )

@@ -440,6 +440,7 @@ def test_task_gradient_modes_equal_batched(mode):
     config.model.dropout = 0.0  # stacked computes the MMoE trunk without dropout
     dataset = load_dataset(config.data, config.seed)
     mesh = parallel.make_mesh(1)
+    config.balancing.task_gradients = "batched"
     batched = _train_params(config, dataset, mesh, 5)
     config.balancing.task_gradients = mode
     other = _train_params(config, dataset, mesh, 5)

@@ -33,10 +33,11 @@ def default_config(task_names: Sequence[str], method: str = "ew") -> ml_collecti
     # 'experts/(kernel|bias)_1$', the last expert layer); '' = the whole trunk (exact).
     c.gramian_params = ""
     # Gradient methods: how the T per-task trunk gradients are formed, "batched" (one vmap
-    # over the task cotangents), "sequential" (T backward passes) or "stacked" (MMoE without
-    # dropout: one hand-written pass with a task axis, models/stacked_grads.py); same
-    # values, speed depends on the model and backend (experiments/bench_task_grads.py).
-    c.task_gradients = "batched"
+    # over the task cotangents), "sequential" (T backward passes), "stacked" (MMoE without
+    # dropout: one hand-written pass with a task axis, models/stacked_grads.py) or "auto"
+    # (stacked where it applies, else batched); same values up to rounding, speed
+    # depends on the model and backend (experiments/bench_task_grads.py).
+    c.task_gradients = "auto"
     # Gradient methods: where the Gramian of task gradients is taken, "trunk" (the trunk's
     # parameters, exact, or those gramian_params selects) or "representation" (the trunk's
     # output each tower reads, as LibMTL's rep_grad and MultiBalance: about EW's cost).
