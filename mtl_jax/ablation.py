@@ -119,8 +119,10 @@ def backward_passes(run: dict[str, Any]) -> int:
         return 1
     tasks = len(run["config"]["tasks"])
     mode = c.get("task_gradients", "batched")
-    if mode == "auto":  # as step.task_gradient_mode resolves it
-        model = ml_collections.ConfigDict(run["config"]["model"])
+    model = ml_collections.ConfigDict(run["config"].get("model", {}))
+    if model.get("trunk") == "llm":  # as step.task_gradient_mode resolves it
+        mode = "sequential"
+    elif mode == "auto":
         problem = stacked_grads.stacked_problem(model, c.get("gramian_params", ""))
         mode = "batched" if problem else "stacked"
     per_task_only = mode in ("sequential", "stacked") and not c.get("gramian_params")

@@ -114,6 +114,10 @@ def test_auto_takes_stacked_where_it_applies_and_batched_elsewhere():
         assert task_gradient_mode(types.SimpleNamespace(config=other), "auto") == "batched"
     run["config"]["balancing"]["gramian_params"] = "experts/kernel_1"
     assert ablation.backward_passes(run) == 4  # T to the chosen layer, one whole
+    run["config"]["balancing"].update(gramian_params="", task_gradients="batched")
+    assert ablation.backward_passes(run) == 4  # T under the vmap, one for the sums
+    run["config"]["model"]["trunk"] = "llm"
+    assert ablation.backward_passes(run) == 3  # an LM trunk always runs T passes
     assert task_gradient_mode(types.SimpleNamespace(language_model=object()), "auto") == (
         "sequential"
     )
