@@ -123,8 +123,7 @@ def backward_passes(run: dict[str, Any]) -> int:
     if model.get("trunk") == "llm":  # as step.task_gradient_mode resolves it
         mode = "sequential"
     elif mode == "auto":
-        problem = stacked_grads.stacked_problem(model, c.get("gramian_params", ""))
-        mode = "batched" if problem else "stacked"
+        mode = stacked_grads.auto_task_gradients(model, c.get("gramian_params", ""))
     per_task_only = mode in ("sequential", "stacked") and not c.get("gramian_params")
     return tasks if per_task_only else tasks + 1
 

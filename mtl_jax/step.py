@@ -130,8 +130,7 @@ def task_gradient_mode(model: MultiTaskModel, requested: str, gramian_params: st
     if getattr(model, "language_model", None) is not None:
         return "sequential"
     if requested == "auto":
-        problem = stacked_grads.stacked_problem(model.config, gramian_params)
-        return "batched" if problem else "stacked"
+        return stacked_grads.auto_task_gradients(model.config, gramian_params)
     return requested
 
 
@@ -204,7 +203,7 @@ def _per_task_trunk_grads(vjp_fn: Callable, num_tasks: int, mode: str = "batched
     passes of plain matmuls, stacked. Same values; which is faster depends on the model
     and the backend (sequential needs less memory; measured in
     experiments/results/profile.md). ``"stacked"`` is the train step's own MMoE pass
-    (``_stacked_trunk_gradient_step``); here, e.g. for logged Gramians, it runs batched.
+    (``_stacked_task_grads``); here, e.g. for logged Gramians, it runs batched.
     """
     return _per_task_vjp(vjp_fn, num_tasks, mode)[0]
 
@@ -308,13 +307,14 @@ def gramian_option_problem(
     return None
 
 
-def _stacked_trunk_gradient_step(model, tasks, rule, balancer_state, batch, inputs, rngs):
-    """The exact whole-trunk step with ``task_gradients="stacked"`` (MMoE, no dropout, towers
-    that read one representation each; configlib checks): one backward of the towers leaves
-    each task's cotangent on its own representation, and ``stacked_grads`` turns all T of
-    them into the T trunk gradients in one pass with a task axis. The weighted towers'
-    backward gives the heads' gradients, and the per-task cotangents where the trunk reads
-    its input, weighted, give the input's (the trunk's backward is not run a second time)."""
+def _stacked_task_grads(model, tasks, batch, inputs, rngs):
+    """The per-task trunk gradients with ``task_gradients="stacked"`` (MMoE, no dropout,
+    towers that read one representation each; configlib checks): one backward of the towers
+    leaves each task's cotangent on its own representation, and ``stacked_grads`` turns all
+    T of them into the T trunk gradients in one pass with a task axis. Returns the task
+    losses, those gradients, and ``weights -> (heads' gradients, input's gradient)``: the
+    weighted towers' backward, and the per-task cotangents where the trunk reads its input,
+    weighted (the trunk's backward is not run a second time)."""
     trunk, rest, x = inputs
     num_tasks = len(tasks)
     reps, cache = stacked_grads.mmoe_forward(trunk, x, num_tasks)
@@ -323,14 +323,12 @@ def _stacked_trunk_gradient_step(model, tasks, rule, balancer_state, batch, inpu
     )
     _, own = heads_vjp(jnp.ones((num_tasks,), jnp.float32))  # tower t feeds loss t only
     trunk_task_grads, below = stacked_grads.mmoe_task_grads(trunk, x, cache, jnp.stack(own, axis=1))
-    trunk_update, weights, rest_weights, balancer = balancing.combine_task_grads(
-        rule, balancer_state, trunk_task_grads, task_losses
-    )
-    rest_grads, _ = heads_vjp(rest_weights)
-    # Tower t's cotangent on rep t scales with rest_weights[t]: so does its share of x's.
-    x_grad = stacked_grads.mmoe_input_grad(trunk, below, rest_weights)
-    gram = balancing.gramian(trunk_task_grads)
-    return task_losses, trunk_update, rest_grads, x_grad, weights, balancer, gram
+
+    def rest_and_input(weights):
+        # Tower t's cotangent on rep t scales with weights[t]: so does its share of x's.
+        return heads_vjp(weights)[0], stacked_grads.mmoe_input_grad(trunk, below, weights)
+
+    return task_losses, trunk_task_grads, rest_and_input
 
 
 def _representation_gradient_step(model, tasks, rule, balancer_state, batch, params, rngs):
@@ -515,27 +513,26 @@ def make_train_step(
                         task_gradients,
                     )
                 )
-            elif task_gradients == "stacked":
-                task_losses, trunk_update, rest_grads, x_grad, weights, balancer, gram = (
-                    _stacked_trunk_gradient_step(
-                        model, tasks, rule, state.balancer, batch, (trunk, rest, x), rngs
-                    )
-                )
             else:
-                task_losses, vjp_fn = jax.vjp(
-                    lambda tr, others, x: _losses_from_embedded(
-                        model, tasks, batch, tr, others, x, train=True, rngs=rngs
-                    ),
-                    trunk,
-                    rest,
-                    x,
-                )
+                if task_gradients == "stacked":
+                    task_losses, trunk_task_grads, rest_and_input = _stacked_task_grads(
+                        model, tasks, batch, (trunk, rest, x), rngs
+                    )
+                else:
+                    task_losses, vjp_fn = jax.vjp(
+                        lambda tr, others, x: _losses_from_embedded(
+                            model, tasks, batch, tr, others, x, train=True, rngs=rngs
+                        ),
+                        trunk,
+                        rest,
+                        x,
+                    )
                 if task_gradients == "sequential":
                     # The T backward passes also leave each task's gradient of the heads and
                     # of the embedded input: their weighted sums need no further backward.
                     trunk_task_grads, *others = _per_task_vjp(vjp_fn, num_tasks, "sequential")
                     rest_and_input = lambda w: balancing.weighted_sum(tuple(others), w)  # noqa: E731
-                else:  # batched: vmapping those too costs more than one plain backward
+                elif task_gradients == "batched":  # vmapping those too costs more than a backward
                     trunk_task_grads = _per_task_trunk_grads(vjp_fn, num_tasks, task_gradients)
                     rest_and_input = lambda w: vjp_fn(w)[1:]  # noqa: E731
                 trunk_update, weights, rest_weights, balancer = balancing.combine_task_grads(

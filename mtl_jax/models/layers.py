@@ -38,15 +38,13 @@ class ExpertMLPs(nn.Module):
 
     Input (B, D), shared by every expert; a sequence of E arrays (B, D), one input per
     expert (PLE's task experts read their own task's representation); or the same stacked,
-    (B, E, D) -> output (B, E, H), or with ``as_list`` (not for a stacked input) a list of E
-    arrays (B, H).
+    (B, E, D) -> output (B, E, H), or with ``as_list`` a list of E arrays (B, H).
 
-    Unstacked inputs run each expert as its own chain of plain 2-D matmuls, (B, D) x (D, W):
-    XLA:CPU runs those at its matmul speed in the forward and backward alike, where one
-    batched einsum let layout assignment pick an example-minor layout for the first layer
-    and a transposed batched matmul for the next (profile.md, finding 6: the MovieLens peer
-    EW step 7.1 -> 5.5 ms). A stacked input stays one batched einsum per layer, expert-major
-    (E, B, H).
+    Each expert runs as its own chain of plain 2-D matmuls, (B, D) x (D, W): XLA:CPU runs
+    those at its matmul speed in the forward and backward alike, where one batched einsum
+    let layout assignment pick an example-minor layout for the first layer and a transposed
+    batched matmul for the next (profile.md, finding 6: the MovieLens peer EW step 7.1 ->
+    5.5 ms).
     """
 
     num_experts: int
@@ -68,31 +66,30 @@ class ExpertMLPs(nn.Module):
         if isinstance(x, (list, tuple)):
             if len(x) != self.num_experts:
                 raise ValueError(f"{len(x)} per-expert inputs for {self.num_experts} experts")
-            inputs, width_in = list(x), x[0].shape[-1]
+            inputs = list(x)
         elif x.ndim == 2:
-            inputs, width_in = [x] * self.num_experts, x.shape[-1]
+            inputs = [x] * self.num_experts
         elif x.shape[1] != self.num_experts:
             raise ValueError(f"per-expert input {x.shape} does not have {self.num_experts} experts")
-        elif self.as_list:
-            raise ValueError(f"as_list is for unstacked inputs, got one of shape {x.shape}")
         else:
-            inputs, width_in = None, x.shape[-1]
-        layers = []
+            inputs = [x[:, e] for e in range(self.num_experts)]
+        layers, width_in = [], inputs[0].shape[-1]
         for i, width in enumerate(self.hidden):
             kernel = self.param(f"kernel_{i}", init, (self.num_experts, width_in, width))
             layers.append((kernel, self.param(f"bias_{i}", bias_init, (self.num_experts, width))))
             width_in = width
         drop = nn.Dropout(self.dropout, deterministic=not train) if self.dropout > 0 else None
-        if inputs is not None:
-            outputs = []
-            for e, h in enumerate(inputs):
-                for kernel, bias in layers:
-                    h = nn.relu(h @ kernel[e] + bias[e])
-                    h = drop(h) if drop else h
-                outputs.append(h)
-            return outputs if self.as_list else jnp.stack(outputs, axis=1)
-        h_ebi = x.swapaxes(0, 1)  # (E, B, D)
-        for kernel, bias in layers:
-            h_ebi = nn.relu(jnp.einsum("ebi,eio->ebo", h_ebi, kernel) + bias[:, None, :])
-            h_ebi = drop(h_ebi) if drop else h_ebi
-        return h_ebi.swapaxes(0, 1)
+        outputs = []
+        for e, h in enumerate(inputs):
+            for kernel, bias in layers:
+                h = nn.relu(h @ kernel[e] + bias[e])
+                h = drop(h) if drop else h
+            outputs.append(h)
+        return outputs if self.as_list else jnp.stack(outputs, axis=1)
+
+
+def mix(weights: jax.Array, outputs: Sequence[jax.Array]) -> jax.Array:
+    """``sum_e weights[:, e] * outputs[e]``: a gate's mixture of per-expert outputs (B, H)
+    as E scaled adds, one elementwise fusion. As a per-example (E) x (E, H) einsum XLA:CPU
+    ran a batched matmul of tiny matrices, several times slower (profile.md, finding 6)."""
+    return sum(weights[:, e, None] * h for e, h in enumerate(outputs))

@@ -23,6 +23,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from mtl_jax.models import layers
+
 
 def mmoe_forward(trunk: dict, x: jax.Array, num_tasks: int) -> tuple[list[jax.Array], dict]:
     """The MMoE trunk's task representations (T arrays (B, H)) and what the backward reuses:
@@ -43,7 +45,7 @@ def mmoe_forward(trunk: dict, x: jax.Array, num_tasks: int) -> tuple[list[jax.Ar
         top.append(h)
     logits = x @ gate["kernel"] + gate["bias"]
     gates = jax.nn.softmax(logits.reshape(batch, num_tasks, num_experts), axis=-1)
-    mixed = [sum(gates[:, t, e, None] * h for e, h in enumerate(top)) for t in range(num_tasks)]
+    mixed = [layers.mix(gates[:, t], top) for t in range(num_tasks)]
     cache = {"inputs": inputs, "pre": pre, "top": top, "gates": gates}
     return mixed, cache
 
@@ -108,6 +110,12 @@ def mmoe_input_grad(trunk: dict, below: dict, task_weights: jax.Array) -> jax.Ar
     x_grad = sum(d_z @ experts["kernel_0"][e].T for e, d_z in enumerate(weighted))
     d_logits = below["gate_logits"] * task_weights[None, :, None]  # gate t: task t only
     return x_grad + d_logits.reshape(d_logits.shape[0], -1) @ gate["kernel"].T
+
+
+def auto_task_gradients(model_config: Any, gramian_params: str) -> str:
+    """What ``balancing.task_gradients="auto"`` runs (an LM trunk aside, which always runs
+    ``sequential``): this pass where it applies, the vmapped backward elsewhere."""
+    return "batched" if stacked_problem(model_config, gramian_params) else "stacked"
 
 
 def stacked_problem(model_config: Any, gramian_params: str) -> str | None:

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtl_jax.models.layers import MLP, ExpertMLPs
+from mtl_jax.models.layers import MLP, ExpertMLPs, mix
 
 
 def _softmax_gates(dense: nn.Dense, x_bd: jax.Array, num_gates: int) -> jax.Array:
@@ -78,12 +78,7 @@ class MMoE(nn.Module):
         dense = nn.Dense(num_gates * self.num_experts, name="gate" if self.one_gate else "gates")
         gates_bge = _softmax_gates(dense, x, num_gates)
         self.sow("intermediates", "gate_weights", gates_bge)
-        # Each mixture as E scaled adds, one elementwise fusion: as a (G x E)(E x H) einsum per
-        # example XLA:CPU ran a batched matmul of 4-wide matrices, several times slower.
-        mixed = [
-            sum(gates_bge[:, g, e, None] * h for e, h in enumerate(experts))
-            for g in range(num_gates)
-        ]
+        mixed = [mix(gates_bge[:, g], experts) for g in range(num_gates)]
         return [mixed[0 if self.one_gate else t] for t in range(self.num_tasks)]
 
 
@@ -147,17 +142,13 @@ class CGCLevel(nn.Module):
         gates = [jax.nn.softmax(h @ kernel[i] + bias[i], -1) for i, h in enumerate(gate_inputs)]
         self.sow("intermediates", "gate_weights", jnp.stack(gates, axis=1))
         task_out = [
-            sum(
-                g[:, j, None] * h
-                for j, h in enumerate(experts[i * k : (i + 1) * k] + shared_experts)
-            )
-            for i, g in enumerate(gates)
+            mix(g, experts[i * k : (i + 1) * k] + shared_experts) for i, g in enumerate(gates)
         ]
         if not self.shared_output:
             return task_out, None
         shared_gate_b1e = _softmax_gates(nn.Dense(t * k + s, name="shared_gate"), shared_bd, 1)
         self.sow("intermediates", "shared_gate_weights", shared_gate_b1e)
-        shared_out = sum(shared_gate_b1e[:, 0, j, None] * h for j, h in enumerate(experts))
+        shared_out = mix(shared_gate_b1e[:, 0], experts)
         return task_out, shared_out
 
 
