@@ -29,7 +29,11 @@ def is_lead_process() -> bool:
 
 
 def git_commit() -> str:
-    """The commit the code runs from, suffixed ``-dirty`` when the tree has changes."""
+    """The commit the code runs from, suffixed ``-dirty`` when the tree has changes;
+    ``$MTL_JAX_COMMIT`` when set (a copy of the tree without its .git, as on a lent GPU
+    host, is told its commit that way: experiments/device_check.sh)."""
+    if os.environ.get("MTL_JAX_COMMIT"):
+        return os.environ["MTL_JAX_COMMIT"]
     root = pathlib.Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(
