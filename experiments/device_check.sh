@@ -17,7 +17,7 @@
 # Knobs (environment): BATCHES (default "16384 32768 65536"), METHODS ("ew pcgrad"),
 # STEPS (64 per timed repeat), REPEATS (3), PER_DISPATCH (8), CONFIG
 # (configs/ecommerce.py), EXTRA_FLAGS (more flags for every benchmark), PYTHON (python3),
-# STEP_TIMEOUT (seconds per benchmark, 150).
+# STEP_TIMEOUT (seconds per benchmark, 150), WHEEL_DIR (.whl).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,9 +40,10 @@ fetch() {
 run() {
     local out=${1:?usage: device_check.sh run OUT_DIR}
     mkdir -p "$out"
-    if compgen -G ".whl/*.whl" >/dev/null; then
+    local wheels=${WHEEL_DIR:-.whl}
+    if compgen -G "$wheels/*.whl" >/dev/null; then
         $PYTHON -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-            --target /tmp/site .whl/*.whl || exit 1
+            --target /tmp/site "$wheels"/*.whl || exit 1
         export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
     fi
     export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1

@@ -15,11 +15,13 @@ step, so the differences are the stages' costs:
   step           the whole jitted train step (optimizer, balancing, guards included)
 
 and, for gradient methods, ``task_grads`` (forward + the T per-task trunk backward passes
-+ their Gramian). XLA's cost analysis gives each program's FLOPs and bytes; with the
-machine's peak (--peak_gflops, default: cores x GHz x 32 for AVX2 FMA in float32) they
-become achieved GFLOP/s and the share of peak. The compiled step's HLO is inventoried
-(fusions, dots, copies and transposes, reductions). Prints a table and JSON lines, and
-appends them to experiments/results/profile.jsonl.
++ their Gramian); then ``matmuls alone``: every dot of the compiled step, timed alone at its
+own shape and summed, what the step would cost if nothing but its matmuls took time and
+they ran one after another (--nomatmuls_alone skips it). XLA's cost analysis gives each
+program's FLOPs and bytes; with the machine's peak (--peak_gflops, default: cores x GHz x
+32 for AVX2 FMA in float32) they become achieved GFLOP/s and the share of peak. The
+compiled step's HLO is inventoried (fusions, dots, copies and transposes, reductions).
+Prints a table and JSON lines, and appends them to experiments/results/profile.jsonl.
 """
 
 from __future__ import annotations
@@ -57,6 +59,12 @@ _MODES = flags.DEFINE_list(
 )
 _PEAK = flags.DEFINE_float(
     "peak_gflops", 0.0, "The machine's float32 peak in GFLOP/s (0: cores x GHz x 32, AVX2 FMA)."
+)
+_MATMULS = flags.DEFINE_bool(
+    "matmuls_alone",
+    True,
+    "Also time every matmul of the compiled step alone, at its own shape (a lower bound on "
+    "the step as far as its matmuls go, unless they overlap).",
 )
 _OUT = flags.DEFINE_string(
     "out", str(pathlib.Path(__file__).parent / "results" / "profile.jsonl"), "JSONL to append."
@@ -155,6 +163,38 @@ def profile_method(config, dataset, method: str, mode: str, peak_gflops: float) 
             }
         )
     out[-1]["hlo"] = _inventory(step.as_text())
+    if _MATMULS.value:
+        alone = benchmark.time_matmuls_alone(
+            benchmark.matmuls(step.as_text()), _REPEATS.value, _STEPS.value
+        )
+        seconds = sum(r["count"] * r["seconds"] for r in alone)
+        flops = sum(r["count"] * r["flops"] for r in alone)
+        out.append(
+            {
+                "method": method,
+                "task_gradients": mode if trainer.rule.needs_gramian else None,
+                "stage": "matmuls alone",
+                "ms": seconds * 1e3,
+                "share_of_step": seconds / step_seconds,
+                "examples_per_s": _BATCH.value / seconds,
+                "gflop": flops / 1e9,
+                "flop_per_example": flops / _BATCH.value,
+                "achieved_gflops": flops / seconds / 1e9,
+                "share_of_peak": flops / seconds / 1e9 / peak_gflops,
+                "matmuls": [
+                    {
+                        "lhs": r["matmul"].lhs,
+                        "rhs": r["matmul"].rhs,
+                        "contracting": r["matmul"].contracting,
+                        "batch": r["matmul"].batch,
+                        "count": r["count"],
+                        "mflop": r["flops"] / 1e6,
+                        "us": r["seconds"] * 1e6,
+                    }
+                    for r in alone
+                ],
+            }
+        )
     return out
 
 
@@ -194,6 +234,11 @@ def main(argv):
         )
         if "hlo" in r:
             print(f"{'':<19} step HLO: {r['hlo']}")
+        for m in r.get("matmuls", []):
+            print(
+                f"{'':<19} {m['count']:>2} x {str(m['lhs']):>14} . {str(m['rhs']):<14} "
+                f"contract {m['contracting']} {m['mflop']:7.1f} MFLOP {m['us']:7.1f} us"
+            )
     out = pathlib.Path(_OUT.value)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a") as f:

@@ -3,12 +3,16 @@ time, shared by the ``--compile_only`` report and the benchmarks in ``experiment
 
 from __future__ import annotations
 
+import collections
+import math
+import re
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 
 
 def memory_mib(compiled: Any) -> dict[str, float] | None:
@@ -84,6 +88,80 @@ def interleaved_median_seconds(
             jax.block_until_ready(out)
             times[name].append((time.perf_counter() - start) / calls)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+class Matmul(NamedTuple):
+    """One dot instruction of an optimized HLO module: operand shapes, dimension numbers."""
+
+    dtype: str
+    lhs: tuple[int, ...]
+    rhs: tuple[int, ...]
+    contracting: tuple[tuple[int, ...], tuple[int, ...]]
+    batch: tuple[tuple[int, ...], tuple[int, ...]]
+
+    @property
+    def flops(self) -> int:
+        free_lhs = [
+            d for i, d in enumerate(self.lhs) if i not in self.contracting[0] + self.batch[0]
+        ]
+        free_rhs = [
+            d for i, d in enumerate(self.rhs) if i not in self.contracting[1] + self.batch[1]
+        ]
+        k = math.prod(self.lhs[i] for i in self.contracting[0])
+        b = math.prod(self.lhs[i] for i in self.batch[0])
+        return 2 * b * k * math.prod(free_lhs) * math.prod(free_rhs)
+
+
+_HLO_DTYPES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16", "f64": "float64"}
+_DEFINITION = re.compile(r"%(\S+) = (\w+)\[([0-9,]*)\]")
+_DOT = re.compile(r"= (\w+)\[[0-9,]*\]\S* dot\(%(\S+), %(\S+)\)(.*)")
+
+
+def _dims(attributes: str, key: str) -> tuple[int, ...]:
+    match = re.search(key + r"=\{([0-9,]*)\}", attributes)
+    return tuple(int(x) for x in match.group(1).split(",") if x) if match else ()
+
+
+def matmuls(hlo_text: str) -> collections.Counter:
+    """The dot instructions of an optimized HLO module's text (``compiled.as_text()``),
+    fused ones included, counted by shape and dimension numbers: what a step's matmuls are
+    once XLA has laid them out."""
+    shapes = {
+        m.group(1): tuple(int(x) for x in m.group(3).split(",") if x)
+        for m in _DEFINITION.finditer(hlo_text)
+    }
+    found: collections.Counter = collections.Counter()
+    for line in hlo_text.splitlines():
+        m = _DOT.search(line)
+        if m and m.group(1) in _HLO_DTYPES:  # floating-point matmuls
+            attrs = m.group(4)
+            found[
+                Matmul(
+                    _HLO_DTYPES[m.group(1)],
+                    shapes[m.group(2)],
+                    shapes[m.group(3)],
+                    (_dims(attrs, "lhs_contracting_dims"), _dims(attrs, "rhs_contracting_dims")),
+                    (_dims(attrs, "lhs_batch_dims"), _dims(attrs, "rhs_batch_dims")),
+                )
+            ] += 1
+    return found
+
+
+def time_matmuls_alone(found: collections.Counter, repeats: int, calls: int) -> list[dict]:
+    """Each matmul of ``matmuls`` timed alone (its own jitted ``dot_general`` on random
+    operands, the machine's every core free for it): per shape its count, FLOPs and median
+    seconds. Their sum bounds a step from below as far as its matmuls go: the step cannot
+    beat it unless the matmuls overlap each other."""
+    rows = []
+    rng = np.random.default_rng(0)
+    for mm, count in found.most_common():
+        lhs = jax.numpy.asarray(rng.random(mm.lhs), mm.dtype)
+        rhs = jax.numpy.asarray(rng.random(mm.rhs), mm.dtype)
+        dims = (mm.contracting, mm.batch)
+        dot = jax.jit(lambda a, b, dims=dims: jax.lax.dot_general(a, b, dims))
+        seconds = median_seconds(lambda dot=dot, a=lhs, b=rhs: dot(a, b), repeats, calls)
+        rows.append({"matmul": mm, "count": count, "flops": mm.flops, "seconds": seconds})
+    return rows
 
 
 def compile_train_step(train_step: Any, state: Any, batch: Any) -> dict[str, Any]:

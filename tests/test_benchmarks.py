@@ -6,9 +6,11 @@ import pathlib
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 
-from mtl_jax import balancing
+from mtl_jax import balancing, benchmark
 from tests.helpers import subprocess_env
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -181,6 +183,7 @@ def test_device_check_script_runs_its_benchmarks_and_records_the_commit(tmp_path
         "PER_DISPATCH": "2",
         "PYTHON": sys.executable,
         "MTL_JAX_COMMIT": "feedc0de",
+        "WHEEL_DIR": str(tmp_path / "no_wheels"),  # the GPU image's wheels are not for here
     }
     cmd = ["bash", "experiments/device_check.sh", "run", str(tmp_path)]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -196,3 +199,38 @@ def test_device_check_script_refuses_an_unknown_verb():
         ["bash", "experiments/device_check.sh", "serve"], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 2 and "usage" in result.stderr
+
+
+def test_matmuls_reads_every_dot_of_a_compiled_program_with_its_flops():
+    """The HLO inventory behind profile_step's ``matmuls alone``: a transposed matmul feeding
+    a fusion and a batched einsum are both found, with the FLOPs counted by hand."""
+    a, b = jnp.ones((64, 32)), jnp.ones((48, 32))
+    c, d = jnp.ones((5, 64, 7)), jnp.ones((5, 7, 3))
+    fn = jax.jit(lambda a, b, c, d: (jax.nn.relu(a @ b.T).sum(), jnp.einsum("bij,bjk->bik", c, d)))
+    found = benchmark.matmuls(fn.lower(a, b, c, d).compile().as_text())
+    by_lhs = {mm.lhs: (mm, count) for mm, count in found.items()}
+    assert set(by_lhs) == {(64, 32), (5, 64, 7)}
+    (plain, n1), (batched, n2) = by_lhs[(64, 32)], by_lhs[(5, 64, 7)]
+    assert (n1, n2) == (1, 1)
+    assert plain.rhs == (48, 32) and plain.flops == 2 * 64 * 48 * 32
+    assert batched.batch == ((0,), (0,)) and batched.flops == 2 * 5 * 64 * 7 * 3
+    rows = benchmark.time_matmuls_alone(found, repeats=1, calls=2)
+    assert sorted(r["flops"] for r in rows) == sorted(mm.flops for mm in found)
+    assert all(r["seconds"] > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_profile_step_times_stages_and_the_step_matmuls_alone(tmp_path):
+    out = tmp_path / "p.jsonl"
+    lines = _bench(
+        "profile_step.py", *TINY, "--batch_size=64", "--steps=1", "--repeats=1",
+        "--methods=ew", f"--out={out}",
+    )  # fmt: skip
+    stages = [line["stage"] for line in lines]
+    assert stages == ["forward", "backward", "step", "matmuls alone"]
+    step, alone = lines[2], lines[3]
+    # Every matmul of the step is counted (XLA's FLOPs for the step include them and more).
+    assert 0 < alone["gflop"] <= step["gflop"]
+    assert sum(m["count"] * m["mflop"] for m in alone["matmuls"]) == pytest.approx(
+        alone["gflop"] * 1e3
+    )
