@@ -35,7 +35,7 @@ log = logging.getLogger("mtl_jax")
 RESUMABLE_KEYS = (
     "train.log_every",
     "train.tensorboard",
-    "train.steps_per_dispatch",  # the loop checks that the checkpoint's step is a multiple
+    "train.steps_per_dispatch",  # the loop runs single steps up to where K steps fit again
     "train.eval_batch_size",
     "checkpoint.max_to_keep",
     "checkpoint.async_save",

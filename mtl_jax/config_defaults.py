@@ -135,7 +135,8 @@ def base_config(
             patience=4,
             # Steps per call of the jitted step (a lax.scan over that many batches, moved
             # to the device in one transfer): less host work per step, the same updates.
-            # eval_every, log_every, num_steps and stage lengths must be multiples of it.
+            # Where fewer remain before a log, validation, stage change or the end, the
+            # loop runs those one per call.
             steps_per_dispatch=1,
             # TensorBoard event files in <workdir>/tensorboard (run.py --notensorboard: off).
             tensorboard=True,

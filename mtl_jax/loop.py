@@ -156,12 +156,6 @@ class TrainingLoop:
             task_name
         ].higher_is_better[metric_name]
         self.step = self.start_step = int(self.meta["step"])
-        k = self.trainer.steps_per_dispatch
-        if self.step % k and not self.meta["finished"]:
-            raise ConfigError(
-                f"config.train.steps_per_dispatch: the checkpoint in {self.workdir} is at step "
-                f"{self.step}, not a multiple of {k}; resume with a divisor of {self.step}"
-            )
         self.throughput = reporting.Throughput(self.step, t.num_steps, t.batch_size)
         if not self.meta["finished"]:
             reporting.note_training_commit(self.meta)
@@ -249,16 +243,34 @@ class TrainingLoop:
 
     # -- one step ------------------------------------------------------------------------
 
+    def _dispatch_size(self) -> int:
+        """How many steps the next call runs: ``train.steps_per_dispatch`` when that many
+        fit before the next log, validation, stage change, end of the step budget or of
+        the run, else one (so the loop lands on each of those steps whatever K is)."""
+        k = self.trainer.steps_per_dispatch
+        if k == 1:
+            return 1
+        t, step = self.config.train, self.step
+        next_stop = min(
+            t.num_steps,
+            self.trainer.stage.end,
+            (step // t.log_every + 1) * t.log_every,
+            (step // t.eval_every + 1) * t.eval_every,
+        )
+        if self.max_steps_this_run is not None:
+            next_stop = min(next_stop, self.start_step + self.max_steps_this_run)
+        return k if next_stop - step >= k else 1
+
     def _train_one_step(self) -> bool:
         """Trains one dispatch (one step, or ``train.steps_per_dispatch`` steps in one call)
         with what follows it (log, stage change, validation, save); True when this call
         must stop here (step budget spent or preempted)."""
         t = self.config.train
-        k = self.trainer.steps_per_dispatch
+        k = self._dispatch_size()
         mesh = self.trainer.mesh
         if k == 1:
             batch = parallel.to_global_batch(next(self.data_iter), mesh)
-            self.state, train_metrics = self.trainer.compiled_train_step(self.state, batch)
+            self.state, train_metrics = self.trainer.compiled_single_step(self.state, batch)
             self.step += 1
             self.guard.watch(self.step, train_metrics)
         else:

@@ -262,6 +262,13 @@ class Trainer:
         self.compiled_train_step = benchmark.CompiledOnce(  # the loop's
             self.train_steps if self.steps_per_dispatch > 1 else self.train_step
         )
+        # With K > 1, the steps before a log, validation, stage change or the run's end
+        # that K does not reach exactly run one per call (compiled when first needed).
+        self.compiled_single_step = (
+            benchmark.CompiledOnce(self.train_step)
+            if self.steps_per_dispatch > 1
+            else self.compiled_train_step
+        )
         self._settle = (
             None
             if self.lazy_l2_settle is None

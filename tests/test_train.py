@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from mtl_jax import balancing, checkpoint, parallel
+from mtl_jax import balancing, checkpoint, loop, parallel
 from mtl_jax.checkpoint import IncompatibleCheckpointError
 from mtl_jax.configlib import ConfigError
 from mtl_jax.data import load_dataset
@@ -476,16 +476,45 @@ def test_several_steps_per_dispatch_train_as_one_per_dispatch(tmp_path):
                 assert results["test"][task][metric] == pytest.approx(value, rel=1e-4, abs=1e-6)
 
 
-def test_steps_per_dispatch_must_divide_the_loop_cadence(tmp_path):
-    config = tiny_config(num_steps=20, eval_every=10, checkpoint_every=10, log_every=5)
-    config.train.steps_per_dispatch = 4
-    with pytest.raises(ConfigError, match="4 steps per call must divide train.eval_every=10"):
-        train_and_evaluate(config, str(tmp_path / "w"))
-    config.train.steps_per_dispatch = 5  # divides all three; a checkpoint at step 8 does not
-    small = tiny_config(num_steps=20, eval_every=10, checkpoint_every=10, log_every=5)
-    assert train_and_evaluate(small, str(tmp_path / "r"), max_steps_this_run=8) is None
-    with pytest.raises(ConfigError, match="is at step 8, not a multiple of 5"):
-        train_and_evaluate(config, str(tmp_path / "r"))
+def test_steps_per_dispatch_that_divides_no_cadence_lands_on_every_one(tmp_path, monkeypatch):
+    """K=3 divides none of log_every=4, eval_every=8, num_steps=14 nor a stop after 5
+    steps: the loop runs single steps where K would overshoot, so it logs, validates and
+    stops on the same steps, and with the same losses, as one step per call; a run stopped
+    at step 5 (no multiple of 3) resumes with K=3 and ends where the straight one does."""
+    config = tiny_config(num_steps=14, eval_every=8, checkpoint_every=8, log_every=4)
+    one = train_and_evaluate(config, str(tmp_path / "one"))
+    config.train.steps_per_dispatch = 3
+    sizes = []
+    dispatch_size = loop.TrainingLoop._dispatch_size
+    monkeypatch.setattr(
+        loop.TrainingLoop,
+        "_dispatch_size",
+        lambda self: sizes.append(dispatch_size(self)) or sizes[-1],
+    )
+    three = train_and_evaluate(config, str(tmp_path / "three"))
+    # 0-3 in one call, 3-4 single (log), 4-7 in one, 7-8 single (log, validate), ...
+    assert sizes == [3, 1, 3, 1, 3, 1, 1, 1]
+    assert train_and_evaluate(config, str(tmp_path / "split"), max_steps_this_run=5) is None
+    split = train_and_evaluate(config, str(tmp_path / "split"))
+
+    def logged(workdir):
+        lines = (workdir / "metrics.jsonl").read_text().splitlines()
+        return [(r["split"], r["step"], r.get("loss")) for r in map(json.loads, lines)]
+
+    expected = logged(tmp_path / "one")
+    assert [(s, step) for s, step, _ in expected if s == "train"] == [
+        ("train", 4), ("train", 8), ("train", 12), ("train", 14)
+    ]  # fmt: skip
+    for name in ("three", "split"):
+        got = logged(tmp_path / name)
+        assert [(s, step) for s, step, _ in got] == [(s, step) for s, step, _ in expected]
+        losses = [v for s, _, v in got if s == "train"]
+        np.testing.assert_allclose(losses, [v for s, _, v in expected if s == "train"], rtol=1e-5)
+    for results in (three, split):
+        assert results["best_step"] == one["best_step"]
+        for task, metrics in one["test"].items():
+            for metric, value in metrics.items():
+                assert results["test"][task][metric] == pytest.approx(value, rel=1e-4, abs=1e-6)
 
 
 def test_results_hold_gauc_and_threshold_metrics_of_binary_tasks(tmp_path):
