@@ -309,11 +309,12 @@ def test_rematerialised_decoder_has_the_same_parameters_and_gradients():
 
 @pytest.mark.slow
 def test_movielens_llm_smoke_run_resumes_exactly(tmp_path):
-    """The tiny-decoder MovieLens run: 8 steps straight == 4, stop, resume for 4."""
+    """The tiny-decoder MovieLens run: 8 steps straight == 4, stop, resume for 4 (one
+    validation, at the end: scoring every rating through the LM is most of this test)."""
     from configs import movielens
 
     config = movielens.get_config("llm_smoke")
-    config.train.update(num_steps=8, eval_every=4, checkpoint_every=4, log_every=2)
+    config.train.update(num_steps=8, eval_every=8, checkpoint_every=8, log_every=2)
     config.llm.max_tokens = 24  # evaluating every rating through the LM dominates this test
     config.train.eval_batch_size = 2048
     straight = train_and_evaluate(config, str(tmp_path / "straight"))
