@@ -12,12 +12,14 @@
 #
 # With the device tool, whose copy of the tree has no .git (so the commit is passed in):
 #   run(command="MTL_JAX_COMMIT=<git rev-parse HEAD> bash experiments/device_check.sh run $OUT",
-#       carry=[".whl"], timeout_s=540)
+#       carry=[".whl"], timeout_s=560)
 # then append OUT/gpu_throughput.jsonl to experiments/results/ and report it there.
 # Knobs (environment): BATCHES (default "16384 32768 65536"), METHODS ("ew pcgrad"),
 # STEPS (64 per timed repeat), REPEATS (3), PER_DISPATCH (8), CONFIG
 # (configs/ecommerce.py), EXTRA_FLAGS (more flags for every benchmark), PYTHON (python3),
-# STEP_TIMEOUT (seconds per benchmark, 150), WHEEL_DIR (.whl).
+# STEP_TIMEOUT (seconds per benchmark, 120), BUDGET (seconds for the whole run, 500: a
+# benchmark that might not finish inside it is skipped, so the device call's 600 s limit
+# still returns the files), WHEEL_DIR (.whl).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,8 +58,14 @@ flax.__version__, 'optax', optax.__version__); print(jax.devices())"
     local failed=0
     for method in ${METHODS:-ew pcgrad}; do
         for batch in ${BATCHES:-16384 32768 65536}; do
+            if ((SECONDS + ${STEP_TIMEOUT:-120} > ${BUDGET:-500})); then
+                echo "== $method, batch $batch: skipped, ${SECONDS}s of ${BUDGET:-500}s spent" |
+                    tee -a "$out/device.txt"
+                failed=1
+                continue
+            fi
             echo "== $method, batch $batch" | tee -a "$out/device.txt"
-            timeout "${STEP_TIMEOUT:-150}" $PYTHON experiments/bench_throughput.py \
+            timeout "${STEP_TIMEOUT:-120}" $PYTHON experiments/bench_throughput.py \
                 --config="${CONFIG:-configs/ecommerce.py}" --batch_size="$batch" \
                 --steps="${STEPS:-64}" --repeats="${REPEATS:-3}" \
                 --steps_per_dispatch="${PER_DISPATCH:-8}" \
