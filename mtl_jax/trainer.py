@@ -185,6 +185,7 @@ class Trainer:
         if text.trainable_layers:
             trained.add("text_encoder")
         self._lr_peaks = {g: v for g, v in peaks.items() if g in trained}
+        self._learning_rates: Callable[[int], dict[str, float]] | None = None
         self.tx = make_optimizer(
             config.optim,
             self.stage.steps,
@@ -353,9 +354,11 @@ class Trainer:
     def learning_rates(self, step: int) -> dict[str, float]:
         """The learning rate of each trained group at the update that made ``step`` (the
         optimizer state, and so the schedule, starts afresh with each stage)."""
-        return learning_rates(
-            self.config.optim, step - 1 - self.stage.start, self.stage.steps, self._lr_peaks
-        )
+        if self._learning_rates is None:  # compiled at the first log step
+            self._learning_rates = learning_rates(
+                self.config.optim, self.stage.steps, self._lr_peaks
+            )
+        return self._learning_rates(step - 1 - self.stage.start)
 
     def begin_stage(self, state: TrainState) -> TrainState:
         """The state entering this trainer's stage: the same parameters, step and keys, a
