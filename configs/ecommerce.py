@@ -78,8 +78,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg == "esmm":
         c.model.update(esmm_ctr_task="click", esmm_ctcvr_task="purchase")
     # A step of this model takes ~5 ms on 2 CPU cores, so the host's work between calls
-    # shows: 8 steps per call of the jitted step train ~40% more examples/s (README,
-    # Throughput). The seconds-long smoke run keeps one per call (one program to compile).
+    # shows: 8 steps per call of the jitted step train ~20% more examples/s (README). The
+    # seconds-long smoke run keeps one per call (one program to compile).
     c.train.steps_per_dispatch = 8
     if arg == "smoke":
         c.data.update(num_users=400, num_items=200, num_impressions=16_000, num_brands=20)
