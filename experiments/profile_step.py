@@ -144,57 +144,46 @@ def profile_method(config, dataset, method: str, mode: str, peak_gflops: float) 
     )
     step, step_seconds = timing["compiled"], timing["step_ms"] / 1e3
     rows.append(("step", step_seconds, step))
+
+    def row(stage: str, seconds: float, flops: float, **extra) -> dict:
+        return {
+            "method": method,
+            "task_gradients": mode if trainer.rule.needs_gramian else None,
+            "stage": stage,
+            "ms": seconds * 1e3,
+            "share_of_step": seconds / step_seconds,
+            "examples_per_s": _BATCH.value / seconds,
+            "gflop": flops / 1e9,
+            "flop_per_example": flops / _BATCH.value,
+            **extra,
+            "achieved_gflops": flops / seconds / 1e9,
+            "share_of_peak": flops / seconds / 1e9 / peak_gflops,
+        }
+
     out = []
     for name, seconds, compiled in rows:
         flops, bytes_accessed = benchmark.flops_and_bytes(compiled)
-        out.append(
-            {
-                "method": method,
-                "task_gradients": mode if trainer.rule.needs_gramian else None,
-                "stage": name,
-                "ms": seconds * 1e3,
-                "share_of_step": seconds / step_seconds,
-                "examples_per_s": _BATCH.value / seconds,
-                "gflop": flops / 1e9,
-                "flop_per_example": flops / _BATCH.value,
-                "mbytes_accessed": bytes_accessed / 2**20,
-                "achieved_gflops": flops / seconds / 1e9,
-                "share_of_peak": flops / seconds / 1e9 / peak_gflops,
-            }
-        )
+        out.append(row(name, seconds, flops, mbytes_accessed=bytes_accessed / 2**20))
     out[-1]["hlo"] = _inventory(step.as_text())
     if _MATMULS.value:
         alone = benchmark.time_matmuls_alone(
             benchmark.matmuls(step.as_text()), _REPEATS.value, _STEPS.value
         )
+        matmuls = [
+            {
+                "lhs": r["matmul"].lhs,
+                "rhs": r["matmul"].rhs,
+                "contracting": r["matmul"].contracting,
+                "batch": r["matmul"].batch,
+                "count": r["count"],
+                "mflop": r["flops"] / 1e6,
+                "us": r["seconds"] * 1e6,
+            }
+            for r in alone
+        ]
         seconds = sum(r["count"] * r["seconds"] for r in alone)
         flops = sum(r["count"] * r["flops"] for r in alone)
-        out.append(
-            {
-                "method": method,
-                "task_gradients": mode if trainer.rule.needs_gramian else None,
-                "stage": "matmuls alone",
-                "ms": seconds * 1e3,
-                "share_of_step": seconds / step_seconds,
-                "examples_per_s": _BATCH.value / seconds,
-                "gflop": flops / 1e9,
-                "flop_per_example": flops / _BATCH.value,
-                "achieved_gflops": flops / seconds / 1e9,
-                "share_of_peak": flops / seconds / 1e9 / peak_gflops,
-                "matmuls": [
-                    {
-                        "lhs": r["matmul"].lhs,
-                        "rhs": r["matmul"].rhs,
-                        "contracting": r["matmul"].contracting,
-                        "batch": r["matmul"].batch,
-                        "count": r["count"],
-                        "mflop": r["flops"] / 1e6,
-                        "us": r["seconds"] * 1e6,
-                    }
-                    for r in alone
-                ],
-            }
-        )
+        out.append(row("matmuls alone", seconds, flops, matmuls=matmuls))
     return out
 
 

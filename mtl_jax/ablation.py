@@ -118,12 +118,13 @@ def backward_passes(run: dict[str, Any]) -> int:
     if c["method"] not in balancing.GRADIENT_METHODS or c.get("gramian_at") == "representation":
         return 1
     tasks = len(run["config"]["tasks"])
-    mode = c.get("task_gradients", "batched")
     model = ml_collections.ConfigDict(run["config"].get("model", {}))
-    if model.get("trunk") == "llm":  # as step.task_gradient_mode resolves it
-        mode = "sequential"
-    elif mode == "auto":
-        mode = stacked_grads.auto_task_gradients(model, c.get("gramian_params", ""))
+    mode = stacked_grads.resolve_task_gradients(
+        model,
+        c.get("task_gradients", "batched"),
+        c.get("gramian_params", ""),
+        language_model=model.get("trunk") == "llm",
+    )
     per_task_only = mode in ("sequential", "stacked") and not c.get("gramian_params")
     return tasks if per_task_only else tasks + 1
 

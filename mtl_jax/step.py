@@ -119,19 +119,11 @@ class _WithFrozen:
 
 
 def task_gradient_mode(model: MultiTaskModel, requested: str, gramian_params: str = "") -> str:
-    """The per-task gradient mode the step runs. ``"auto"`` (the default) takes ``"stacked"``
-    where it applies (MMoE without dropout or ESMM, the whole trunk's Gramian), the fastest
-    form there on 2 CPU cores, and ``"batched"`` elsewhere (as fast as T sequential passes
-    for PLE, faster for Shared-Bottom; profile.md, finding 6). An LM trunk always takes T
-    sequential backward passes: batched (a vmap over the T cotangents of one vjp) gives
-    wrong LoRA ``lora_b`` gradients for every task but the first on it (measured against
-    per-task ``jax.grad``; tests/test_lm_trunk.py), and T passes hold less memory at LM
-    size."""
-    if getattr(model, "language_model", None) is not None:
-        return "sequential"
-    if requested == "auto":
-        return stacked_grads.auto_task_gradients(model.config, gramian_params)
-    return requested
+    """The per-task gradient mode the step runs for this model
+    (``stacked_grads.resolve_task_gradients``)."""
+    language_model = getattr(model, "language_model", None) is not None
+    config = None if language_model else model.config
+    return stacked_grads.resolve_task_gradients(config, requested, gramian_params, language_model)
 
 
 def _split_params(params: dict) -> tuple[Any, Any, dict]:
@@ -331,6 +323,28 @@ def _stacked_task_grads(model, tasks, batch, inputs, rngs):
     return task_losses, trunk_task_grads, rest_and_input
 
 
+def _whole_trunk_task_grads(model, tasks, batch, inputs, rngs, mode: str):
+    """The task losses, each task's gradient of the whole trunk (leaves with a leading task
+    axis) and ``weights -> (heads' gradients, input's gradient)`` for the weighted losses,
+    in the given mode: ``stacked`` (``_stacked_task_grads``), ``sequential`` (T backward
+    passes, which also leave each task's gradient of the heads and of the embedded input:
+    their weighted sums need no further backward) or ``batched`` (one vmap over the trunk's
+    cotangents; vmapping the heads' and input's too costs more than one plain backward)."""
+    if mode == "stacked":
+        return _stacked_task_grads(model, tasks, batch, inputs, rngs)
+    task_losses, vjp_fn = jax.vjp(
+        lambda tr, others, x: _losses_from_embedded(
+            model, tasks, batch, tr, others, x, train=True, rngs=rngs
+        ),
+        *inputs,
+    )
+    if mode == "sequential":
+        trunk_task_grads, *others = _per_task_vjp(vjp_fn, len(tasks), "sequential")
+        return task_losses, trunk_task_grads, lambda w: balancing.weighted_sum(tuple(others), w)
+    trunk_task_grads = _per_task_trunk_grads(vjp_fn, len(tasks), mode)
+    return task_losses, trunk_task_grads, lambda w: vjp_fn(w)[1:]
+
+
 def _representation_gradient_step(model, tasks, rule, balancer_state, batch, params, rngs):
     """Gradient-rule step with the Gramian of the task gradients at the representation.
 
@@ -444,7 +458,6 @@ def make_train_step(
     ``settle`` (``optim.settle_lazy_l2``), the looked-up rows first get the L2 pulls of the
     steps they missed, so that the forward pass sees what the dense path would.
     """
-    num_tasks = len(tasks)
     task_gradients = task_gradient_mode(model, task_gradients, gramian_params)
     problem = gramian_option_problem(rule, gramian_params, gramian_at)
     if problem:
@@ -514,27 +527,9 @@ def make_train_step(
                     )
                 )
             else:
-                if task_gradients == "stacked":
-                    task_losses, trunk_task_grads, rest_and_input = _stacked_task_grads(
-                        model, tasks, batch, (trunk, rest, x), rngs
-                    )
-                else:
-                    task_losses, vjp_fn = jax.vjp(
-                        lambda tr, others, x: _losses_from_embedded(
-                            model, tasks, batch, tr, others, x, train=True, rngs=rngs
-                        ),
-                        trunk,
-                        rest,
-                        x,
-                    )
-                if task_gradients == "sequential":
-                    # The T backward passes also leave each task's gradient of the heads and
-                    # of the embedded input: their weighted sums need no further backward.
-                    trunk_task_grads, *others = _per_task_vjp(vjp_fn, num_tasks, "sequential")
-                    rest_and_input = lambda w: balancing.weighted_sum(tuple(others), w)  # noqa: E731
-                elif task_gradients == "batched":  # vmapping those too costs more than a backward
-                    trunk_task_grads = _per_task_trunk_grads(vjp_fn, num_tasks, task_gradients)
-                    rest_and_input = lambda w: vjp_fn(w)[1:]  # noqa: E731
+                task_losses, trunk_task_grads, rest_and_input = _whole_trunk_task_grads(
+                    model, tasks, batch, (trunk, rest, x), rngs, task_gradients
+                )
                 trunk_update, weights, rest_weights, balancer = balancing.combine_task_grads(
                     rule, state.balancer, trunk_task_grads, task_losses
                 )

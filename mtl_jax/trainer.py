@@ -185,7 +185,8 @@ class Trainer:
         if text.trainable_layers:
             trained.add("text_encoder")
         self._lr_peaks = {g: v for g, v in peaks.items() if g in trained}
-        self._learning_rates: Callable[[int], dict[str, float]] | None = None
+        # Compiled at its first call (the first log step).
+        self._learning_rates = learning_rates(config.optim, self.stage.steps, self._lr_peaks)
         self.tx = make_optimizer(
             config.optim,
             self.stage.steps,
@@ -354,10 +355,6 @@ class Trainer:
     def learning_rates(self, step: int) -> dict[str, float]:
         """The learning rate of each trained group at the update that made ``step`` (the
         optimizer state, and so the schedule, starts afresh with each stage)."""
-        if self._learning_rates is None:  # compiled at the first log step
-            self._learning_rates = learning_rates(
-                self.config.optim, self.stage.steps, self._lr_peaks
-            )
         return self._learning_rates(step - 1 - self.stage.start)
 
     def begin_stage(self, state: TrainState) -> TrainState:

@@ -112,10 +112,23 @@ def mmoe_input_grad(trunk: dict, below: dict, task_weights: jax.Array) -> jax.Ar
     return x_grad + d_logits.reshape(d_logits.shape[0], -1) @ gate["kernel"].T
 
 
-def auto_task_gradients(model_config: Any, gramian_params: str) -> str:
-    """What ``balancing.task_gradients="auto"`` runs (an LM trunk aside, which always runs
-    ``sequential``): this pass where it applies, the vmapped backward elsewhere."""
-    return "batched" if stacked_problem(model_config, gramian_params) else "stacked"
+def resolve_task_gradients(
+    model_config: Any, requested: str, gramian_params: str, language_model: bool
+) -> str:
+    """The per-task gradient mode a train step runs for ``balancing.task_gradients=requested``
+    (one rule for the step and for the ablation tables' pass counts). An LM trunk always
+    takes T sequential backward passes: batched (a vmap over the T cotangents of one vjp)
+    gives wrong LoRA ``lora_b`` gradients for every task but the first on it (measured
+    against per-task ``jax.grad``; tests/test_lm_trunk.py), and T passes hold less memory at
+    LM size. ``"auto"`` takes this module's pass where it applies (MMoE without dropout or
+    ESMM, the whole trunk's Gramian), the fastest form there on 2 CPU cores, and
+    ``"batched"`` elsewhere (as fast as T sequential passes for PLE, faster for
+    Shared-Bottom; profile.md, finding 6)."""
+    if language_model:
+        return "sequential"
+    if requested == "auto":
+        return "batched" if stacked_problem(model_config, gramian_params) else "stacked"
+    return requested
 
 
 def stacked_problem(model_config: Any, gramian_params: str) -> str | None:
